@@ -1,0 +1,239 @@
+"""Typed records that flow between stages: fetch -> classify -> select -> research -> write -> check -> publish.
+
+Stages exchange these models, never ad-hoc dicts, and the ledger stores them as
+JSON where a row needs a structured payload.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ItemState(StrEnum):
+    fetched = "fetched"
+    classified = "classified"      # relevant, waiting to be clustered
+    irrelevant = "irrelevant"      # classified, off-beat: never drafted
+    clustered = "clustered"        # belongs to a story
+    failed = "failed"
+
+
+class StoryState(StrEnum):
+    new = "new"                    # selected, not drafted yet
+    drafted = "drafted"
+    failed = "failed"
+
+
+class DraftState(StrEnum):
+    drafted = "drafted"            # written and template-valid, not yet fact-checked
+    needs_attention = "needs_attention"  # still invalid after repair: never passed off as valid
+    checked = "checked"            # fact-checked: ready to publish
+    published = "published"
+    approved = "approved"
+    failed = "failed"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- fetch -----------------------------------------------------------------
+
+
+class FeedEntry(Record):
+    """One entry as parsed from a feed, before dedupe and full-text extraction."""
+
+    source: str
+    url: str
+    canonical_url: str
+    title: str
+    summary: str = ""
+    content: str = ""              # content:encoded / atom content, as plain text
+    author: str | None = None
+    published: datetime
+
+
+class Item(Record):
+    id: str                        # stable: derived from the canonical URL
+    source: str
+    url: str
+    canonical_url: str
+    title: str
+    text: str
+    summary: str = ""
+    author: str | None = None
+    published: datetime
+    fetched: datetime = Field(default_factory=utcnow)
+    content_hash: str
+    og: dict[str, str] = {}
+    text_origin: Literal["feed", "page", "summary"] = "feed"
+    state: ItemState = ItemState.fetched
+
+
+# --- classify --------------------------------------------------------------
+
+
+class Classification(Record):
+    relevant: bool
+    topics: list[str]
+    newsworthiness: float = Field(ge=0, le=1)
+    summary: str
+    entities: list[str]
+    reason: str
+    method: Literal["llm", "prefilter", "offline"] = "llm"
+
+
+# --- select ----------------------------------------------------------------
+
+
+class Story(Record):
+    key: str                       # stable across runs: derived from the founding items
+    title: str
+    item_ids: list[str]
+    sources: list[str]             # distinct outlets
+    topics: list[str]
+    score: float
+    first_published: datetime
+    last_published: datetime
+    state: StoryState = StoryState.new
+
+
+# --- research --------------------------------------------------------------
+
+
+class SourceDoc(Record):
+    """A numbered source in a prompt: the story's own items first, then background."""
+
+    n: int = Field(ge=1)
+    item_id: str
+    title: str
+    outlet: str
+    published: datetime
+    url: str
+    text: str                      # the packed (possibly cut) text the writer sees
+    role: Literal["story", "background"] = "story"
+
+
+class ResearchPack(Record):
+    story_key: str
+    sources: list[SourceDoc]
+    budget_tokens: int
+    used_tokens: int
+    dropped: list[str] = []        # item ids or chunk ids cut to fit the budget
+
+
+# --- write -----------------------------------------------------------------
+
+
+class Paragraph(Record):
+    text: str
+    citations: list[int] = Field(description="source numbers [n] this paragraph relies on")
+
+
+class Insight(Record):
+    text: str
+    citations: list[int]
+
+
+class SourceRef(Record):
+    n: int
+    title: str
+    outlet: str
+    url: str
+    published: datetime | None = None
+
+
+class Article(Record):
+    headline: str
+    lead: str
+    body: list[Paragraph]
+    insights: list[Insight]
+    sources: list[SourceRef]
+
+
+class Draft(Record):
+    id: str
+    story_key: str
+    template: str
+    writer_model: str              # "extractive" for the offline writer
+    method: Literal["llm", "extractive"]
+    prompt_versions: dict[str, str] = {}
+    article: Article
+    violations: list[str] = []
+    state: DraftState = DraftState.drafted
+    created: datetime = Field(default_factory=utcnow)
+    new_sources_since_draft: list[str] = []
+
+
+# --- check -----------------------------------------------------------------
+
+Verdict = Literal["supported", "contradicted", "unverifiable"]
+RuleType = Literal["number", "date", "quote", "entity", "negation", "citation", "url", "confirmation"]
+
+
+class RuleFailure(Record):
+    type: RuleType
+    detail: str
+    value: str = ""
+
+
+class Claim(Record):
+    id: str
+    text: str
+    start: int                     # span in the draft's rendered text
+    end: int
+    section: Literal["headline", "lead", "body", "insights"] = "body"
+
+
+class ClaimVerdict(Record):
+    claim: Claim
+    verdict: Verdict
+    source_n: int | None = None
+    source_url: str | None = None
+    evidence: str = ""
+    failures: list[RuleFailure] = []
+    method: Literal["llm", "rules"] = "rules"
+
+
+class Revision(Record):
+    round: int
+    spans_revised: int
+    chars_changed: int
+    change_ratio: float
+
+
+class FactCheckReport(Record):
+    draft_id: str
+    verdicts: list[ClaimVerdict]
+    revisions: list[Revision] = []
+    method: Literal["llm", "rules"] = "rules"
+    totals: dict[str, int] = {}
+
+    def flagged(self) -> list[ClaimVerdict]:
+        return [v for v in self.verdicts if v.verdict != "supported"]
+
+
+# --- runs ------------------------------------------------------------------
+
+
+class StageReport(Record):
+    stage: str
+    items_in: int = 0
+    items_out: int = 0
+    errors: list[str] = []
+    duration_s: float = 0.0
+    llm_calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    notes: dict[str, float | int | str] = {}
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
