@@ -99,6 +99,8 @@ Role = Literal["classifier", "writer", "reviser", "claims", "judge"]
 
 
 class LLM(Section):
+    # true: never call a model, every stage takes its offline path (the demo's default).
+    offline: bool = False
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: Path | None = None

@@ -1,0 +1,139 @@
+"""The runner: chains the stages and records each stage's outcome in the ledger.
+
+Stages are module-level functions `stage(run) -> StageReport`. Each reads the
+work in its input state from the ledger and moves it on, so a run that was
+stopped anywhere resumes where it left off. One stage failing is recorded and
+reported; the stages after it still run on whatever work is ready for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+from sqlalchemy import insert, update
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.ledger import Ledger, utcnow
+from pipeline.logs import redact
+from pipeline.models import StageReport
+
+log = logging.getLogger("newsdesk.runner")
+
+STAGE_ORDER = ("fetch", "classify", "draft", "check", "publish", "sync")
+
+# name -> "module:function"; imported on use so one stage's import cost or
+# breakage never touches the others.
+STAGES: dict[str, str] = {
+    "fetch": "pipeline.stages:fetch",
+}
+
+
+class StageUnavailable(Exception):
+    pass
+
+
+def stage_function(name: str) -> Callable[["Run"], StageReport]:
+    target = STAGES.get(name)
+    if target is None:
+        raise StageUnavailable(f"unknown stage '{name}'; stages: {', '.join(s for s in STAGE_ORDER if s in STAGES)}")
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+@dataclass
+class Run:
+    """One pipeline run: the config, the ledger, lazily built services and the stage reports."""
+
+    config: Config
+    command: str
+    ledger: Ledger | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    reports: list[StageReport] = field(default_factory=list)
+    stop_requested: bool = False
+    progress: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ledger is None:
+            self.ledger = Ledger.from_config(self.config)
+        self.started = utcnow()
+        with self.ledger.begin() as connection:
+            connection.execute(
+                insert(schema.runs).values(id=self.id, command=self.command, started=self.started, status="running", stages=[])
+            )
+
+    @cached_property
+    def store(self):
+        from pipeline.store import Store
+
+        return Store.from_config(self.config)
+
+    @cached_property
+    def gateway(self):
+        from pipeline.llm import Gateway
+
+        return Gateway(self.config, self.ledger, run_id=self.id)
+
+    def run_stage(self, name: str) -> StageReport:
+        started = time.perf_counter()
+        spend_before = self._llm_totals()
+        try:
+            report = stage_function(name)(self)
+        except Exception as exc:  # a stage's failure is reported, never a crash of the run
+            log.exception("stage %s failed", name, extra={"run_id": self.id, "stage": name, "event": "failed"})
+            report = StageReport(stage=name, errors=[redact(f"{type(exc).__name__}: {exc}")])
+        report.stage = name
+        report.duration_s = round(time.perf_counter() - started, 3)
+        calls, tokens, cost = (after - before for after, before in zip(self._llm_totals(), spend_before))
+        report.llm_calls, report.tokens, report.cost_usd = max(report.llm_calls, calls), max(report.tokens, tokens), max(report.cost_usd, cost)
+        self.reports.append(report)
+        self._save(status="running")
+        log.info(
+            "stage %s: %d in, %d out, %d error(s), %.2fs",
+            name, report.items_in, report.items_out, len(report.errors), report.duration_s,
+            extra={"run_id": self.id, "stage": name, "event": "done", "count": report.items_out, "duration_s": report.duration_s},
+        )
+        return report
+
+    def run_stages(self, names: list[str]) -> list[StageReport]:
+        for name in sorted(names, key=STAGE_ORDER.index):
+            if self.stop_requested:
+                log.warning("stop requested; skipping stage %s", name)
+                break
+            self.run_stage(name)
+        return self.reports
+
+    def finish(self, error: str | None = None) -> str:
+        if error is not None:
+            status = "failed"
+        elif self.stop_requested:
+            status = "interrupted"
+        else:
+            status = "ok" if all(r.ok for r in self.reports) else "failed"
+        self._save(status=status, ended=utcnow(), error=redact(error) if error else None)
+        if "gateway" in self.__dict__:
+            self.gateway.close()
+        return status
+
+    def _save(self, **values) -> None:
+        stages = [r.model_dump(mode="json") for r in self.reports]
+        with self.ledger.begin() as connection:
+            connection.execute(update(schema.runs).where(schema.runs.c.id == self.id).values(stages=stages, **values))
+
+    def _llm_totals(self) -> tuple[int, int, float]:
+        if "gateway" not in self.__dict__:
+            return 0, 0, 0.0
+        totals = self.gateway.totals()
+        return totals.calls, totals.tokens, totals.cost_usd
+
+
+def run_async(coroutine):
+    """Run a stage's coroutine from synchronous code (the CLI and the scheduler are synchronous)."""
+    return asyncio.run(coroutine)
