@@ -1,0 +1,664 @@
+"""Main-text extraction from news pages.
+
+Trafilatura does most of the work. Around it we add what it cannot know:
+  * decoding and sanitising hostile input so nothing downstream ever raises;
+  * a generic tree repair before extraction: embedded social posts (tweets)
+    turned back into plain quotes, which extractors otherwise drop;
+  * a consensus between trafilatura's precision and default modes at
+    paragraph level: the default run gives the article its full paragraphs,
+    the precision run decides where the article starts and ends;
+  * edge trimming of lines that are about the page rather than the story
+    (the headline repeated, bylines, share/subscribe calls);
+  * independent fallbacks (a readability-style density extractor and the
+    JSON-LD ``articleBody``) used when trafilatura finds nothing, or when a
+    fallback clearly contains trafilatura's text and much more article-like
+    prose (articles split over several sibling containers).
+
+The output is plain text only; markup never leaks because every candidate is
+produced from text nodes, never from serialised HTML.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import re
+import unicodedata
+from copy import deepcopy
+from datetime import datetime, timezone
+from difflib import SequenceMatcher
+
+import lxml.html
+from lxml import etree
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+# Pages bigger than this are almost always not articles (feeds, dumps, data
+# URIs); cutting keeps extraction time bounded.
+MAX_HTML_CHARS = 6_000_000
+
+_TOKEN_RE = re.compile(r"\w+")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+_META_CHARSET_RE = re.compile(
+    rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]{1,40})""", re.I
+)
+_XML_DECL_RE = re.compile(rb"""^\s*<\?xml[^>]{0,200}encoding\s*=\s*["']([A-Za-z0-9_\-.]{1,40})""", re.I)
+
+
+class ExtractedPage(BaseModel):
+    title: str | None = None
+    text: str = ""
+    canonical_url: str | None = None
+    og: dict[str, str] = Field(default_factory=dict)
+    published: datetime | None = None
+    method: str = "none"
+
+
+# --------------------------------------------------------------------------
+# decoding
+
+
+def decode_html(data: str | bytes) -> str:
+    """Bytes -> str using BOM, then a declared charset, then UTF-8 with
+    replacement. Binary content (images, archives) decodes to ''."""
+    if isinstance(data, str):
+        text = data
+    else:
+        text = _decode_bytes(bytes(data))
+    if _looks_binary(text):
+        return ""
+    return _CONTROL_RE.sub("", text)
+
+
+def _looks_binary(text: str) -> bool:
+    sample = text[:8192]
+    if not sample:
+        return False
+    junk = sum(1 for char in sample if char == "\ufffd" or (char < " " and char not in "\t\n\r\f"))
+    return junk > 0.1 * len(sample)
+
+
+def _decode_bytes(data: bytes) -> str:
+    for bom, codec in (
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF32_LE, "utf-32-le"),
+        (codecs.BOM_UTF32_BE, "utf-32-be"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+    ):
+        if data.startswith(bom):
+            return data[len(bom):].decode(codec, errors="replace")
+    head = data[:4096]
+    match = _META_CHARSET_RE.search(head) or _XML_DECL_RE.search(head)
+    if match:
+        declared = match.group(1).decode("ascii", "ignore").lower()
+        try:
+            codec = codecs.lookup(declared).name
+        except LookupError:
+            codec = None
+        # Pages that declare latin-1 are in practice windows-1252 (the HTML
+        # standard says so); UTF-16 declared inside an ASCII-readable page is a lie.
+        if codec in ("latin-1", "iso8859-1", "ascii"):
+            codec = "cp1252"
+        if codec and not codec.startswith("utf-16") and not codec.startswith("utf-32"):
+            if codec == "utf-8":
+                return data.decode("utf-8", errors="replace")
+            try:
+                return data.decode(codec, errors="replace")
+            except Exception:  # codecs without error handlers, broken codec modules
+                pass
+    return data.decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------
+# parsing
+
+
+_PARSER = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, collect_ids=False, default_doctype=False)
+
+
+def parse_html(text: str) -> lxml.html.HtmlElement | None:
+    if not text.strip():
+        return None
+    # lxml rejects str input carrying an encoding declaration; drop it since
+    # we already decoded.
+    text = re.sub(r"^\s*<\?xml[^>]*\?>", "", text[:MAX_HTML_CHARS])
+    if "<" not in text:
+        text = "<html><body><p>" + _escape(text) + "</p></body></html>"
+    try:
+        root = lxml.html.document_fromstring(text, parser=_PARSER)
+    except (etree.ParserError, ValueError, etree.XMLSyntaxError):
+        return None
+    if root is None or not isinstance(root, lxml.html.HtmlElement):
+        return None
+    return root
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --------------------------------------------------------------------------
+# metadata
+
+
+def read_metadata(root: lxml.html.HtmlElement) -> tuple[str | None, str | None, dict[str, str], datetime | None]:
+    og: dict[str, str] = {}
+    wanted = {"og:title", "og:description", "og:site_name", "og:image", "og:url", "article:published_time"}
+    for meta in root.iter("meta"):
+        key = (meta.get("property") or meta.get("name") or "").strip().lower()
+        if key in wanted and key not in og:
+            value = clean_inline(meta.get("content") or "")
+            if value:
+                og[key] = value
+    canonical = None
+    for link in root.iter("link"):
+        rels = (link.get("rel") or "").lower().split()
+        href = (link.get("href") or "").strip()
+        if "canonical" in rels and href:
+            canonical = clean_inline(href)
+            break
+    canonical = canonical or og.get("og:url")
+    title = og.get("og:title")
+    if not title:
+        for tag in ("title", "h1"):
+            node = next(root.iter(tag), None)
+            if node is not None:
+                title = clean_inline(node.text_content()) or None
+                if title:
+                    break
+    json_ld = read_json_ld(root)
+    published = parse_date(og.get("article:published_time"))
+    if published is None:
+        for obj in json_ld:
+            published = parse_date(obj.get("datePublished"))
+            if published:
+                break
+    if published is None:
+        for node in root.xpath('//*[@itemprop="datePublished"]'):
+            published = parse_date(node.get("content") or node.get("datetime") or node.text_content())
+            if published:
+                break
+    return title, canonical, og, published
+
+
+def read_json_ld(root: lxml.html.HtmlElement) -> list[dict]:
+    """All JSON-LD objects of the page, flattened out of lists and @graph."""
+    found: list[dict] = []
+    for script in root.xpath('//script[@type="application/ld+json"]'):
+        raw = (script.text or "").strip()
+        if not raw or len(raw) > 2_000_000:
+            continue
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        stack = [data]
+        while stack and len(found) < 200:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(reversed(item))
+            elif isinstance(item, dict):
+                found.append(item)
+                graph = item.get("@graph")
+                if isinstance(graph, list):
+                    stack.extend(reversed(graph))
+    return found
+
+
+def parse_date(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        match = re.match(r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2})?))?", value)
+        if not match:
+            return None
+        try:
+            parsed = datetime.fromisoformat(match.group(1) + ("T" + match.group(2) if match.group(2) else ""))
+        except ValueError:
+            return None
+    if parsed.tzinfo is None:
+        # No offset given: the page's own timezone is unknown, UTC is the least wrong guess.
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+# --------------------------------------------------------------------------
+# text helpers
+
+
+def clean_inline(text: str) -> str:
+    text = _CONTROL_RE.sub("", unicodedata.normalize("NFC", text))
+    return " ".join(text.split())
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text)
+
+
+def _token_key(text: str) -> str:
+    return " ".join(tokens(text.lower()))
+
+
+def split_paragraphs(text: str | None) -> list[str]:
+    if not text:
+        return []
+    out = []
+    for line in text.split("\n"):
+        line = clean_inline(line)
+        if line and tokens(line):
+            out.append(line)
+    return out
+
+
+# --------------------------------------------------------------------------
+# tree repairs before extraction
+
+_SOCIAL_EMBED_CLASSES = ("twitter-tweet", "instagram-media", "tiktok-embed")
+_WRAPPER_TAGS = {"div", "figure", "section", "aside", "span", "center"}
+
+
+def prepare_tree(root: lxml.html.HtmlElement) -> lxml.html.HtmlElement:
+    """A cleaned copy of the page for the extractors (the original stays intact)."""
+    tree = _copy(root)
+    _unwrap_social_embeds(tree)
+    return tree
+
+
+def _copy(root: lxml.html.HtmlElement) -> lxml.html.HtmlElement:
+    return deepcopy(root)
+
+
+def _unwrap_social_embeds(tree: lxml.html.HtmlElement) -> None:
+    """Embedded posts are quoted material of the story; extractors drop them
+    because their wrappers carry 'social'/'embed' class names. Replace the
+    wrapper by a plain blockquote of paragraphs."""
+    condition = " or ".join(f'contains(@class,"{name}")' for name in _SOCIAL_EMBED_CLASSES)
+    for quote in tree.xpath(f"//blockquote[{condition}]"):
+        parts = [clean_inline(para.text_content()) for para in quote.iter("p")]
+        # What is outside the <p>s is the attribution ("— name (@handle) date").
+        attribution = deepcopy(quote)
+        for para in list(attribution.iter("p")):
+            para.drop_tree()
+        parts.append(clean_inline(attribution.text_content()))
+        parts = [part for part in parts if part]
+        if not parts:
+            continue
+        replacement = lxml.html.Element("blockquote")
+        for part in parts:
+            para = etree.SubElement(replacement, "p")
+            para.text = part
+        target = quote
+        quote_text = _token_key(quote.text_content())
+        while True:
+            parent = target.getparent()
+            if parent is None or parent.tag not in _WRAPPER_TAGS:
+                break
+            if _token_key(parent.text_content()) != quote_text:
+                break
+            target = parent
+        if target.getparent() is None:
+            continue
+        replacement.tail = target.tail
+        target.getparent().replace(target, replacement)
+
+
+# --------------------------------------------------------------------------
+# density candidate (readability-style), independent of trafilatura
+
+_STRIP_TAGS = ("script", "style", "noscript", "template", "svg", "canvas", "iframe", "object",
+               "embed", "form", "button", "select", "input", "textarea", "nav", "footer",
+               "header", "aside", "menu", "dialog")
+_UNLIKELY_RE = re.compile(
+    r"comment|disqus|footer|sidebar|side-bar|share|sharing|social|related|recommend|"
+    r"promo|newsletter|subscribe|signup|sign-up|advert|\bads?\b|ad-slot|sponsor|popup|modal|"
+    r"cookie|consent|breadcrumb|masthead|menu|navbar|\bnav\b|pagination|pager|outbrain|taboola|"
+    r"byline|author-bio|tags?\b|trending|most-read|mostread|more-stories",
+    re.I,
+)
+_LIKELY_RE = re.compile(r"article|body|content|entry|main|post|story|text|prose|column", re.I)
+_BLOCK_TAGS = {"p", "pre", "h2", "h3", "h4", "h5", "h6", "li", "blockquote", "td", "dd", "figcaption"}
+_BLOCK_CHILD_TAGS = {"p", "div", "section", "article", "ul", "ol", "table", "h1", "h2", "h3", "h4",
+                     "h5", "h6", "blockquote", "pre", "figure", "main", "dl"}
+_CONTAINER_TAGS = {"div", "section", "article", "main", "td", "span", "font", "center", "body", "blockquote"}
+
+
+def _class_id(node) -> str:
+    return f"{node.get('class') or ''} {node.get('id') or ''}"
+
+
+def density_candidate(tree: lxml.html.HtmlElement) -> str:
+    """Score containers by the prose their paragraphs hold, pick the best one
+    plus siblings that look like continuations, and return their blocks."""
+    work = _copy(tree)
+    page_len = len(work.text_content()) or 1
+    for node in list(work.iter(*_STRIP_TAGS)):
+        # ASP.NET pages wrap the whole body in one <form>: only small ones are chrome.
+        if node.getparent() is not None and (node.tag != "form" or len(node.text_content()) < 0.3 * page_len):
+            node.drop_tree()
+    page_len = len(work.text_content()) or 1
+    for node in list(work.iter()):
+        if not isinstance(node.tag, str) or node.getparent() is None or node.tag in ("html", "body"):
+            continue
+        marker = _class_id(node)
+        if not marker.strip() or not _UNLIKELY_RE.search(marker) or _LIKELY_RE.search(marker):
+            continue
+        # A "sidebar" holding most of the page is a layout wrapper, not a sidebar.
+        if len(node.text_content()) < 0.3 * page_len:
+            node.drop_tree()
+
+    scores: dict = {}
+    for para in work.iter("p", "pre", "td", "blockquote", "div", "section"):
+        # Divs holding only inline content are paragraphs in all but name.
+        if para.tag in ("div", "section") and any(
+            isinstance(child.tag, str) and child.tag in _BLOCK_CHILD_TAGS for child in para
+        ):
+            continue
+        text = clean_inline(para.text_content())
+        if len(text) < 25:
+            continue
+        score = 1 + text.count(",") + text.count("，") + text.count("、") + min(len(text) // 100, 3)
+        parent = para.getparent()
+        if parent is None:
+            continue
+        scores[parent] = scores.get(parent, 0.0) + score
+        grand = parent.getparent()
+        if grand is not None:
+            scores[grand] = scores.get(grand, 0.0) + score / 2
+    if not scores:
+        return ""
+    best, best_score = None, 0.0
+    for node, score in scores.items():
+        marker = _class_id(node)
+        if _LIKELY_RE.search(marker):
+            score *= 1.25
+        score *= 1 - _link_density(node)
+        if score > best_score:
+            best, best_score = node, score
+    if best is None:
+        return ""
+    selected = [best]
+    parent = best.getparent()
+    if parent is not None:
+        threshold = max(10.0, best_score * 0.2)
+        selected = []
+        best_class = best.get("class")
+        for sibling in parent:
+            if not isinstance(sibling.tag, str):
+                continue
+            if sibling is best:
+                selected.append(sibling)
+                continue
+            sib_score = scores.get(sibling, 0.0) * (1 - _link_density(sibling))
+            same_class = best_class and sibling.get("class") == best_class
+            if sib_score >= threshold or (same_class and sib_score > 0):
+                selected.append(sibling)
+            elif sibling.tag == "p":
+                text = clean_inline(sibling.text_content())
+                if len(text) > 80 and _link_density(sibling) < 0.25:
+                    selected.append(sibling)
+    paragraphs: list[str] = []
+    for node in selected:
+        paragraphs.extend(_blocks(node))
+    return "\n".join(paragraphs)
+
+
+def _link_density(node) -> float:
+    text_len = len(" ".join(node.text_content().split()))
+    if not text_len:
+        return 1.0
+    link_len = sum(len(" ".join(a.text_content().split())) for a in node.iter("a"))
+    return min(link_len / text_len, 1.0)
+
+
+def _blocks(node) -> list[str]:
+    """Text of the block-level pieces under node, in document order, without
+    repeating nested blocks."""
+    out: list[str] = []
+    if node.tag in _BLOCK_TAGS:
+        text = clean_inline(node.text_content())
+        return [text] if text else []
+    pending = [node.text or ""]
+    for child in node:
+        if not isinstance(child.tag, str):
+            pending.append(child.tail or "")
+            continue
+        if child.tag in _BLOCK_TAGS or child.tag in _CONTAINER_TAGS or child.tag in ("ul", "ol", "table", "figure", "h1", "dl", "tr", "tbody"):
+            text = clean_inline("".join(pending))
+            if text:
+                out.append(text)
+            pending = []
+            if child.tag in _BLOCK_TAGS:
+                text = clean_inline(child.text_content())
+                if text:
+                    out.append(text)
+            elif child.tag != "h1":
+                out.extend(_blocks(child))
+            pending.append(child.tail or "")
+        elif child.tag == "br":
+            text = clean_inline("".join(pending))
+            if text:
+                out.append(text)
+            pending = [child.tail or ""]
+        else:
+            pending.append(child.text_content())
+            pending.append(child.tail or "")
+    text = clean_inline("".join(pending))
+    if text:
+        out.append(text)
+    return out
+
+
+def json_ld_candidate(objects: list[dict]) -> str:
+    bodies = [obj.get("articleBody") for obj in objects if isinstance(obj.get("articleBody"), str)]
+    if not bodies:
+        return ""
+    body = max(bodies, key=len)
+    if "<" in body:
+        # Some publishers put HTML in articleBody; never pass it through.
+        root = parse_html(f"<html><body><div>{body}</div></body></html>")
+        body = "\n".join(_blocks(root.body)) if root is not None and root.body is not None else ""
+    return "\n".join(split_paragraphs(body))
+
+
+# --------------------------------------------------------------------------
+# trafilatura runs and their consensus
+
+
+def trafilatura_candidates(tree: lxml.html.HtmlElement, url: str | None) -> dict[str, list[str]]:
+    import trafilatura
+
+    runs = {"precision": {"favor_precision": True}, "default": {}}
+    out: dict[str, list[str]] = {}
+    for name, options in runs.items():
+        try:
+            text = trafilatura.extract(
+                tree, url=url, include_comments=False, include_tables=True, output_format="txt", **options
+            )
+        except Exception as exc:  # trafilatura is a black box on hostile pages
+            log.debug("trafilatura %s failed: %s", name, exc)
+            text = None
+        out[name] = split_paragraphs(text)
+    return out
+
+
+def _supported(paragraph: str, reference: list[str], reference_keys: set[str]) -> bool:
+    key = _token_key(paragraph)
+    if key in reference_keys:
+        return True
+    # The precision run sometimes keeps a paragraph minus its link texts, or
+    # splits it: count it as the same paragraph when most of its words match.
+    words = set(key.split())
+    if not words:
+        return False
+    for other in reference:
+        other_words = set(_token_key(other).split())
+        if other_words and len(words & other_words) >= 0.8 * min(len(words), len(other_words)) and len(other_words) >= 0.5 * len(words):
+            return True
+    return False
+
+
+def consensus(precise: list[str], broad: list[str]) -> list[str]:
+    """Paragraphs of the broad run, cut to the span the precise run agrees on."""
+    if not broad:
+        return precise
+    if not precise:
+        return broad
+    keys = {_token_key(p) for p in precise}
+    flags = [_supported(p, precise, keys) for p in broad]
+    if sum(flags) < 0.5 * len(precise):
+        # The runs picked different parts of the page: trust the precise one.
+        return precise
+    first = flags.index(True)
+    last = len(flags) - 1 - flags[::-1].index(True)
+    return broad[first:last + 1]
+
+
+# --------------------------------------------------------------------------
+# edge trimming: lines about the page rather than the story
+
+_TRAILING_BOILERPLATE_RE = re.compile(
+    r"^(comments?|tags?|share( this)?( article| story)?|related( articles| stories)?|read more|advertisement)\W*$"
+    r"|share (it|this) with|follow (us|him|her|them|\w+ \w+) on|on (twitter|facebook|instagram)\b.*\bfollow"
+    r"|\bsubscribe\b|\bnewsletters?\b|\bsign up\b|click here|tell us what you think|like this (story|article)"
+    r"|^copyright\b|\bfiled under\b|may be reached at|\bemail (the writer|us|him|her)\b"
+    r"|^(source|sources|fonte|quelle)\s*:",
+    re.I,
+)
+_MAX_EDGE_TOKENS = 30
+
+
+# A dateline/byline line: a numeric date, a clock time, or "18 November 2019" /
+# "November 18, 2019" style dates.
+_DATE_LINE_RE = re.compile(
+    r"\b\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b|\b\d{1,2}:\d{2}\b"
+    r"|\b\d{1,2}\.?\s+[^\W\d_]{3,}\.?,?\s+\d{4}\b|\b[^\W\d_]{3,}\.?\s+\d{1,2},?\s+\d{4}\b"
+)
+_SENTENCE_END_RE = re.compile(r"[.!?…。！？][\"”’)»]?$")
+_MAX_DATE_LINE_TOKENS = 15
+
+
+def title_keys(root: lxml.html.HtmlElement) -> set[str]:
+    """Every way the page states its headline: og/twitter titles, <title>
+    (whole and split at site-name separators) and the first h1s."""
+    texts = []
+    for meta in root.iter("meta"):
+        key = (meta.get("property") or meta.get("name") or "").lower()
+        if key in ("og:title", "twitter:title"):
+            texts.append(meta.get("content") or "")
+    title = root.find(".//title")
+    if title is not None:
+        whole = title.text_content()
+        texts.append(whole)
+        texts.extend(re.split(r"\s[|\-–—»·:]\s", whole))
+    for index, heading in enumerate(root.iter("h1")):
+        if index >= 3:
+            break
+        texts.append(heading.text_content())
+    keys = {_token_key(text) for text in texts}
+    keys.discard("")
+    return keys
+
+
+def trim_edges(paragraphs: list[str], titles: set[str]) -> list[str]:
+    paras = list(paragraphs)
+    while len(paras) > 1 and (_is_title_repeat(paras[0], titles) or _is_date_line(paras[0])):
+        paras.pop(0)
+    while len(paras) > 1 and len(tokens(paras[-1])) <= _MAX_EDGE_TOKENS and _TRAILING_BOILERPLATE_RE.search(paras[-1]):
+        paras.pop()
+    return paras
+
+
+def _is_date_line(paragraph: str) -> bool:
+    return (
+        len(tokens(paragraph)) <= _MAX_DATE_LINE_TOKENS
+        and not _SENTENCE_END_RE.search(paragraph)
+        and bool(_DATE_LINE_RE.search(paragraph))
+    )
+
+
+def _is_title_repeat(paragraph: str, titles: set[str]) -> bool:
+    key = _token_key(paragraph)
+    if not key:
+        return False
+    size = len(key.split())
+    for title in titles:
+        if key == title:
+            return True
+        # "Headline | Site" titles contain the headline; a headline shown
+        # with a kicker contains the title.
+        if size >= 3 and key in title:
+            return True
+        if title in key and size <= 1.5 * len(title.split()) and len(title.split()) >= 3:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------
+# choosing among candidates
+
+# Below this many words trafilatura has not found an article.
+_MIN_ARTICLE_TOKENS = 25
+
+
+def choose(primary: list[str], fallbacks: dict[str, str]) -> tuple[list[str], str]:
+    """Trafilatura's consensus unless it found next to nothing; then the
+    longest independent candidate. (Letting a longer fallback replace a
+    healthy trafilatura result lost more than it won on the dev set: the
+    extra text is mostly captions and teasers.)"""
+    n_primary = len(tokens(" ".join(primary)))
+    if n_primary >= _MIN_ARTICLE_TOKENS:
+        return primary, "trafilatura"
+    name, text = max(fallbacks.items(), key=lambda item: len(tokens(item[1])), default=("", ""))
+    if len(tokens(text)) > n_primary:
+        return split_paragraphs(text), name
+    return primary, "trafilatura"
+
+
+# --------------------------------------------------------------------------
+# public entry point
+
+
+def extract_article(html: str | bytes, url: str | None = None) -> ExtractedPage:
+    """Main text and metadata of a news page. Never raises on bad input:
+    unusable pages give an empty `text` and method 'none'."""
+    try:
+        return _extract(html, url)
+    except Exception as exc:  # last line of defence: one bad page must not stop a run
+        log.warning("extraction failed for %s: %s", url or "<no url>", exc)
+        return ExtractedPage(method="error")
+
+
+def _extract(html: str | bytes, url: str | None) -> ExtractedPage:
+    if not isinstance(html, (str, bytes, bytearray)):
+        raise TypeError(f"html must be str or bytes, not {type(html).__name__}")
+    root = parse_html(decode_html(html))
+    if root is None:
+        return ExtractedPage()
+    title, canonical, og, published = read_metadata(root)
+    og = {key: value for key, value in og.items() if key != "og:url"}
+    tree = prepare_tree(root)
+    runs = trafilatura_candidates(tree, url)
+    merged = consensus(runs["precision"], runs["default"])
+    fallbacks = {
+        "json-ld": json_ld_candidate(read_json_ld(root)),
+        "density": density_candidate(tree),
+    }
+    paragraphs, method = choose(merged, fallbacks)
+    paragraphs = trim_edges(paragraphs, title_keys(root))
+    text = "\n\n".join(paragraphs)
+    return ExtractedPage(
+        title=title,
+        text=text,
+        canonical_url=canonical,
+        og=og,
+        published=published,
+        method=method if text else "none",
+    )
