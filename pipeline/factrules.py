@@ -1,0 +1,968 @@
+"""Deterministic claim checking: the part of fact-checking that needs no model.
+
+One claim (a sentence of a draft) is checked against the story's sources:
+
+- every number, date, direct quotation and named person/organisation in the
+  claim must appear in some source (numbers and dates compared as values, so
+  "1.2 million" == "1,200,000", "3 March 2024" == "2024-03-03");
+- the claim is aligned token by token with its best evidence passage; where the
+  claim is a near-copy of that passage, a slot whose value changed (a number,
+  a date, a name) or a negation that was added or dropped is a contradiction;
+- a claim with no rule failure is `supported` only when nearly all its content
+  words occur in the evidence window: content that no source has (an
+  "unsupported addition") leaves it `unverifiable`.
+
+Verdict policy (documented choices):
+- negation added/removed against a near-copy source sentence -> contradicted;
+- number/date/entity that differs from the value in the same slot of a near-copy
+  source sentence -> contradicted (the source says otherwise);
+- any other failure (value absent from every source, quote not verbatim) ->
+  unverifiable: the sources do not say it, but nothing says the opposite.
+
+Approximation: a claim number must equal a source value exactly, except
+(a) when the claim signals approximation ("about", "nearly", "more than",
+"some", "~", ...), a source value within 5% is accepted, and (b) a number written
+with a scale word ("1.2 million", "$5bn") is accepted when the source value
+rounds to it at the claim's precision (1,187,000 -> "1.2 million"), because
+that is how such figures are conventionally written. "1.3 million" against
+1,187,000 still fails.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from functools import lru_cache
+from typing import Callable, Iterable, Literal, NamedTuple, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.models import RuleFailure, Verdict
+from pipeline.text import Sentence, normalize_for_match, split_sentences, windows
+
+SemanticScorer = Callable[[str, list[str]], list[float]]
+
+WINDOW_SIZE = 3
+# A claim whose aligned tokens cover at least this share of it is a "near-copy"
+# of the evidence: a changed slot there is a contradiction, not a paraphrase.
+NEAR_COPY = 0.6
+# `supported` needs this share of the claim's content words in the evidence
+# window and no more than MAX_UNCOVERED content words missing from it.
+MIN_COVERAGE = 0.8
+MAX_UNCOVERED = 2
+# Alignment edits longer than this (on either side) are trimming or rewriting,
+# not a swapped value.
+MAX_SLOT = 6
+APPROX_TOLERANCE = 0.05
+
+
+class Source(NamedTuple):
+    id: str
+    text: str
+
+
+class OfflineVerdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict
+    source_id: str | None = None
+    evidence: str = ""                 # verbatim slice of the cited source
+    evidence_start: int | None = None  # offsets of `evidence` in that source's text
+    evidence_end: int | None = None
+    failures: list[RuleFailure] = []
+    coverage: float = 0.0              # share of the claim's content words found in the evidence window
+    unsupported_terms: list[str] = []  # claim content words the evidence window lacks
+
+
+# --------------------------------------------------------------------------- tokens
+
+STOPWORDS = frozenset(
+    """a an the and or but nor so yet for of to in on at by with from into onto upon about above
+    below over under after before since until while during between among through across against
+    within without toward towards than then as if that this these those there here it its it's
+    he him his she her hers they them their theirs we us our ours you your yours i me my mine
+    who whom whose which what when where why how all any both each few more most other some such
+    only own same too very just also even still again ever once is am are was were be been being
+    have has had having do does did doing will would shall should can could may might must
+    said says say told according per via s t one said, up out off down new""".split()
+)
+
+# Words that often open a sentence capitalised without being a name.
+COMMON_OPENERS = STOPWORDS | frozenset(
+    """however meanwhile although though because despite instead moreover furthermore
+    earlier later last next now today yesterday tomorrow tonight recently currently
+    many several most some no not never none nobody nothing after before since during
+    while when if as in on at by for from with without under over among
+    according officials authorities experts analysts critics sources police prosecutors
+    residents investors traders users people others another""".split()
+)
+
+NEGATION_CUES = frozenset(
+    "not no never none nobody nothing neither nor cannot without failed fail fails unable n't".split()
+)
+# Optional polarity flips treated like a negation when they replace each other.
+POLARITY_PAIRS = {
+    frozenset(p)
+    for p in [
+        ("confirmed", "denied"), ("confirm", "deny"), ("confirms", "denies"),
+        ("approved", "rejected"), ("accepted", "rejected"), ("won", "lost"),
+        ("increased", "decreased"), ("rose", "fell"), ("rise", "fall"), ("gained", "lost"),
+        ("allowed", "banned"), ("supports", "opposes"), ("supported", "opposed"),
+    ]
+}
+
+_TOKEN_RE = re.compile(
+    r"[A-Za-z](?:\.[A-Za-z])+\.?"        # U.S. / e.g.
+    r"|\d+(?:[.,:/]\d+)*"                # 1,200.5  10:30  3/4
+    r"|\w+(?:['’]\w+)*"                  # words, don't, O'Brien
+    r"|[$€£¥₹₦%]"
+)
+
+
+class Token(NamedTuple):
+    text: str
+    start: int
+    end: int
+    low: str
+
+
+def tokenize(text: str) -> list[Token]:
+    return [Token(m.group(0), m.start(), m.end(), _fold(m.group(0))) for m in _TOKEN_RE.finditer(text)]
+
+
+def _fold(word: str) -> str:
+    return unicodedata.normalize("NFKC", word).replace("’", "'").lower()
+
+
+def _stem(word: str) -> str:
+    """Crude suffix stripping so 'raises'/'raised'/'raise' meet. Same on both sides."""
+    w = word
+    if w.endswith("'s"):
+        w = w[:-2]
+    if len(w) >= 5 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) >= 5 and re.search(r"(?:[sxz]|ch|sh)es$", w):
+        return w[:-2]
+    if len(w) >= 4 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    if len(w) >= 6 and w.endswith("ing"):
+        return w[:-3]
+    if len(w) >= 5 and w.endswith("ed"):
+        return w[:-2]
+    return w
+
+
+def content_terms(tokens: Iterable[Token]) -> list[str]:
+    return [
+        _stem(t.low) for t in tokens
+        if t.low not in STOPWORDS and (t.low[0].isalnum()) and not (len(t.low) == 1 and t.low.isalpha())
+    ]
+
+
+def _is_negation(tok: str) -> bool:
+    return tok in NEGATION_CUES or tok.endswith("n't")
+
+
+# --------------------------------------------------------------------------- dates
+
+_MONTHS = {
+    "january": 1, "february": 2, "march": 3, "april": 4, "may": 5, "june": 6, "july": 7,
+    "august": 8, "september": 9, "october": 10, "november": 11, "december": 12,
+    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "jun": 6, "jul": 7, "aug": 8, "sep": 9,
+    "sept": 9, "oct": 10, "nov": 11, "dec": 12,
+}
+_WEEKDAYS = {
+    "monday": 0, "tuesday": 1, "wednesday": 2, "thursday": 3, "friday": 4, "saturday": 5, "sunday": 6,
+}
+_MONTH_RE = (
+    r"(?:January|February|March|April|May|June|July|August|September|October|November|December"
+    r"|JANUARY|FEBRUARY|MARCH|APRIL|MAY|JUNE|JULY|AUGUST|SEPTEMBER|OCTOBER|NOVEMBER|DECEMBER"
+    r"|(?:Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?)"
+)
+_DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
+_YEAR = r"(?:1[6-9]\d\d|20\d\d|2100)"
+_DATE_PATTERNS = [
+    ("iso", re.compile(r"\b(?P<y>" + _YEAR + r")-(?P<m>0[1-9]|1[0-2])-(?P<d>0[1-9]|[12]\d|3[01])\b")),
+    ("dmy", re.compile(r"\b(?P<d>" + _DAY + r")\s+(?:of\s+)?(?P<mn>" + _MONTH_RE + r")(?:,?\s+(?P<y>" + _YEAR + r"))?(?![\w])")),
+    ("mdy", re.compile(r"\b(?P<mn>" + _MONTH_RE + r")\s+(?P<d>" + _DAY + r")(?![\d,]\d)(?![\w])(?:,?\s+(?P<y>" + _YEAR + r")(?![\d]))?")),
+    ("my", re.compile(r"\b(?P<mn>" + _MONTH_RE + r")\s+(?:of\s+)?(?P<y>" + _YEAR + r")\b")),
+    ("m", re.compile(r"\b(?P<mn>January|February|April|June|July|August|September|October|November|December)\b")),
+    ("m_ctx", re.compile(r"\b(?:in|since|until|by|of|early|late|mid|last|next|this|from|through|till)[ -](?P<mn>March|May)\b")),
+    ("wd", re.compile(r"\b(?P<wd>Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)s?\b")),
+    ("y", re.compile(r"(?<![\d$€£,.])\b(?P<y>" + _YEAR + r")\b(?![,.]?\d)(?!s\b)")),
+]
+
+
+@dataclass(frozen=True)
+class DateMention:
+    raw: str
+    start: int
+    end: int
+    year: int | None = None
+    month: int | None = None
+    day: int | None = None
+    weekday: int | None = None
+
+    def describe(self) -> str:
+        return self.raw
+
+
+def extract_dates(text: str) -> list[DateMention]:
+    """Dates, months, weekdays and years, longest patterns first; spans never overlap."""
+    taken: list[tuple[int, int]] = []
+    found: list[DateMention] = []
+    for name, pat in _DATE_PATTERNS:
+        for m in pat.finditer(text):
+            a, b = m.span("mn") if name == "m_ctx" else m.span()
+            if any(a < e and s < b for s, e in taken):
+                continue
+            g = m.groupdict()
+            month = _MONTHS[g["mn"].lower().rstrip(".")] if g.get("mn") else (int(g["m"]) if g.get("m") else None)
+            day = int(re.match(r"\d+", g["d"]).group(0)) if g.get("d") else None
+            year = int(g["y"]) if g.get("y") else None
+            weekday = _WEEKDAYS[g["wd"].lower()] if g.get("wd") else None
+            taken.append((a, b))
+            found.append(DateMention(text[a:b], a, b, year, month, day, weekday))
+    found.sort(key=lambda d: d.start)
+    return found
+
+
+def _date_fields_agree(c: DateMention, s: DateMention) -> bool:
+    pairs = [(c.year, s.year), (c.month, s.month), (c.day, s.day), (c.weekday, s.weekday)]
+    if not any(x is not None and y is not None for x, y in pairs):
+        return False
+    return all(x is None or y is None or x == y for x, y in pairs)
+
+
+# --------------------------------------------------------------------------- numbers
+
+_WORD_UNITS = {
+    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "dozen": 12,
+}
+_WORD_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+_ORDINAL_WORDS = {
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "twentieth": 20,
+}
+_SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12,
+           "k": 1e3, "m": 1e6, "mn": 1e6, "mln": 1e6, "b": 1e9, "bn": 1e9, "tn": 1e12, "trn": 1e12}
+_CURRENCY_CANON = {"$": "$", "us$": "$", "usd": "$", "dollar": "$", "dollars": "$",
+                   "€": "€", "eur": "€", "euro": "€", "euros": "€",
+                   "£": "£", "gbp": "£", "pound": "£", "pounds": "£",
+                   "¥": "¥", "yen": "¥", "₹": "₹", "rupees": "₹", "₦": "₦", "naira": "₦"}
+_APPROX_RE = re.compile(
+    r"(?:about|around|roughly|nearly|almost|approximately|approx\.?|some|over|under|more than|less than|"
+    r"fewer than|up to|close to|estimated|at least|upwards of|just over|just under|~|circa|c\.)\s*$",
+    re.I,
+)
+
+_NUM_CORE = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+_NUMBER_RE = re.compile(
+    r"(?<![\w.,])(?<![A-Za-z]-)"
+    r"(?P<cur>US\$|A\$|C\$|HK\$|S\$|[$€£¥₹₦]|\b(?:USD|EUR|GBP)\s?)?\s?"
+    r"(?P<num>" + _NUM_CORE + r")"
+    r"(?:(?P<ord>st|nd|rd|th)\b"
+    r"|\s?-?(?P<scale>thousand|million|billion|trillion)\b"
+    r"|(?P<suf>bn|mn|mln|tn|trn|m|b|k)\b)?"
+    r"(?:\s?(?P<pct>%|percent\b|per cent\b|percentage points?\b|pc\b))?"
+    r"(?:\s(?P<curword>dollars|euros|pounds|naira|yen|rupees)\b)?",
+    re.I,
+)
+_WORDNUM_RE = re.compile(
+    r"\b(?P<w>(?:" + "|".join(_WORD_TENS) + r")(?:[- ](?:" + "|".join(k for k in _WORD_UNITS if _WORD_UNITS[k] < 10) + r"))?"
+    r"|" + "|".join(_WORD_UNITS) + r"|one|a)"
+    r"(?:\s(?P<scale>hundred|thousand|million|billion|trillion))?"
+    r"(?:\s?(?P<pct>percent\b|per cent\b))?\b",
+    re.I,
+)
+_ORDWORD_RE = re.compile(r"\b(?P<w>" + "|".join(_ORDINAL_WORDS) + r")\b", re.I)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    raw: str
+    start: int
+    end: int
+    value: float
+    kind: Literal["number", "percent", "ordinal"] = "number"
+    currency: str | None = None
+    approx: bool = False
+    step: float = 0.0  # rounding step implied by a scaled claim ("1.2 million" -> 100,000); 0 = exact
+
+
+def _word_value(w: str) -> float | None:
+    w = w.lower()
+    if w in _WORD_UNITS:
+        return _WORD_UNITS[w]
+    parts = re.split(r"[- ]", w)
+    if parts[0] in _WORD_TENS:
+        return _WORD_TENS[parts[0]] + (_WORD_UNITS.get(parts[1], 0) if len(parts) > 1 else 0)
+    if w in ("one", "a"):
+        return 1
+    return None
+
+
+def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Quantity]:
+    """Numbers as values; spans in `skip` (dates) are ignored."""
+    out: list[Quantity] = []
+
+    def free(a: int, b: int) -> bool:
+        return not any(a < e and s < b for s, e in skip) and not any(a < q.end and q.start < b for q in out)
+
+    def approx_before(a: int) -> bool:
+        return bool(_APPROX_RE.search(text[max(0, a - 20):a]))
+
+    for m in _NUMBER_RE.finditer(text):
+        a, b = m.start("num"), m.end()
+        if m.group("cur"):
+            a = m.start()
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if not free(a, b):
+            continue
+        g = m.groupdict()
+        num = g["num"]
+        value = float(num.replace(",", ""))
+        decimals = len(num.split(".")[1]) if "." in num else 0
+        currency = None
+        if g["cur"]:
+            currency = _CURRENCY_CANON.get(g["cur"].strip().lower(), "$" if "$" in g["cur"] else g["cur"].strip())
+        if g["curword"]:
+            currency = _CURRENCY_CANON[g["curword"].lower()]
+        if g["ord"]:
+            out.append(Quantity(m.group(0).strip(), a, b, value, "ordinal"))
+            continue
+        step = 0.0
+        scale_word = (g["scale"] or g["suf"] or "").lower()
+        if scale_word in ("m", "b", "k") and not currency:
+            scale_word = ""  # "5m" without a currency is as likely metres as millions
+            b = m.start("suf") if g["suf"] else b
+        if scale_word:
+            scale = _SCALES[scale_word]
+            step = scale * 10 ** (-decimals)
+            value *= scale
+        kind = "percent" if g["pct"] else "number"
+        out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), step))
+
+    for m in _WORDNUM_RE.finditer(text):
+        a, b = m.span()
+        w = m.group("w")
+        if w.lower() in ("one", "a") and not m.group("scale"):
+            continue  # "one of", "a man": not a figure
+        if not free(a, b):
+            continue
+        value = _word_value(w)
+        if value is None:
+            continue
+        step = 0.0
+        if m.group("scale"):
+            value *= {"hundred": 100, **{k: v for k, v in _SCALES.items()}}[m.group("scale").lower()]
+        kind = "percent" if m.group("pct") else "number"
+        out.append(Quantity(m.group(0), a, b, float(value), kind, None, approx_before(a), step))
+
+    for m in _ORDWORD_RE.finditer(text):
+        a, b = m.span()
+        w = m.group("w").lower()
+        if w == "second" and re.search(r"\b(?:a|per|one|split|every)\s+$", text[max(0, a - 8):a], re.I):
+            continue
+        if free(a, b):
+            out.append(Quantity(m.group(0), a, b, float(_ORDINAL_WORDS[w]), "ordinal"))
+    out.sort(key=lambda q: q.start)
+    return out
+
+
+def numbers_match(claim: Quantity, source: Quantity) -> bool:
+    if claim.kind != source.kind:
+        return False
+    if claim.currency and source.currency and claim.currency != source.currency:
+        return False
+    if math.isclose(claim.value, source.value, rel_tol=1e-9, abs_tol=1e-9):
+        return True
+    if claim.approx and abs(claim.value - source.value) <= APPROX_TOLERANCE * abs(source.value):
+        return True
+    if claim.step and abs(claim.value - source.value) <= claim.step / 2 + 1e-9 * abs(claim.value):
+        return True
+    return False
+
+
+def _year_as_quantity(d: DateMention) -> Quantity | None:
+    if d.year is None or d.month is not None or d.weekday is not None:
+        return None
+    return Quantity(d.raw, d.start, d.end, float(d.year))
+
+
+# --------------------------------------------------------------------------- quotes
+
+_QUOTE_PATTERNS = [
+    re.compile(r"“([^“”]+)”"),
+    re.compile(r"«\s*([^«»]+?)\s*»"),
+    re.compile(r"(?<![\w])‘([^‘’]+?)’(?![\w])"),
+    re.compile(r'"([^"]+)"'),
+]
+_ELLIPSIS = re.compile(r"\s*(?:\.\s?\.\s?\.|…|\[\s*(?:\.\.\.|…)\s*\])\s*")
+
+
+def extract_quotes(text: str) -> list[str]:
+    """Direct quotations in a claim, including one left open by sentence splitting."""
+    quotes: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for pat in _QUOTE_PATTERNS:
+        for m in pat.finditer(text):
+            if any(m.start() < e and s < m.end() for s, e in spans):
+                continue
+            spans.append(m.span())
+            quotes.append(m.group(1))
+    rest = text
+    for s, e in sorted(spans, reverse=True):
+        rest = rest[:s] + " " * (e - s) + rest[e:]
+    # An unpaired mark: a quotation that began or ends in a neighbouring sentence.
+    for m in re.finditer(r'[“”"]', rest):
+        i = m.start()
+        after = rest[i + 1:]
+        opens = m.group(0) == "“" or (m.group(0) == '"' and (i == 0 or rest[i - 1].isspace()) and after[:1].strip())
+        piece = text[i + 1:] if opens else text[:i]
+        if len(piece.split()) >= 3:
+            quotes.append(piece)
+    return [q for q in (q.strip() for q in quotes) if re.search(r"\w", q)]
+
+
+def _quote_key(s: str) -> str:
+    s = normalize_for_match(s).casefold()
+    s = re.sub(r"\s+(?=[,.;:!?)\]'\"%])", "", s)
+    s = re.sub(r"(?<=[(\[$])\s+", "", s)
+    return s
+
+
+@lru_cache(maxsize=64)
+def _source_key(source_text: str) -> str:
+    return _quote_key(source_text)
+
+
+def quote_appears_verbatim(quote: str, source_text: str) -> bool:
+    """True when `quote` occurs in `source_text` word for word.
+
+    Whitespace, quote-mark and dash styles, letter case and the punctuation that
+    style guides move inside a closing quote are ignored; an ellipsis splits the
+    quote into pieces that must each appear, in order. Anything else (a changed,
+    added or dropped word) is not verbatim.
+    """
+    if not isinstance(quote, str) or not isinstance(source_text, str):
+        raise TypeError("quote_appears_verbatim expects two strings")
+    key = _source_key(source_text)
+    pos = 0
+    pieces = [p.strip(" ,.;:!?'\"-") for p in _ELLIPSIS.split(_quote_key(quote))]
+    pieces = [p for p in pieces if re.search(r"\w", p)]
+    if not pieces:
+        return False
+    for piece in pieces:
+        m = re.compile(r"(?<!\w)" + re.escape(piece) + r"(?!\w)").search(key, pos)
+        if not m:
+            return False
+        pos = m.end()
+    return True
+
+
+# --------------------------------------------------------------------------- entities
+
+_TITLE_WORDS = frozenset(
+    """mr mrs ms dr prof professor sir dame lord lady president vice senator sen rep representative
+    gov governor minister prime chief ceo cfo cto chairman chairwoman chair director judge justice
+    rt hon honourable honorable general gen col colonel capt captain lt sgt pope king queen prince
+    princess secretary speaker leader mayor deputy commissioner ambassador attorney officer
+    spokesman spokeswoman spokesperson founder executive analyst the""".split()
+)
+_CONNECTORS = frozenset("of de del della da di van von der den bin al le la du & y".split())
+
+
+@dataclass(frozen=True)
+class Entity:
+    raw: str
+    start: int
+    end: int
+    tokens: tuple[str, ...]   # match keys: possessive dropped, acronym dots removed
+    initial: bool             # starts at the beginning of a sentence
+
+
+def _entity_key(tok: str) -> str:
+    t = unicodedata.normalize("NFKC", tok).replace("’", "'")
+    if t.endswith("'s") or t.endswith("'S"):
+        t = t[:-2]
+    if re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]?\.?", t):
+        t = t.replace(".", "")
+    return t
+
+
+def _is_cap(tok: str) -> bool:
+    return tok[:1].isupper() or (tok[:1].isdigit() and any(c.isupper() for c in tok))
+
+
+def _sentence_initial(text: str, pos: int) -> bool:
+    before = text[:pos].rstrip(" \t\"'“‘([«")
+    return not before or before[-1] in ".!?:;\n—–-"
+
+
+def extract_entities(text: str, is_name: Callable[[str], bool] | None = None) -> list[Entity]:
+    """Capitalised runs ("Bukola Saraki", "Bank of England") and acronyms ("NASA", "U.S.").
+
+    Month and weekday names are dates, not entities. A capitalised word that opens
+    a sentence is dropped when it is a common opener, or when `is_name` (which
+    knows the sources) says it is an ordinary word.
+    """
+    toks = tokenize(text)
+    runs: list[list[Token]] = []
+    cur: list[Token] = []
+    for i, t in enumerate(toks):
+        gap = text[cur[-1].end:t.start] if cur else ""
+        contiguous = not cur or (gap.strip() == "" and "\n" not in gap) or gap.strip() == "&"
+        word = t.text
+        is_date_word = word.lower().rstrip(".") in _MONTHS or word.lower() in _WEEKDAYS
+        if _is_cap(word) and not is_date_word and contiguous:
+            cur.append(t)
+            continue
+        if (
+            cur and contiguous and word.lower() in _CONNECTORS
+            and i + 1 < len(toks) and _is_cap(toks[i + 1].text)
+            and text[t.end:toks[i + 1].start].strip() == ""
+        ):
+            cur.append(t)
+            continue
+        if cur:
+            runs.append(cur)
+        cur = [t] if _is_cap(word) and not is_date_word else []
+    if cur:
+        runs.append(cur)
+
+    out: list[Entity] = []
+    for run in runs:
+        initial = _sentence_initial(text, run[0].start)
+        if initial:
+            first = run[0].text
+            if first.lower() in COMMON_OPENERS or (is_name is not None and not is_name(first)):
+                run = run[1:]
+                initial = False
+        while run and run[-1].text.lower() in _CONNECTORS:
+            run = run[:-1]
+        if not run:
+            continue
+        if len(run) == 1 and run[0].text.lower() in STOPWORDS:
+            continue  # "I", "A" inside titles
+        keys = tuple(k for k in (_entity_key(t.text) for t in run) if k)
+        if keys:
+            out.append(Entity(text[run[0].start:run[-1].end], run[0].start, run[-1].end, keys, initial))
+    return out
+
+
+# --------------------------------------------------------------------------- source index
+
+
+@dataclass
+class _Window:
+    source: int
+    start: int
+    end: int
+    first: int
+    last: int
+    tokens: list[Token]
+    terms: Counter
+
+
+@dataclass
+class _SourceDoc:
+    id: str
+    text: str
+    sentences: list[Sentence]
+    tokens: list[Token]
+    quantities: list[Quantity]
+    dates: list[DateMention]
+    entity_string: str           # " key key key " for contiguous-name lookups
+    cap_words: set[str]          # capitalised tokens seen mid-sentence
+    lower_words: set[str]        # tokens seen in lower case
+
+
+@dataclass
+class SourceIndex:
+    """Sources prepared once so many claims can be checked against them cheaply."""
+
+    docs: list[_SourceDoc]
+    windows: list[_Window]
+    df: Counter = field(default_factory=Counter)
+    avg_len: float = 1.0
+
+    @classmethod
+    def build(cls, sources: Iterable, window_size: int = WINDOW_SIZE) -> "SourceIndex":
+        docs: list[_SourceDoc] = []
+        wins: list[_Window] = []
+        for n, src in enumerate(_coerce_sources(sources)):
+            sents = split_sentences(src.text)
+            toks = tokenize(src.text)
+            dates = extract_dates(src.text)
+            qty = extract_numbers(src.text, [(d.start, d.end) for d in dates])
+            qty += [q for q in (_year_as_quantity(d) for d in dates) if q]
+            cap_words = {
+                _entity_key(t.text) for t in toks if _is_cap(t.text) and not _sentence_initial(src.text, t.start)
+            }
+            lower_words = {t.low for t in toks if t.text[:1].islower()}
+            ent_string = " " + " ".join(_entity_key(t.text) for t in toks) + " "
+            doc = _SourceDoc(src.id, src.text, sents, toks, qty, dates, ent_string, cap_words, lower_words)
+            docs.append(doc)
+            ti = 0
+            sent_tokens: list[list[Token]] = []
+            for s in sents:
+                while ti < len(toks) and toks[ti].start < s.start:
+                    ti += 1
+                tj = ti
+                while tj < len(toks) and toks[tj].end <= s.end:
+                    tj += 1
+                sent_tokens.append(toks[ti:tj])
+                ti = tj
+            for w in windows(sents, size=window_size, stride=1):
+                wt = [t for st in sent_tokens[w.first:w.last + 1] for t in st]
+                wins.append(_Window(n, w.start, w.end, w.first, w.last, wt, Counter(content_terms(wt))))
+        idx = cls(docs, wins)
+        for w in wins:
+            idx.df.update(set(w.terms))
+        idx.avg_len = (sum(sum(w.terms.values()) for w in wins) / len(wins)) if wins else 1.0
+        return idx
+
+    def is_name(self, word: str) -> bool:
+        """A sentence-initial capitalised word is a name if sources use it capitalised mid-sentence
+        or never in lower case."""
+        key = _entity_key(word)
+        return any(key in d.cap_words for d in self.docs) or not any(word.lower() in d.lower_words for d in self.docs)
+
+    def bm25(self, terms: list[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
+        n = len(self.windows)
+        q = Counter(terms)
+        scores = []
+        for w in self.windows:
+            length = sum(w.terms.values())
+            s = 0.0
+            for term in q:
+                tf = w.terms.get(term, 0)
+                if not tf:
+                    continue
+                idf = math.log(1 + (n - self.df[term] + 0.5) / (self.df[term] + 0.5))
+                s += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / self.avg_len))
+            scores.append(s)
+        return scores
+
+
+def _coerce_sources(sources: Iterable) -> list[Source]:
+    out: list[Source] = []
+    for i, src in enumerate(sources):
+        if isinstance(src, Source):
+            out.append(src)
+        elif isinstance(src, dict) and "text" in src:
+            out.append(Source(str(src.get("id", i)), src["text"]))
+        elif isinstance(src, (tuple, list)) and len(src) == 2:
+            out.append(Source(str(src[0]), src[1]))
+        elif hasattr(src, "text") and hasattr(src, "id"):
+            out.append(Source(str(src.id), src.text))
+        else:
+            raise ValueError(f"source #{i} must be (source_id, text) or have id/text, got {type(src).__name__}")
+        if not isinstance(out[-1].text, str):
+            raise ValueError(f"source {out[-1].id!r}: text must be a string, got {type(out[-1].text).__name__}")
+    return out
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class _ClaimParts:
+    text: str
+    tokens: list[Token]
+    dates: list[DateMention]
+    quantities: list[Quantity]
+    quotes: list[str]
+    entities: list[Entity]
+    terms: list[str]         # for retrieval
+    cover_terms: list[str]   # for the coverage test: figures and dates are checked by their own rules
+
+
+def _parse_claim(claim: str, index: SourceIndex) -> _ClaimParts:
+    dates = extract_dates(claim)
+    qty = extract_numbers(claim, [(d.start, d.end) for d in dates])
+    tokens = tokenize(claim)
+    valued = [(x.start, x.end) for x in (*dates, *qty)]
+    plain = [t for t in tokens if not any(a <= t.start and t.end <= b for a, b in valued)]
+    return _ClaimParts(
+        claim, tokens, dates, qty, extract_quotes(claim),
+        extract_entities(claim, index.is_name), content_terms(tokens), content_terms(plain),
+    )
+
+
+@dataclass
+class _Alignment:
+    window: _Window
+    score: float
+    matched: int                    # claim tokens aligned to the region
+    region: tuple[int, int]         # token range in window.tokens
+    opcodes: list[tuple[str, int, int, int, int]]
+
+
+def _region_alignment(claim_tokens: list[Token], win: _Window, doc: _SourceDoc, score: float) -> _Alignment:
+    """Align the claim with the sentences of `win` it really sits on.
+
+    The region is anchored on the longest matching block and widened by nearby
+    blocks of 2+ tokens, then to whole sentences, so a negation dropped at the
+    start of a sentence still shows up as an edit rather than as trimming.
+    """
+    a = [t.low for t in claim_tokens]
+    b = [t.low for t in win.tokens]
+    blocks = [blk for blk in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks() if blk.size]
+    if not blocks:
+        return _Alignment(win, score, 0, (0, 0), [])
+    main = max(blocks, key=lambda blk: blk.size)
+    lo, hi = main.b, main.b + main.size
+    for blk in blocks:
+        if blk.size >= 2 and blk.b + blk.size >= lo - 40 and blk.b <= hi + 40:
+            lo, hi = min(lo, blk.b), max(hi, blk.b + blk.size)
+    lo_char, hi_char = win.tokens[lo].start, win.tokens[hi - 1].end
+    sents = doc.sentences[win.first:win.last + 1]
+    s_lo = next((s.start for s in sents if s.start <= lo_char < s.end), lo_char)
+    s_hi = next((s.end for s in sents if s.start < hi_char <= s.end), hi_char)
+    idx = [i for i, t in enumerate(win.tokens) if t.start >= s_lo and t.end <= s_hi]
+    if idx:
+        lo, hi = idx[0], idx[-1] + 1
+    sm = SequenceMatcher(None, a, [t.low for t in win.tokens[lo:hi]], autojunk=False)
+    ops = [(tag, i1, i2, j1 + lo, j2 + lo) for tag, i1, i2, j1, j2 in sm.get_opcodes()]
+    matched = sum(blk.size for blk in sm.get_matching_blocks())
+    return _Alignment(win, score, matched, (lo, hi), ops)
+
+
+def _span(tokens: list[Token], i: int, j: int, text: str, pad: int = 2) -> str:
+    i, j = max(0, i - pad), min(len(tokens), j + pad)
+    if i >= j:
+        return ""
+    return text[tokens[i].start:tokens[j - 1].end]
+
+
+def _slot_failures(
+    claim: _ClaimParts, al: _Alignment, doc: _SourceDoc, index: SourceIndex
+) -> list[RuleFailure]:
+    """Edits between a near-copy claim and its evidence that change a value or the polarity."""
+    out: list[RuleFailure] = []
+    ctoks, stoks = claim.tokens, al.window.tokens
+    ops = al.opcodes
+    for n, (tag, i1, i2, j1, j2) in enumerate(ops):
+        if tag == "equal":
+            continue
+        edge = n == 0 or n == len(ops) - 1
+        c_len, s_len = i2 - i1, j2 - j1
+        c_words = [t.low for t in ctoks[i1:i2]]
+        s_words = [t.low for t in stoks[j1:j2]]
+        # Negation: a cue added or dropped in a short edit (at an edge only when the
+        # edit is nothing but the cue: a trimmed clause is longer).
+        c_neg = sum(_is_negation(w) for w in c_words)
+        s_neg = sum(_is_negation(w) for w in s_words)
+        short = c_len <= MAX_SLOT and s_len <= MAX_SLOT
+        if c_neg != s_neg and short and (not edge or max(c_len, s_len) <= 2):
+            added = c_neg > s_neg
+            cue = " ".join(c_words if added else s_words)
+            out.append(RuleFailure(
+                type="negation",
+                detail=(f"claim adds a negation ({cue!r}) to what {doc.id} says" if added
+                        else f"claim drops the negation {cue!r} that {doc.id} has"),
+                value=cue,
+            ))
+            continue
+        if tag == "replace" and short and any(
+            frozenset((x, y)) in POLARITY_PAIRS for x in c_words for y in s_words
+        ):
+            out.append(RuleFailure(type="negation", detail=f"claim says {' '.join(c_words)!r} where {doc.id} says {' '.join(s_words)!r}", value=" ".join(c_words)))
+            continue
+        if tag != "replace" or not short:
+            continue
+        c_text = _span(ctoks, i1, i2, claim.text)
+        s_text = _span(stoks, j1, j2, doc.text)
+        c_exact = claim.text[ctoks[i1].start:ctoks[i2 - 1].end]
+        s_exact = doc.text[stoks[j1].start:stoks[j2 - 1].end]
+        # Dates first: a changed year must not also count as a changed number.
+        c_dates, s_dates = extract_dates(c_text), extract_dates(s_text)
+        bad = [d for d in c_dates if not any(_date_fields_agree(d, s) for s in s_dates)]
+        if bad and s_dates:
+            out.append(RuleFailure(type="date", detail=f"claim has {bad[0].raw!r} where {doc.id} has {s_dates[0].raw!r}", value=bad[0].raw))
+            continue
+        c_q = extract_numbers(c_text, [(d.start, d.end) for d in c_dates])
+        s_q = extract_numbers(s_text, [(d.start, d.end) for d in s_dates])
+        bad_q = [q for q in c_q if not any(numbers_match(q, s) for s in s_q)]
+        orphan = [s for s in s_q if not any(numbers_match(q, s) for q in c_q)]
+        if bad_q and orphan:
+            out.append(RuleFailure(type="number", detail=f"claim has {bad_q[0].raw!r} where {doc.id} has {orphan[0].raw!r}", value=bad_q[0].raw))
+            continue
+        c_caps = [t for t in ctoks[i1:i2] if _is_cap(t.text) and t.low not in STOPWORDS and t.text.lower().rstrip(".") not in _MONTHS and t.low not in _WEEKDAYS]
+        s_caps = [t for t in stoks[j1:j2] if _is_cap(t.text) and t.low not in STOPWORDS]
+        if c_caps and s_caps:
+            c_first_initial = i1 == 0 or _sentence_initial(claim.text, ctoks[i1].start)
+            if c_first_initial and len(c_caps) == 1 and c_caps[0] is ctoks[i1] and not index.is_name(c_caps[0].text):
+                continue
+            c_keys = {_entity_key(t.text).lower() for t in c_caps}
+            s_keys = {_entity_key(t.text).lower() for t in s_caps}
+            if c_keys - s_keys:
+                out.append(RuleFailure(type="entity", detail=f"claim names {c_exact!r} where {doc.id} names {s_exact!r}", value=c_exact))
+    return out
+
+
+def _presence_failures(claim: _ClaimParts, index: SourceIndex) -> list[RuleFailure]:
+    """Values in the claim that no source has at all."""
+    out: list[RuleFailure] = []
+    all_q = [q for d in index.docs for q in d.quantities]
+    for q in claim.quantities:
+        if not any(numbers_match(q, s) for s in all_q):
+            out.append(RuleFailure(type="number", detail=f"no source has the figure {q.raw!r}", value=q.raw))
+    for d in claim.dates:
+        if not _date_in_sources(d, index):
+            out.append(RuleFailure(type="date", detail=f"no source has the date {d.raw!r}", value=d.raw))
+    for quote in claim.quotes:
+        if not any(quote_appears_verbatim(quote, doc.text) for doc in index.docs):
+            out.append(RuleFailure(type="quote", detail="quotation does not appear verbatim in any source", value=quote))
+    for ent in claim.entities:
+        if not _entity_in_sources(ent, index):
+            out.append(RuleFailure(type="entity", detail=f"no source names {ent.raw!r}", value=ent.raw))
+    return out
+
+
+def _date_in_sources(d: DateMention, index: SourceIndex) -> bool:
+    for doc in index.docs:
+        if d.month is not None and d.day is not None:
+            ok = any(s.month == d.month and s.day == d.day for s in doc.dates)
+        elif d.month is not None:
+            ok = any(s.month == d.month for s in doc.dates)
+        else:
+            ok = True
+        if d.weekday is not None:
+            ok = ok and any(s.weekday == d.weekday for s in doc.dates)
+        if d.year is not None:
+            ok = ok and (any(s.year == d.year for s in doc.dates) or any(
+                q.kind == "number" and q.value == d.year for q in doc.quantities))
+        if ok:
+            return True
+    return False
+
+
+def _entity_in_sources(ent: Entity, index: SourceIndex) -> bool:
+    keys = list(ent.tokens)
+    haystacks = [d.entity_string for d in index.docs]
+    lowered = [h.lower() for h in haystacks] if ent.initial else None
+
+    def found(ks: list[str]) -> bool:
+        needle = " " + " ".join(ks) + " "
+        if any(needle in h for h in haystacks):
+            return True
+        # Only the opening word of a sentence may differ in case ("The Senate" vs "the Senate").
+        return bool(lowered) and any(needle.lower() in h for h in lowered)
+
+    if found(keys):
+        return True
+    while len(keys) > 1 and keys[0].lower().rstrip(".") in _TITLE_WORDS:
+        keys = keys[1:]
+        if found(keys):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def _rank_windows(
+    claim: _ClaimParts, index: SourceIndex, semantic_scorer: SemanticScorer | None
+) -> list[tuple[float, int]]:
+    if not index.windows:
+        return []
+    bm = index.bm25(claim.terms)
+    top = max(bm) or 1.0
+    scores = [s / top for s in bm]
+    exact = [q.raw for q in claim.quantities] + [d.raw for d in claim.dates] + [e.raw for e in claim.entities]
+    if exact:
+        for i, w in enumerate(index.windows):
+            text = index.docs[w.source].text[w.start:w.end]
+            scores[i] += 0.3 * sum(1 for x in exact if x in text) / len(exact)
+    if semantic_scorer is not None:
+        texts = [index.docs[w.source].text[w.start:w.end] for w in index.windows]
+        sem = list(semantic_scorer(claim.text, texts))
+        if len(sem) != len(texts):
+            raise ValueError(f"semantic scorer returned {len(sem)} scores for {len(texts)} windows")
+        scores = [s + 0.5 * float(x) for s, x in zip(scores, sem)]
+    return sorted(((s, i) for i, s in enumerate(scores)), reverse=True)
+
+
+def verify_offline(
+    claim: str,
+    sources: Iterable | SourceIndex,
+    *,
+    semantic_scorer: SemanticScorer | None = None,
+    candidates: int = 5,
+) -> OfflineVerdict:
+    """Check one claim against sources with rules only. See the module docstring for the policy."""
+    if not isinstance(claim, str):
+        raise TypeError(f"claim must be a string, got {type(claim).__name__}")
+    index = sources if isinstance(sources, SourceIndex) else SourceIndex.build(sources)
+    if not claim.strip():
+        raise ValueError("claim is empty")
+    parts = _parse_claim(claim, index)
+    ranked = _rank_windows(parts, index, semantic_scorer)[:candidates]
+    best: _Alignment | None = None
+    for score, wi in ranked:
+        w = index.windows[wi]
+        al = _region_alignment(parts.tokens, w, index.docs[w.source], score)
+        if best is None or (al.matched, al.score) > (best.matched, best.score):
+            best = al
+
+    failures = _presence_failures(parts, index)
+    contradicted = False
+    near_copy = best is not None and parts.tokens and best.matched / len(parts.tokens) >= NEAR_COPY
+    if best is not None and near_copy:
+        slot = _slot_failures(parts, best, index.docs[best.window.source], index)
+        if slot:
+            contradicted = True
+            # A slot failure explains the same value a presence failure may also report.
+            seen = {(f.type, f.value) for f in slot}
+            failures = slot + [f for f in failures if (f.type, f.value) not in seen]
+
+    if best is None:
+        return OfflineVerdict(verdict="unverifiable", failures=failures)
+    doc = index.docs[best.window.source]
+    lo, hi = best.region
+    toks = best.window.tokens
+    ev_start, ev_end = _evidence_bounds(doc, toks[lo].start if hi > lo else best.window.start, toks[hi - 1].end if hi > lo else best.window.end)
+    win_terms = set(best.window.terms)
+    missing = [t for t in dict.fromkeys(parts.cover_terms) if t not in win_terms]
+    coverage = 1.0 - len(missing) / max(1, len(set(parts.cover_terms)))
+
+    if any(f.type == "negation" for f in failures) or contradicted:
+        verdict: Verdict = "contradicted"
+    elif failures:
+        verdict = "unverifiable"
+    elif coverage >= MIN_COVERAGE and len(missing) <= MAX_UNCOVERED:
+        verdict = "supported"
+    else:
+        verdict = "unverifiable"
+    return OfflineVerdict(
+        verdict=verdict,
+        source_id=doc.id,
+        evidence=doc.text[ev_start:ev_end],
+        evidence_start=ev_start,
+        evidence_end=ev_end,
+        failures=failures,
+        coverage=round(coverage, 3),
+        unsupported_terms=missing,
+    )
+
+
+def _evidence_bounds(doc: _SourceDoc, a: int, b: int) -> tuple[int, int]:
+    """Widen a matched character range to whole sentences."""
+    start = next((s.start for s in doc.sentences if s.start <= a < s.end), a)
+    end = next((s.end for s in doc.sentences if s.start < b <= s.end), b)
+    return start, end
+
+
+def check_claim(claim: str, sources: Iterable | SourceIndex) -> list[RuleFailure]:
+    """Just the rule failures for a claim (empty when every rule passes)."""
+    return verify_offline(claim, sources).failures
