@@ -27,7 +27,7 @@ import re
 import unicodedata
 from copy import deepcopy
 from datetime import datetime, timezone
-from difflib import SequenceMatcher
+from typing import Callable
 
 import lxml.html
 from lxml import etree
@@ -269,11 +269,31 @@ def prepare_tree(root: lxml.html.HtmlElement) -> lxml.html.HtmlElement:
     """A cleaned copy of the page for the extractors (the original stays intact)."""
     tree = _copy(root)
     _unwrap_social_embeds(tree)
+    _drop_nested_teasers(tree)
     return tree
 
 
 def _copy(root: lxml.html.HtmlElement) -> lxml.html.HtmlElement:
     return deepcopy(root)
+
+
+def _drop_nested_teasers(tree: lxml.html.HtmlElement) -> None:
+    """An <article> holding several other <article>s is a story with a
+    "you may also like" list of teaser cards or comments (HTML5 nests both
+    as articles); extractors read them as more story. Drop the small nested
+    ones when there are at least two."""
+    for outer in tree.xpath("//article[.//article]"):
+        if outer.getparent() is None:
+            continue
+        inner = list(outer.iterdescendants("article"))
+        if len(inner) < 2:
+            continue
+        outer_len = len(outer.text_content())
+        for node in inner:
+            # A nested article carrying most of the text is the story itself
+            # (some themes wrap it in a page-level <article>): keep it.
+            if node.getparent() is not None and len(node.text_content()) < 0.4 * outer_len:
+                node.drop_tree()
 
 
 def _unwrap_social_embeds(tree: lxml.html.HtmlElement) -> None:
@@ -506,7 +526,9 @@ def _supported(paragraph: str, reference: list[str], reference_keys: set[str]) -
 
 
 def consensus(precise: list[str], broad: list[str]) -> list[str]:
-    """Paragraphs of the broad run, cut to the span the precise run agrees on."""
+    """Paragraphs of the broad run, cut to the span the precise run agrees on.
+    Inside the span, a line only the broad run kept is dropped when it reads
+    as a call to action (two independent signals that it is not story)."""
     if not broad:
         return precise
     if not precise:
@@ -518,13 +540,17 @@ def consensus(precise: list[str], broad: list[str]) -> list[str]:
         return precise
     first = flags.index(True)
     last = len(flags) - 1 - flags[::-1].index(True)
-    return broad[first:last + 1]
+    return [
+        paragraph
+        for paragraph, supported in zip(broad[first:last + 1], flags[first:last + 1])
+        if supported or not _is_boilerplate_line(paragraph)
+    ]
 
 
 # --------------------------------------------------------------------------
 # edge trimming: lines about the page rather than the story
 
-_TRAILING_BOILERPLATE_RE = re.compile(
+_BOILERPLATE_RE = re.compile(
     r"^(comments?|tags?|share( this)?( article| story)?|related( articles| stories)?|read more|advertisement)\W*$"
     r"|share (it|this) with|follow (us|him|her|them|\w+ \w+) on|on (twitter|facebook|instagram)\b.*\bfollow"
     r"|\bsubscribe\b|\bnewsletters?\b|\bsign up\b|click here|tell us what you think|like this (story|article)"
@@ -567,13 +593,24 @@ def title_keys(root: lxml.html.HtmlElement) -> set[str]:
     return keys
 
 
-def trim_edges(paragraphs: list[str], titles: set[str]) -> list[str]:
+def trim_leading(paragraphs: list[str], titles: set[str]) -> list[str]:
+    """Drop the headline repeated as first line, and dateline/byline lines."""
     paras = list(paragraphs)
     while len(paras) > 1 and (_is_title_repeat(paras[0], titles) or _is_date_line(paras[0])):
         paras.pop(0)
-    while len(paras) > 1 and len(tokens(paras[-1])) <= _MAX_EDGE_TOKENS and _TRAILING_BOILERPLATE_RE.search(paras[-1]):
+    return paras
+
+
+def trim_trailing(paragraphs: list[str]) -> list[str]:
+    """Drop share/follow/subscribe/tags lines after the story."""
+    paras = list(paragraphs)
+    while len(paras) > 1 and _is_boilerplate_line(paras[-1]):
         paras.pop()
     return paras
+
+
+def _is_boilerplate_line(paragraph: str) -> bool:
+    return len(tokens(paragraph)) <= _MAX_EDGE_TOKENS and bool(_BOILERPLATE_RE.search(paragraph))
 
 
 def _is_date_line(paragraph: str) -> bool:
@@ -608,7 +645,7 @@ def _is_title_repeat(paragraph: str, titles: set[str]) -> bool:
 _MIN_ARTICLE_TOKENS = 25
 
 
-def choose(primary: list[str], fallbacks: dict[str, str]) -> tuple[list[str], str]:
+def choose(primary: list[str], fallbacks: dict[str, Callable[[], str]]) -> tuple[list[str], str]:
     """Trafilatura's consensus unless it found next to nothing; then the
     longest independent candidate. (Letting a longer fallback replace a
     healthy trafilatura result lost more than it won on the dev set: the
@@ -616,10 +653,13 @@ def choose(primary: list[str], fallbacks: dict[str, str]) -> tuple[list[str], st
     n_primary = len(tokens(" ".join(primary)))
     if n_primary >= _MIN_ARTICLE_TOKENS:
         return primary, "trafilatura"
-    name, text = max(fallbacks.items(), key=lambda item: len(tokens(item[1])), default=("", ""))
-    if len(tokens(text)) > n_primary:
-        return split_paragraphs(text), name
-    return primary, "trafilatura"
+    best_name, best_paras, best_size = "trafilatura", primary, n_primary
+    for name, make in fallbacks.items():
+        paras = split_paragraphs(make())
+        size = len(tokens(" ".join(paras)))
+        if size > best_size:
+            best_name, best_paras, best_size = name, paras, size
+    return best_paras, best_name
 
 
 # --------------------------------------------------------------------------
@@ -644,15 +684,16 @@ def _extract(html: str | bytes, url: str | None) -> ExtractedPage:
         return ExtractedPage()
     title, canonical, og, published = read_metadata(root)
     og = {key: value for key, value in og.items() if key != "og:url"}
+    titles = title_keys(root)
     tree = prepare_tree(root)
     runs = trafilatura_candidates(tree, url)
-    merged = consensus(runs["precision"], runs["default"])
+    merged = consensus(trim_leading(runs["precision"], titles), trim_leading(runs["default"], titles))
     fallbacks = {
-        "json-ld": json_ld_candidate(read_json_ld(root)),
-        "density": density_candidate(tree),
+        "json-ld": lambda: json_ld_candidate(read_json_ld(root)),
+        "density": lambda: density_candidate(tree),
     }
     paragraphs, method = choose(merged, fallbacks)
-    paragraphs = trim_edges(paragraphs, title_keys(root))
+    paragraphs = trim_trailing(trim_leading(paragraphs, titles))
     text = "\n\n".join(paragraphs)
     return ExtractedPage(
         title=title,
