@@ -21,6 +21,7 @@ produced from text nodes, never from serialised HTML.
 from __future__ import annotations
 
 import codecs
+import html as html_module
 import json
 import logging
 import re
@@ -476,15 +477,28 @@ def _blocks(node) -> list[str]:
     return out
 
 
+def _visible_token_count(root: lxml.html.HtmlElement) -> int:
+    texts = root.xpath(
+        "//body//text()[not(ancestor::script or ancestor::style or ancestor::noscript or ancestor::template)]"
+    )
+    return len(tokens(" ".join(texts)))
+
+
 def json_ld_candidate(objects: list[dict]) -> str:
     bodies = [obj.get("articleBody") for obj in objects if isinstance(obj.get("articleBody"), str)]
     if not bodies:
         return ""
     body = max(bodies, key=len)
+    body = html_module.unescape(body) if "&" in body else body
     if "<" in body:
         # Some publishers put HTML in articleBody; never pass it through.
         root = parse_html(f"<html><body><div>{body}</div></body></html>")
-        body = "\n".join(_blocks(root.body)) if root is not None and root.body is not None else ""
+        if root is None or root.find("body") is None:
+            return ""
+        for node in list(root.iter(*_STRIP_TAGS)):
+            if node.getparent() is not None:
+                node.drop_tree()
+        body = "\n".join(_blocks(root.find("body")))
     return "\n".join(split_paragraphs(body))
 
 
@@ -552,7 +566,7 @@ def consensus(precise: list[str], broad: list[str]) -> list[str]:
 
 _BOILERPLATE_RE = re.compile(
     r"^(comments?|tags?|share( this)?( article| story)?|related( articles| stories)?|read more|advertisement)\W*$"
-    r"|share (it|this) with|follow (us|him|her|them|\w+ \w+) on|on (twitter|facebook|instagram)\b.*\bfollow"
+    r"|\bshare\b.{0,20}\bwith\b|follow (us|him|her|them|\w+ \w+) on|on (twitter|facebook|instagram)\b.*\bfollow"
     r"|\bsubscribe\b|\bnewsletters?\b|\bsign up\b|click here|tell us what you think|like this (story|article)"
     r"|^copyright\b|\bfiled under\b|may be reached at|\bemail (the writer|us|him|her)\b"
     r"|^(source|sources|fonte|quelle)\s*:",
@@ -685,14 +699,16 @@ def _extract(html: str | bytes, url: str | None) -> ExtractedPage:
     title, canonical, og, published = read_metadata(root)
     og = {key: value for key, value in og.items() if key != "og:url"}
     titles = title_keys(root)
-    tree = prepare_tree(root)
-    runs = trafilatura_candidates(tree, url)
-    merged = consensus(trim_leading(runs["precision"], titles), trim_leading(runs["default"], titles))
-    fallbacks = {
-        "json-ld": lambda: json_ld_candidate(read_json_ld(root)),
-        "density": lambda: density_candidate(tree),
-    }
-    paragraphs, method = choose(merged, fallbacks)
+    json_ld_body = json_ld_candidate(read_json_ld(root))
+    if json_ld_body and _visible_token_count(root) < _MIN_ARTICLE_TOKENS:
+        # A script-rendered shell: the publisher's own articleBody is all there is.
+        paragraphs, method = split_paragraphs(json_ld_body), "json-ld"
+    else:
+        tree = prepare_tree(root)
+        runs = trafilatura_candidates(tree, url)
+        merged = consensus(trim_leading(runs["precision"], titles), trim_leading(runs["default"], titles))
+        fallbacks = {"json-ld": lambda: json_ld_body, "density": lambda: density_candidate(tree)}
+        paragraphs, method = choose(merged, fallbacks)
     paragraphs = trim_trailing(trim_leading(paragraphs, titles))
     text = "\n\n".join(paragraphs)
     return ExtractedPage(
