@@ -46,14 +46,59 @@ def print_reports(reports, title: str = "Run summary") -> None:
             console.print(f"[red]{r.stage}:[/] … and {len(r.errors) - 20} more")
 
 
-def cmd_stage(args) -> int:
+def run_locked(config, command: str, stages: list[str]) -> int:
+    """Run stages under the single-instance lock; 0 when every stage succeeded, 1 otherwise."""
+    from pipeline.ledger import Ledger
+    from pipeline.lock import LockHeld, PipelineLock
     from pipeline.runner import Run
 
-    run = Run(_config(args), command=args.command)
-    reports = run.run_stages([args.command])
-    status = run.finish()
-    print_reports(reports)
+    ledger = Ledger.from_config(config)
+    lock = PipelineLock(ledger, holder=f"run.py {command}")
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        console.print(f"[yellow]not started:[/] {exc}", highlight=False)
+        return 75  # EX_TEMPFAIL: cron may simply try again next time
+    try:
+        run = Run(config, command=command, ledger=ledger)
+        try:
+            reports = run.run_stages(stages)
+        except BaseException as exc:
+            run.finish(error=f"{type(exc).__name__}: {exc}")
+            raise
+        status = run.finish()
+    finally:
+        lock.release()
+    print_reports(reports, title=f"Run {run.id} ({status})")
     return 0 if status == "ok" else 1
+
+
+def cmd_stage(args) -> int:
+    return run_locked(_config(args), args.command, [args.command])
+
+
+def cmd_once(args) -> int:
+    from pipeline.runner import STAGE_ORDER
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        console.print(f"[red]unknown stage(s)[/] {', '.join(unknown)}; stages: {','.join(STAGE_ORDER)}")
+        return 2
+    return run_locked(_config(args), "once", stages)
+
+
+def cmd_preview(args) -> int:
+    from pipeline.ledger import Ledger
+    from pipeline.preview import show_preview
+    from pipeline.runner import Run
+
+    config = _config(args)
+    run = Run(config, command="preview", ledger=Ledger.from_config(config))
+    try:
+        return show_preview(run, args.story_key, console)
+    finally:
+        run.finish()
 
 
 def cmd_status(args) -> int:
@@ -85,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("fetch", "fetch feeds and pages, store new items, index them in Chroma", cmd_stage)
+    command("classify", "classify new items once, in batches (embedding prefilter, then the model)", cmd_stage)
+    command("draft", "group items into stories, research and draft the top stories", cmd_stage)
+    preview = command("preview", "print exactly what the writer would be sent for a story, without calling a model", cmd_preview)
+    preview.add_argument("story_key", help="a story key (or a unique prefix); `status` lists waiting stories")
+    command("check", "fact-check drafts claim by claim, revise flagged spans, store the report", cmd_stage)
+    command("publish", "publish checked drafts to Google Docs or the local outbox", cmd_stage)
+    command("sync", "read editor-approved documents back and record the edit rate", cmd_stage)
+    once = command("once", "run the pipeline once and exit (0 ok, 1 a stage failed, 75 another run holds the lock)", cmd_once)
+    once.add_argument("--stages", default="fetch,classify,draft,check,publish,sync", help="comma-separated stages, run in pipeline order")
     status = command("status", "show sources, items, drafts and recent runs", cmd_status)
     status.add_argument("--runs", type=int, default=10, help="how many recent runs to list")
     demo = command("demo", "run the whole pipeline offline on the bundled sample feeds", cmd_demo)

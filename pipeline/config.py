@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = "config.toml"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(Exception):
@@ -34,6 +35,9 @@ class Newsroom(Section):
     name: str = "Newsdesk"
     data_dir: Path = Path("data")
     timezone: str = "UTC"
+    # Content leads may keep their own copies; the defaults are the ones shipped with Newsdesk.
+    prompts_dir: Path | None = None
+    templates_dir: Path | None = None
 
 
 class Feed(Section):
@@ -280,6 +284,14 @@ class Config(Section):
     @property
     def data_dir(self) -> Path:
         return self.path(self.newsroom.data_dir)
+
+    @property
+    def prompts_dir(self) -> Path:
+        return self.path(self.newsroom.prompts_dir) if self.newsroom.prompts_dir else PACKAGE_ROOT / "prompts"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path(self.newsroom.templates_dir) if self.newsroom.templates_dir else PACKAGE_ROOT / "templates"
 
     @property
     def ledger_url(self) -> str:

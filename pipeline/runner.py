@@ -31,9 +31,7 @@ STAGE_ORDER = ("fetch", "classify", "draft", "check", "publish", "sync")
 
 # name -> "module:function"; imported on use so one stage's import cost or
 # breakage never touches the others.
-STAGES: dict[str, str] = {
-    "fetch": "pipeline.stages:fetch",
-}
+STAGES: dict[str, str] = {name: f"pipeline.stages:{name}" for name in STAGE_ORDER}
 
 
 class StageUnavailable(Exception):
@@ -81,6 +79,15 @@ class Run:
 
         return Gateway(self.config, self.ledger, run_id=self.id)
 
+    @cached_property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        # One loop for the whole run: the gateway's async HTTP client must not outlive its loop.
+        return asyncio.new_event_loop()
+
+    def run_async(self, coroutine):
+        """Run a stage's coroutine; stages are called synchronously by the CLI and the scheduler."""
+        return self.loop.run_until_complete(coroutine)
+
     def run_stage(self, name: str) -> StageReport:
         started = time.perf_counter()
         spend_before = self._llm_totals()
@@ -119,7 +126,9 @@ class Run:
             status = "ok" if all(r.ok for r in self.reports) else "failed"
         self._save(status=status, ended=utcnow(), error=redact(error) if error else None)
         if "gateway" in self.__dict__:
-            self.gateway.close()
+            self.run_async(self.gateway.aclose())
+        if "loop" in self.__dict__:
+            self.loop.close()
         return status
 
     def _save(self, **values) -> None:
@@ -132,8 +141,3 @@ class Run:
             return 0, 0, 0.0
         totals = self.gateway.totals()
         return totals.calls, totals.tokens, totals.cost_usd
-
-
-def run_async(coroutine):
-    """Run a stage's coroutine from synchronous code (the CLI and the scheduler are synchronous)."""
-    return asyncio.run(coroutine)

@@ -12,6 +12,7 @@ import logging
 from sqlalchemy import select, update
 
 from pipeline import schema
+from pipeline.chunking import chunk_text
 from pipeline.ledger import as_utc
 from pipeline.models import Item, ItemState, StageReport
 
@@ -56,19 +57,45 @@ def index_pending(run, batch: int = 64) -> tuple[int, list[str]]:
             break
         items = [row_to_item(row) for row in rows]
         try:
-            counts = run.store.index_items(items)
+            written = run.store.index_items(items)
         except Exception as exc:  # the store is down: leave the items unindexed for the next run
             errors.append(f"index: {type(exc).__name__}: {exc}")
             break
-        per_item = counts if isinstance(counts, dict) else None
         with run.ledger.begin() as connection:
             for item in items:
-                connection.execute(
-                    update(schema.items)
-                    .where(schema.items.c.id == item.id)
-                    .values(chunk_count=(per_item or {}).get(item.id, -1) if per_item is not None else -1)
-                )
-        total += sum(per_item.values()) if per_item else int(counts)
+                chunks = len(chunk_text(item.text or item.summary or item.title, run.config.store.chunk_tokens))
+                connection.execute(update(schema.items).where(schema.items.c.id == item.id).values(chunk_count=chunks))
+        total += written
         if len(rows) < batch:
             break
     return total, errors
+
+
+def classify(run) -> StageReport:
+    from agents.classifier import classify_pending
+
+    return classify_pending(run)
+
+
+def draft(run) -> StageReport:
+    from pipeline.drafting import draft_stories
+
+    return draft_stories(run)
+
+
+def check(run) -> StageReport:
+    from agents.fact_checker import check_drafts
+
+    return check_drafts(run)
+
+
+def publish(run) -> StageReport:
+    from agents.publisher import publish_ready
+
+    return publish_ready(run.config, run.ledger)
+
+
+def sync(run) -> StageReport:
+    from agents.publisher import sync_approvals
+
+    return sync_approvals(run.config, run.ledger)

@@ -1,0 +1,140 @@
+"""The draft stage: select stories, research each, write each, and store the drafts.
+
+Stories are drafted concurrently; the gateway's semaphore caps how many model
+calls are in flight. Each draft lands in one transaction with its story's
+state change, so a run killed mid-way leaves every story either drafted or
+still waiting, never half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.ledger import Ledger, utcnow
+from pipeline.models import Draft, ResearchPack, StageReport, Story, StoryState
+from pipeline.prompts import Prompt
+from pipeline.stories import assign_stories, load_story, select_top, waiting_stories
+from pipeline.templates import TemplateSpec, choose_template, load_templates
+from pipeline.tokens import count_messages, count_tokens
+
+log = logging.getLogger("newsdesk.drafting")
+
+
+class PreviewError(Exception):
+    pass
+
+
+@dataclass
+class PreparedStory:
+    story: Story
+    spec: TemplateSpec
+    pack: ResearchPack
+    prompt: Prompt
+    model: str
+    window: int
+
+
+def writer_model(gateway) -> str:
+    return gateway.model_for("writer") if gateway.available else "extractive"
+
+
+def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templates: dict[str, TemplateSpec]) -> PreparedStory:
+    """Research a story and render its writer prompt, guaranteed to fit the model's window."""
+    from agents.researcher import context_budget, research
+    from agents.writer import render_writer_prompt
+
+    spec = choose_template(story, templates)
+    model = writer_model(gateway)
+    count = lambda text: count_tokens(text, model)  # noqa: E731
+    empty = ResearchPack(story_key=story.key, sources=[], budget_tokens=0, used_tokens=0)
+    overhead = count_messages(render_writer_prompt(story, empty, spec).messages, model)
+    window = config.llm.context_window(model)
+    if config.research.max_context_tokens:
+        window = min(window, config.research.max_context_tokens)
+    limit = window - config.research.output_reserve_tokens
+    budget = context_budget(config, model, overhead)
+    while True:
+        pack = research(story, ledger, store, config, budget, count)
+        prompt = render_writer_prompt(story, pack, spec)
+        total = count_messages(prompt.messages, model)
+        if total <= limit or budget == 0:
+            break
+        # Token counts of parts do not add up exactly to the whole; shrink by the overflow and repack.
+        budget = max(0, budget - (total - limit) - 16)
+    return PreparedStory(story=story, spec=spec, pack=pack, prompt=prompt, model=model, window=window)
+
+
+async def _write(prepared: PreparedStory, gateway, embed) -> Draft:
+    from agents.writer import write_draft
+
+    return await write_draft(prepared.story, prepared.pack, prepared.spec, gateway, embed=embed)
+
+
+def save_draft(ledger: Ledger, draft: Draft, pack: ResearchPack) -> None:
+    now = utcnow()
+    values = draft.model_dump(mode="json", exclude={"created", "new_sources_since_draft"})
+    values.update(research=pack.model_dump(mode="json"), created=draft.created, updated=now)
+    with ledger.begin() as connection:
+        exists = connection.execute(select(schema.drafts.c.id).where(schema.drafts.c.story_key == draft.story_key)).first()
+        if exists:  # another run got there first; never two drafts for one story
+            return
+        connection.execute(insert(schema.drafts).values(**values))
+        connection.execute(
+            update(schema.stories).where(schema.stories.c.key == draft.story_key).values(state=StoryState.drafted.value, updated=now)
+        )
+
+
+def draft_stories(run) -> StageReport:
+    config, ledger = run.config, run.ledger
+    report = StageReport(stage="draft")
+    store = run.store
+    touched, late = assign_stories(config, ledger, store.embed)
+    report.notes["stories_updated"] = len(touched)
+    report.notes["late_sources_recorded"] = late
+    waiting = waiting_stories(ledger)
+    selected = select_top(waiting, config.stories.max_per_run, config.stories.min_newsworthiness)
+    report.items_in = len(selected)
+    report.notes["stories_waiting"] = len(waiting) - len(selected)
+    if not selected:
+        return report
+    templates = load_templates(config.templates_dir, config.topic_names)
+    gateway = run.gateway
+
+    prepared: list[PreparedStory] = []
+    for story in selected:
+        try:
+            prepared.append(prepare(story, config, ledger, store, gateway, templates))
+        except Exception as exc:
+            report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
+
+    async def write_all():
+        return await asyncio.gather(*(_write(p, gateway, store.embed) for p in prepared), return_exceptions=True)
+
+    results = run.run_async(write_all())
+    states: dict[str, int] = {}
+    for item, result in zip(prepared, results):
+        if isinstance(result, BaseException):
+            report.errors.append(f"story {item.story.key} ({item.story.title[:60]}): writing failed: {type(result).__name__}: {result}")
+            continue
+        save_draft(ledger, result, item.pack)
+        states[result.state] = states.get(result.state, 0) + 1
+        report.items_out += 1
+    report.notes.update({f"drafts_{state}": n for state, n in states.items()})
+    return report
+
+
+def preview(config: Config, ledger: Ledger, store, gateway, key: str) -> PreparedStory:
+    story = load_story(ledger, key)
+    if story is None:
+        matches = [s for s in waiting_stories(ledger) if s.key.startswith(key)]
+        if len(matches) != 1:
+            raise PreviewError(f"no single story matches '{key}'; waiting stories: {', '.join(s.key for s in waiting_stories(ledger)[:10]) or 'none'}")
+        story = matches[0]
+    templates = load_templates(config.templates_dir, config.topic_names)
+    return prepare(story, config, ledger, store, gateway, templates)

@@ -1,0 +1,248 @@
+"""Story selection: group relevant items reporting the same event, rank the stories, pick the top K.
+
+An item joins a story when it is close in embedding space, shares a named
+entity, and was published within the story's time window. Items are assigned
+greedily in publication order to the best matching story, comparing against
+every member (average linkage), which keeps unrelated items from chaining
+together through one ambiguous article.
+
+A story's key derives from its founding item, so it is stable across runs. An
+item that joins a story already drafted is recorded for the editor; the story
+is not silently redrafted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Iterable
+
+import numpy as np
+
+from sqlalchemy import insert, select, update
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.ledger import Ledger, as_utc, stable_hash, utcnow
+from pipeline.models import Classification, Item, ItemState, Story, StoryState
+
+Embed = Callable[[list[str]], np.ndarray]
+
+_NAME = re.compile(r"\b(?:[A-Z][a-zA-Z0-9&.\-]+(?:\s+[A-Z][a-zA-Z0-9&.\-]+)*|[A-Z]{2,}[0-9]*)\b")
+_STOP_NAMES = {"The", "A", "An", "In", "On", "At", "For", "And", "But", "With", "After", "Before", "As", "It", "This", "That", "Why", "How", "What", "New"}
+
+
+@dataclass
+class Candidate:
+    item: Item
+    classification: Classification
+    vector: np.ndarray | None = None
+    entities: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Group:
+    key: str
+    members: list[Candidate]
+    state: StoryState = StoryState.new
+    existing: bool = False
+    late: list[str] = field(default_factory=list)
+    title: str = ""
+
+    @property
+    def published(self) -> list[datetime]:
+        return [m.item.published for m in self.members]
+
+
+def story_key(founding_item_id: str) -> str:
+    return stable_hash("story", founding_item_id)[:16]
+
+
+def entity_set(classification: Classification, title: str) -> set[str]:
+    """Lower-cased entity names, plus each multi-word name's last word (surname or brand)."""
+    names = set(classification.entities) | {m for m in _NAME.findall(title) if m not in _STOP_NAMES}
+    out: set[str] = set()
+    for name in names:
+        name = name.strip().lower()
+        if len(name) < 2:
+            continue
+        out.add(name)
+        words = name.split()
+        if len(words) > 1 and len(words[-1]) > 2:
+            out.add(words[-1])
+    return out
+
+
+def item_text_for_matching(item: Item, classification: Classification) -> str:
+    lead = item.text[:400]
+    return f"{item.title}. {classification.summary}. {lead}"
+
+
+def similarity(a: Candidate, b: Candidate) -> float:
+    if a.vector is None or b.vector is None:
+        return 0.0
+    return float(np.dot(a.vector, b.vector))
+
+
+def _joins(candidate: Candidate, group: Group, config: Config) -> float | None:
+    """The average similarity if the candidate may join the group, else None."""
+    window = timedelta(hours=config.stories.window_hours)
+    if any(abs(candidate.item.published - p) > window for p in group.published):
+        return None
+    sims = [similarity(candidate, m) for m in group.members]
+    average = sum(sims) / len(sims)
+    if average < config.stories.similarity_threshold:
+        return None
+    shared = max(len(candidate.entities & m.entities) for m in group.members)
+    # Very close wording needs no entity evidence; looser matches must share a name.
+    if shared < config.stories.entity_overlap_min and average < min(0.9, config.stories.similarity_threshold + 0.2):
+        return None
+    return average
+
+
+def cluster(candidates: list[Candidate], existing: list[Group], config: Config) -> list[Group]:
+    """Assign candidates (in publication order) to existing or new groups."""
+    groups = list(existing)
+    for candidate in sorted(candidates, key=lambda c: (c.item.published, c.item.id)):
+        best, best_score = None, -1.0
+        for group in groups:
+            score = _joins(candidate, group, config)
+            if score is not None and score > best_score:
+                best, best_score = group, score
+        if best is None:
+            groups.append(Group(key=story_key(candidate.item.id), members=[candidate], title=candidate.item.title))
+            continue
+        best.members.append(candidate)
+        if best.existing and best.state != StoryState.new:
+            best.late.append(candidate.item.id)
+    return groups
+
+
+def score_group(group: Group, config: Config, now: datetime | None = None) -> float:
+    """Newsworthiness, recency, independent sources and topic weight, each in [0, 1], weighted."""
+    now = now or utcnow()
+    newsworthiness = max(m.classification.newsworthiness for m in group.members)
+    age_hours = max(0.0, (now - max(group.published)).total_seconds() / 3600)
+    recency = math.exp(-age_hours / 24)
+    outlets = len({m.item.source for m in group.members})
+    breadth = min(1.0, math.log1p(outlets) / math.log1p(4))
+    weights = {t.name: t.weight for t in config.topics}
+    topics = {t for m in group.members for t in m.classification.topics}
+    topic_weight = max((weights.get(t, 1.0) for t in topics), default=1.0) / max([*weights.values(), 1.0])
+    return round(0.4 * newsworthiness + 0.2 * recency + 0.3 * breadth + 0.1 * topic_weight, 4)
+
+
+def to_story(group: Group, config: Config, now: datetime | None = None) -> Story:
+    members = sorted(group.members, key=lambda m: (m.item.published, m.item.id))
+    topics = sorted({t for m in members for t in m.classification.topics})
+    return Story(
+        key=group.key,
+        title=group.title or members[0].item.title,
+        item_ids=[m.item.id for m in members],
+        sources=sorted({m.item.source for m in members}),
+        topics=topics,
+        score=score_group(group, config, now),
+        first_published=members[0].item.published,
+        last_published=members[-1].item.published,
+        state=group.state,
+    )
+
+
+def embed_candidates(candidates: Iterable[Candidate], embed: Embed) -> None:
+    pending = [c for c in candidates if c.vector is None]
+    if not pending:
+        return
+    vectors = np.asarray(embed([item_text_for_matching(c.item, c.classification) for c in pending]), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms == 0, 1, norms)
+    for candidate, vector in zip(pending, vectors):
+        candidate.vector = vector
+
+
+def select_top(stories: list[Story], k: int, min_score: float = 0.0) -> list[Story]:
+    waiting = [s for s in stories if s.state == StoryState.new and s.score >= min_score]
+    return sorted(waiting, key=lambda s: (-s.score, s.key))[:k]
+
+
+# --- ledger side ---------------------------------------------------------------
+
+
+def _candidate(row) -> Candidate:
+    from pipeline.stages import row_to_item
+
+    item = row_to_item(row)
+    classification = Classification.model_validate(row.classification)
+    return Candidate(item=item, classification=classification, entities=entity_set(classification, item.title))
+
+
+def load_story(ledger: Ledger, key: str) -> Story | None:
+    with ledger.engine.connect() as connection:
+        row = connection.execute(select(schema.stories).where(schema.stories.c.key == key)).first()
+    return None if row is None else story_from_row(row)
+
+
+def story_from_row(row) -> Story:
+    data = dict(row._mapping)
+    data["first_published"], data["last_published"] = as_utc(data["first_published"]), as_utc(data["last_published"])
+    return Story.model_validate({k: v for k, v in data.items() if k in Story.model_fields})
+
+
+def assign_stories(config: Config, ledger: Ledger, embed: Embed, now: datetime | None = None) -> tuple[list[Story], int]:
+    """Cluster newly classified relevant items into stories and persist the result.
+
+    Returns every story touched this run and the number of items that joined a
+    story already drafted (recorded for the editor, not redrafted).
+    """
+    now = now or utcnow()
+    window_start = now - timedelta(hours=config.stories.window_hours * 2)
+    with ledger.engine.connect() as connection:
+        fresh = [_candidate(r) for r in connection.execute(select(schema.items).where(schema.items.c.state == ItemState.classified.value))]
+        story_rows = connection.execute(select(schema.stories).where(schema.stories.c.last_published >= window_start)).all()
+        member_ids = [i for row in story_rows for i in row.item_ids]
+        members = {
+            r.id: _candidate(r)
+            for r in connection.execute(select(schema.items).where(schema.items.c.id.in_(member_ids)))
+        } if member_ids else {}
+    if not fresh:
+        return [], 0
+    existing = [
+        Group(
+            key=row.key,
+            members=[members[i] for i in row.item_ids if i in members],
+            state=StoryState(row.state),
+            existing=True,
+            title=row.title,
+            late=list(row.late_item_ids or []),
+        )
+        for row in story_rows
+    ]
+    existing = [g for g in existing if g.members]
+    embed_candidates([*fresh, *(m for g in existing for m in g.members)], embed)
+    fresh_ids = {c.item.id for c in fresh}
+    touched = [g for g in cluster(fresh, existing, config) if any(m.item.id in fresh_ids for m in g.members)]
+    late_count = 0
+    stories = []
+    with ledger.begin() as connection:
+        for group in touched:
+            story = to_story(group, config, now)
+            stories.append(story)
+            values = story.model_dump(mode="python", exclude={"key"}) | {"late_item_ids": group.late, "updated": now}
+            if group.existing:
+                late_count += sum(1 for i in group.late if i in fresh_ids)
+                connection.execute(update(schema.stories).where(schema.stories.c.key == story.key).values(**values))
+            else:
+                connection.execute(insert(schema.stories).values(key=story.key, created=now, **values))
+            connection.execute(
+                update(schema.items)
+                .where(schema.items.c.id.in_([m.item.id for m in group.members if m.item.id in fresh_ids]))
+                .values(state=ItemState.clustered.value, story_key=story.key, updated=now)
+            )
+    return stories, late_count
+
+
+def waiting_stories(ledger: Ledger) -> list[Story]:
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.stories).where(schema.stories.c.state == StoryState.new.value)).all()
+    return [story_from_row(r) for r in rows]
