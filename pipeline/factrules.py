@@ -20,12 +20,14 @@ Verdict policy (documented choices):
   unverifiable: the sources do not say it, but nothing says the opposite.
 
 Approximation: a claim number must equal a source value exactly, except
-(a) when the claim signals approximation ("about", "nearly", "more than",
-"some", "~", ...), a source value within 5% is accepted, and (b) a number written
-with a scale word ("1.2 million", "$5bn") is accepted when the source value
-rounds to it at the claim's precision (1,187,000 -> "1.2 million"), because
-that is how such figures are conventionally written. "1.3 million" against
-1,187,000 still fails.
+(a) a number written with a scale word ("1.2 million", "$5bn") is accepted when
+the source value rounds to it at the claim's precision (1,187,000 -> "1.2
+million"), because that is how such figures are conventionally written; and
+(b) when the claim signals approximation ("about", "nearly", "more than", "some",
+"~", ...), a source value less than one rounding unit of the claim away and
+within 10% is accepted ("about 1,200" for 1,187; "more than 15,000" for 15,432).
+A precise-looking figure gets no slack even with a marker: "more than 15,001"
+against 15,000 fails, and so does "1.3 million" against 1,187,000.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ MAX_UNCOVERED = 2
 # Alignment edits longer than this (on either side) are trimming or rewriting,
 # not a swapped value.
 MAX_SLOT = 6
-APPROX_TOLERANCE = 0.05
+APPROX_TOLERANCE = 0.10
 
 
 class Source(NamedTuple):
@@ -293,7 +295,8 @@ class Quantity:
     kind: Literal["number", "percent", "ordinal"] = "number"
     currency: str | None = None
     approx: bool = False
-    step: float = 0.0  # rounding step implied by a scaled claim ("1.2 million" -> 100,000); 0 = exact
+    unit: float = 1.0      # rounding unit as written: "1.2 million" -> 100,000; "15,000" -> 1,000
+    scaled: bool = False   # written with a scale word or suffix
 
 
 def _word_value(w: str) -> float | None:
@@ -338,17 +341,19 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         if g["ord"]:
             out.append(Quantity(m.group(0).strip(), a, b, value, "ordinal"))
             continue
-        step = 0.0
+        scale = 1.0
         scale_word = (g["scale"] or g["suf"] or "").lower()
         if scale_word in ("m", "b", "k") and not currency:
             scale_word = ""  # "5m" without a currency is as likely metres as millions
             b = m.start("suf") if g["suf"] else b
         if scale_word:
             scale = _SCALES[scale_word]
-            step = scale * 10 ** (-decimals)
             value *= scale
+        digits = num.replace(",", "").split(".")[0]
+        zeros = 0 if decimals else len(digits) - len(digits.rstrip("0")) if digits.strip("0") else 0
+        unit = scale * 10.0 ** (zeros - decimals)
         kind = "percent" if g["pct"] else "number"
-        out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), step))
+        out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), unit, bool(scale_word)))
 
     for m in _WORDNUM_RE.finditer(text):
         a, b = m.span()
@@ -360,11 +365,9 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         value = _word_value(w)
         if value is None:
             continue
-        step = 0.0
-        if m.group("scale"):
-            value *= {"hundred": 100, **{k: v for k, v in _SCALES.items()}}[m.group("scale").lower()]
+        scale = {"hundred": 100, **_SCALES}[m.group("scale").lower()] if m.group("scale") else 1.0
         kind = "percent" if m.group("pct") else "number"
-        out.append(Quantity(m.group(0), a, b, float(value), kind, None, approx_before(a), step))
+        out.append(Quantity(m.group(0), a, b, float(value) * scale, kind, None, approx_before(a), scale, bool(m.group("scale"))))
 
     for m in _ORDWORD_RE.finditer(text):
         a, b = m.span()
@@ -384,11 +387,25 @@ def numbers_match(claim: Quantity, source: Quantity) -> bool:
         return False
     if math.isclose(claim.value, source.value, rel_tol=1e-9, abs_tol=1e-9):
         return True
-    if claim.approx and abs(claim.value - source.value) <= APPROX_TOLERANCE * abs(source.value):
+    diff = abs(claim.value - source.value)
+    if claim.scaled and diff <= claim.unit / 2 * (1 + 1e-9):
         return True
-    if claim.step and abs(claim.value - source.value) <= claim.step / 2 + 1e-9 * abs(claim.value):
+    if claim.approx and diff < claim.unit and diff <= APPROX_TOLERANCE * abs(source.value):
         return True
     return False
+
+
+def unmatched_numbers(claim: Sequence[Quantity], source: Sequence[Quantity]) -> tuple[list[Quantity], list[Quantity]]:
+    """Pair claim and source figures one to one: (claim figures left over, source figures left over)."""
+    free = list(source)
+    left: list[Quantity] = []
+    for q in claim:
+        hit = next((s for s in free if numbers_match(q, s)), None)
+        if hit is None:
+            left.append(q)
+        else:
+            free.remove(hit)
+    return left, free
 
 
 def _year_as_quantity(d: DateMention) -> Quantity | None:
@@ -498,6 +515,10 @@ def _entity_key(tok: str) -> str:
     return t
 
 
+def _is_acronym(tok: str) -> bool:
+    return len(tok) >= 2 and tok.replace(".", "").isupper() and tok.replace(".", "").isalpha()
+
+
 def _is_cap(tok: str) -> bool:
     return tok[:1].isupper() or (tok[:1].isdigit() and any(c.isupper() for c in tok))
 
@@ -550,7 +571,7 @@ def extract_entities(text: str, is_name: Callable[[str], bool] | None = None) ->
             run = run[:-1]
         if not run:
             continue
-        if len(run) == 1 and run[0].text.lower() in STOPWORDS:
+        if len(run) == 1 and run[0].text.lower() in STOPWORDS and not _is_acronym(run[0].text):
             continue  # "I", "A" inside titles
         keys = tuple(k for k in (_entity_key(t.text) for t in run) if k)
         if keys:
@@ -569,6 +590,7 @@ class _Window:
     first: int
     last: int
     tokens: list[Token]
+    sent_of: list[int]   # sentence index of each token
     terms: Counter
 
 
@@ -623,7 +645,8 @@ class SourceIndex:
                 ti = tj
             for w in windows(sents, size=window_size, stride=1):
                 wt = [t for st in sent_tokens[w.first:w.last + 1] for t in st]
-                wins.append(_Window(n, w.start, w.end, w.first, w.last, wt, Counter(content_terms(wt))))
+                sent_of = [k for k in range(w.first, w.last + 1) for _ in sent_tokens[k]]
+                wins.append(_Window(n, w.start, w.end, w.first, w.last, wt, sent_of, Counter(content_terms(wt))))
         idx = cls(docs, wins)
         for w in wins:
             idx.df.update(set(w.terms))
@@ -707,12 +730,14 @@ class _Alignment:
     opcodes: list[tuple[str, int, int, int, int]]
 
 
-def _region_alignment(claim_tokens: list[Token], win: _Window, doc: _SourceDoc, score: float) -> _Alignment:
+def _region_alignment(claim_tokens: list[Token], win: _Window, score: float) -> _Alignment:
     """Align the claim with the sentences of `win` it really sits on.
 
-    The region is anchored on the longest matching block and widened by nearby
-    blocks of 2+ tokens, then to whole sentences, so a negation dropped at the
-    start of a sentence still shows up as an edit rather than as trimming.
+    The region holds the sentences the longest matching block touches, plus any
+    other sentence of the window that supplies a good share of the claim's
+    content words: a name or two borrowed from the next sentence does not make
+    that sentence evidence. Whole sentences are kept, so a negation dropped at
+    the start of a sentence still shows up as an edit rather than as trimming.
     """
     a = [t.low for t in claim_tokens]
     b = [t.low for t in win.tokens]
@@ -720,18 +745,19 @@ def _region_alignment(claim_tokens: list[Token], win: _Window, doc: _SourceDoc, 
     if not blocks:
         return _Alignment(win, score, 0, (0, 0), [])
     main = max(blocks, key=lambda blk: blk.size)
-    lo, hi = main.b, main.b + main.size
+    included = {win.sent_of[main.b], win.sent_of[main.b + main.size - 1]}
+    contrib: Counter = Counter()
     for blk in blocks:
-        if blk.size >= 2 and blk.b + blk.size >= lo - 40 and blk.b <= hi + 40:
-            lo, hi = min(lo, blk.b), max(hi, blk.b + blk.size)
-    lo_char, hi_char = win.tokens[lo].start, win.tokens[hi - 1].end
-    sents = doc.sentences[win.first:win.last + 1]
-    s_lo = next((s.start for s in sents if s.start <= lo_char < s.end), lo_char)
-    s_hi = next((s.end for s in sents if s.start < hi_char <= s.end), hi_char)
-    idx = [i for i, t in enumerate(win.tokens) if t.start >= s_lo and t.end <= s_hi]
-    if idx:
-        lo, hi = idx[0], idx[-1] + 1
-    sm = SequenceMatcher(None, a, [t.low for t in win.tokens[lo:hi]], autojunk=False)
+        for k in range(blk.size):
+            if a[blk.a + k] not in STOPWORDS:
+                contrib[win.sent_of[blk.b + k]] += 1
+    n_content = sum(1 for w in a if w not in STOPWORDS and w[:1].isalnum())
+    threshold = max(3, 0.3 * n_content)
+    included |= {sid for sid, c in contrib.items() if c >= threshold}
+    lo_sent, hi_sent = min(included), max(included)
+    idx = [i for i, sid in enumerate(win.sent_of) if lo_sent <= sid <= hi_sent]
+    lo, hi = idx[0], idx[-1] + 1
+    sm = SequenceMatcher(None, a, b[lo:hi], autojunk=False)
     ops = [(tag, i1, i2, j1 + lo, j2 + lo) for tag, i1, i2, j1, j2 in sm.get_opcodes()]
     matched = sum(blk.size for blk in sm.get_matching_blocks())
     return _Alignment(win, score, matched, (lo, hi), ops)
@@ -792,13 +818,12 @@ def _slot_failures(
             continue
         c_q = extract_numbers(c_text, [(d.start, d.end) for d in c_dates])
         s_q = extract_numbers(s_text, [(d.start, d.end) for d in s_dates])
-        bad_q = [q for q in c_q if not any(numbers_match(q, s) for s in s_q)]
-        orphan = [s for s in s_q if not any(numbers_match(q, s) for q in c_q)]
+        bad_q, orphan = unmatched_numbers(c_q, s_q)
         if bad_q and orphan:
             out.append(RuleFailure(type="number", detail=f"claim has {bad_q[0].raw!r} where {doc.id} has {orphan[0].raw!r}", value=bad_q[0].raw))
             continue
-        c_caps = [t for t in ctoks[i1:i2] if _is_cap(t.text) and t.low not in STOPWORDS and t.text.lower().rstrip(".") not in _MONTHS and t.low not in _WEEKDAYS]
-        s_caps = [t for t in stoks[j1:j2] if _is_cap(t.text) and t.low not in STOPWORDS]
+        c_caps = [t for t in ctoks[i1:i2] if _is_name_token(t)]
+        s_caps = [t for t in stoks[j1:j2] if _is_name_token(t)]
         if c_caps and s_caps:
             c_first_initial = i1 == 0 or _sentence_initial(claim.text, ctoks[i1].start)
             if c_first_initial and len(c_caps) == 1 and c_caps[0] is ctoks[i1] and not index.is_name(c_caps[0].text):
@@ -808,6 +833,14 @@ def _slot_failures(
             if c_keys - s_keys:
                 out.append(RuleFailure(type="entity", detail=f"claim names {c_exact!r} where {doc.id} names {s_exact!r}", value=c_exact))
     return out
+
+
+def _is_name_token(t: Token) -> bool:
+    if not _is_cap(t.text):
+        return False
+    if _is_acronym(t.text):
+        return True
+    return t.low not in STOPWORDS and t.low.rstrip(".") not in _MONTHS and t.low not in _WEEKDAYS
 
 
 def _presence_failures(claim: _ClaimParts, index: SourceIndex) -> list[RuleFailure]:
@@ -848,8 +881,12 @@ def _date_in_sources(d: DateMention, index: SourceIndex) -> bool:
 
 
 def _entity_in_sources(ent: Entity, index: SourceIndex) -> bool:
+    return _entity_in(ent, [d.entity_string for d in index.docs])
+
+
+def _entity_in(ent: Entity, haystacks: list[str]) -> bool:
+    """Is the name in one of these " key key " strings? Leading titles may be dropped."""
     keys = list(ent.tokens)
-    haystacks = [d.entity_string for d in index.docs]
     lowered = [h.lower() for h in haystacks] if ent.initial else None
 
     def found(ks: list[str]) -> bool:
@@ -911,7 +948,7 @@ def verify_offline(
     best: _Alignment | None = None
     for score, wi in ranked:
         w = index.windows[wi]
-        al = _region_alignment(parts.tokens, w, index.docs[w.source], score)
+        al = _region_alignment(parts.tokens, w, score)
         if best is None or (al.matched, al.score) > (best.matched, best.score):
             best = al
 
@@ -931,16 +968,30 @@ def verify_offline(
     doc = index.docs[best.window.source]
     lo, hi = best.region
     toks = best.window.tokens
-    ev_start, ev_end = _evidence_bounds(doc, toks[lo].start if hi > lo else best.window.start, toks[hi - 1].end if hi > lo else best.window.end)
-    win_terms = set(best.window.terms)
+    if hi > lo:
+        first, last = best.window.sent_of[lo], best.window.sent_of[hi - 1]
+        ev_start, ev_end = doc.sentences[first].start, doc.sentences[last].end
+        region = toks[lo:hi]
+    else:
+        ev_start, ev_end = best.window.start, best.window.end
+        region = toks
+    win_terms = set(content_terms(region))
     missing = [t for t in dict.fromkeys(parts.cover_terms) if t not in win_terms]
     coverage = 1.0 - len(missing) / max(1, len(set(parts.cover_terms)))
+    # A name the evidence passage lacks is unsupported even if the rest is there:
+    # "..., with backing from the FBI" borrows a real name for a claim no source makes.
+    region_names = " " + " ".join(_entity_key(t.text) for t in region) + " "
+    missing_names = [
+        e.raw for e in parts.entities
+        if not _entity_in(e, [region_names]) and not (len(e.tokens) > 1 and _entity_in(
+            Entity(e.tokens[-1], e.start, e.end, e.tokens[-1:], False), [region_names]))
+    ]
 
     if any(f.type == "negation" for f in failures) or contradicted:
         verdict: Verdict = "contradicted"
     elif failures:
         verdict = "unverifiable"
-    elif coverage >= MIN_COVERAGE and len(missing) <= MAX_UNCOVERED:
+    elif coverage >= MIN_COVERAGE and len(missing) <= MAX_UNCOVERED and not missing_names:
         verdict = "supported"
     else:
         verdict = "unverifiable"
@@ -952,15 +1003,8 @@ def verify_offline(
         evidence_end=ev_end,
         failures=failures,
         coverage=round(coverage, 3),
-        unsupported_terms=missing,
+        unsupported_terms=missing_names + [t for t in missing if t not in {n.lower() for n in missing_names}],
     )
-
-
-def _evidence_bounds(doc: _SourceDoc, a: int, b: int) -> tuple[int, int]:
-    """Widen a matched character range to whole sentences."""
-    start = next((s.start for s in doc.sentences if s.start <= a < s.end), a)
-    end = next((s.end for s in doc.sentences if s.start < b <= s.end), b)
-    return start, end
 
 
 def check_claim(claim: str, sources: Iterable | SourceIndex) -> list[RuleFailure]:

@@ -1,0 +1,442 @@
+"""Build a labelled fact-checking set from the article-extraction ground truth.
+
+Each case is one claim checked against one source, the article it came from:
+faithful sentences (verbatim or with a leading/trailing clause dropped) are
+`supported`; injected errors are `contradicted` (a changed number, date or name,
+an added or dropped negation) or `unverifiable` (a fabricated or altered
+quotation, an unsupported addition). Articles are split into dev and heldout
+halves by a hash of their key, so tuning on dev never sees a heldout article.
+
+The injections use their own simple heuristics, not the checker's extractors,
+so the benchmark does not grade the checker against itself.
+
+    python bench/factcheck_build.py --data ../shared/data/article-extraction --out /tmp/factcheck.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import html
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.text import split_sentences  # noqa: E402
+
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]
+MONTH_ABBR = ["Jan.", "Feb.", "March", "April", "May", "June", "July", "Aug.", "Sept.", "Oct.", "Nov.", "Dec."]
+NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve", "twenty"]
+COMMON_CAPS = set(
+    """The A An This That These Those It He She They We I In On At For But And Or If When While
+    After Before Since As Also However His Her Their Its Our Your You There Here What Who How Why
+    Mr Mrs Ms Dr According Some Many Most All One Two No Not So Yet Then Now""".split()
+) | set(MONTHS) | set(WEEKDAYS)
+
+ADDITION_TEMPLATES = [
+    ", a move that critics said would cost taxpayers dearly",
+    ", prompting an immediate investigation by federal regulators",
+    ", according to people familiar with the internal deliberations",
+    ", which analysts expect to double within the next decade",
+    ", after weeks of secret negotiations with foreign investors",
+    ", despite a formal objection from the company's largest shareholder",
+    ", a decision that was later overturned on appeal",
+    ", sparking protests outside the headquarters that lasted several days",
+    ", and the plan was quietly approved by a parliamentary committee",
+    ", the first such case recorded since the early 1990s",
+    ", though several board members privately threatened to resign over it",
+    ", in what officials described as a historic shift in policy",
+]
+ADDITION_WITH_ENTITY = [
+    ", a claim that {e} has publicly disputed",
+    ", after {e} warned of severe consequences for the region",
+    ", which {e} described as long overdue",
+    ", with backing from {e}",
+]
+FABRICATED_QUOTE_LEADS = ["{name} said: “{q}”", "“{q},” {name} said.", '{name} told reporters: "{q}"', '"{q}," {name} added.']
+
+
+@dataclass
+class Article:
+    key: str
+    url: str
+    title: str
+    text: str
+    split: str
+    sentences: list[str]  # usable claim sentences, verbatim
+
+
+def split_of(keys: list[str]) -> dict[str, str]:
+    """Halves by a hash of each article key: the first half in hash order is dev."""
+    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"split:{k}".encode()).hexdigest())
+    return {k: ("dev" if i < len(ranked) // 2 else "heldout") for i, k in enumerate(ranked)}
+
+
+def page_title(html_dir: Path, key: str) -> str:
+    path = html_dir / f"{key}.html.gz"
+    if not path.exists():
+        return ""
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+        head = fh.read(300_000)
+    m = re.search(r"<title[^>]*>(.*?)</title>", head, re.I | re.S)
+    return re.sub(r"\s+", " ", html.unescape(m.group(1))).strip() if m else ""
+
+
+def usable(sentence: str) -> bool:
+    words = sentence.split()
+    if not 8 <= len(words) <= 60:
+        return False
+    if re.search(r"https?://|www\.|@|©|\|", sentence) or sentence.startswith(("—", "-", "•")):
+        return False
+    if not re.search(r"[.!?][\"”’)]?$", sentence):
+        return False
+    return sum(c.islower() for c in sentence) > 0.5 * sum(c.isalpha() for c in sentence)
+
+
+def load_articles(data: Path) -> list[Article]:
+    truth_path = data / "ground-truth.json"
+    if not truth_path.exists():
+        raise SystemExit(f"error: {truth_path} not found: --data must be the article-extraction folder")
+    truth = json.loads(truth_path.read_text(encoding="utf-8"))
+    splits = split_of(sorted(truth))
+    out = []
+    for key in sorted(truth):
+        body = truth[key].get("articleBody") or ""
+        sents = [s.text for s in split_sentences(body)]
+        counts: dict[str, int] = {}
+        for s in sents:
+            counts[s] = counts.get(s, 0) + 1
+        good = [s for s in sents if usable(s) and counts[s] == 1]
+        if len(good) < 3:
+            continue
+        out.append(Article(key, truth[key].get("url", ""), page_title(data / "html", key), body, splits[key], good))
+    return out
+
+
+# --------------------------------------------------------------------------- faithful
+
+
+def trimmed(sentence: str) -> str | None:
+    """Drop a short leading clause ("After the vote, ...") or a trailing attribution."""
+    m = re.match(r"^([^,\"“”]{3,70}),\s+(?P<rest>[a-zA-Z].+)$", sentence)
+    if m and len(m.group("rest").split()) >= 6:
+        rest = m.group("rest")
+        return rest[0].upper() + rest[1:]
+    m = re.match(r"^(?P<head>[^\"“”]+?),\s+(?:according to [^,]+|(?:he|she|they|officials|police) said)\.$", sentence)
+    if m and len(m.group("head").split()) >= 6:
+        return m.group("head") + "."
+    return None
+
+
+_WORD_DIGITS = {w: str(i) for i, w in enumerate(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])}
+_MONTH_SHORT = {"January": "Jan.", "February": "Feb.", "August": "Aug.", "September": "Sept.",
+                "October": "Oct.", "November": "Nov.", "December": "Dec."}
+
+
+def _scaled(n: int) -> str | None:
+    for value, word in ((10**12, "trillion"), (10**9, "billion"), (10**6, "million")):
+        if n >= value and n % (value // 10) == 0:
+            return f"{n / value:g} {word}"
+    return None
+
+
+def reformatted(sentence: str, rng: random.Random) -> str | None:
+    """The same facts in another house style: number formats, quote marks, spacing, month names."""
+    edits: list[tuple[int, int, str]] = []
+    for m in re.finditer(r"(?<![\d.,])(\d{1,3}(?:,\d{3}){2,})(?![\d,.]\d)", sentence):
+        new = _scaled(int(m.group(1).replace(",", "")))
+        if new:
+            edits.append((m.start(), m.end(), new))
+    for m in re.finditer(r"([$€£])(\d+(?:\.\d+)?) (million|billion)\b", sentence):
+        edits.append((m.start(), m.end(), f"{m.group(1)}{m.group(2)}{'m' if m.group(3) == 'million' else 'bn'}"))
+    for m in re.finditer(r"(\d)(%| percent\b| per cent\b)", sentence):
+        edits.append((m.end(1), m.end(), " percent" if m.group(2) == "%" else "%"))
+    for m in re.finditer(r"\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve) (?=[a-z])", sentence):
+        edits.append((m.start(1), m.end(1), _WORD_DIGITS[m.group(1)]))
+    for m in re.finditer(r"\b(" + "|".join(_MONTH_SHORT) + r") (?=\d)", sentence):
+        edits.append((m.start(1), m.end(1), _MONTH_SHORT[m.group(1)]))
+    for m in re.finditer(r"\"([^\"]+)\"", sentence):
+        edits.append((m.start(), m.end(), f"“{m.group(1)}”"))
+    for m in re.finditer(r"“([^“”]+)”", sentence):
+        edits.append((m.start(), m.end(), f'"{m.group(1)}"'))
+    for m in re.finditer(r" (?=[,.;:’']|['’]s\b)", sentence):
+        edits.append((m.start(), m.end(), ""))
+    if not edits:
+        return None
+    rng.shuffle(edits)
+    chosen: list[tuple[int, int, str]] = []
+    for e in edits:
+        if len(chosen) < 2 and all(e[1] <= c[0] or c[1] <= e[0] for c in chosen):
+            chosen.append(e)
+    out = sentence
+    for a, b, new in sorted(chosen, reverse=True):
+        out = out[:a] + new + out[b:]
+    return out if out != sentence else None
+
+
+# --------------------------------------------------------------------------- injections
+
+_NUM = re.compile(r"(?<![\w.,:/$-])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w:/]|[.,]\d)")
+
+
+def change_number(sentence: str, rng: random.Random) -> str | None:
+    spots = []
+    for m in _NUM.finditer(sentence):
+        whole = int(m.group(1).replace(",", ""))
+        if m.group(2) is None and 1900 <= whole <= 2100 and "," not in m.group(1):
+            continue  # a year: that is a date change
+        spots.append(m)
+    word_spots = list(re.finditer(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", sentence))
+    if not spots and not word_spots:
+        return None
+    if spots and (not word_spots or rng.random() < 0.85):
+        m = rng.choice(spots)
+        if m.group(2):  # decimal: change the last digit
+            frac = m.group(2)
+            last = int(frac[-1])
+            new_frac = frac[:-1] + str((last + rng.choice([1, 2, 3, 7, 8, 9])) % 10)
+            new = m.group(1) + new_frac
+        else:
+            whole = int(m.group(1).replace(",", ""))
+            choices = [whole + d for d in (-3, -2, -1, 1, 2, 3, 5, 10) if whole + d >= 0] + [whole * 2, whole * 10]
+            value = rng.choice([c for c in choices if c != whole])
+            new = f"{value:,}" if "," in m.group(1) else str(value)
+        return sentence[: m.start()] + new + sentence[m.end():]
+    m = rng.choice(word_spots)
+    word = m.group(1)
+    new = rng.choice([w for w in NUMBER_WORDS if w != word.lower()])
+    if word[0].isupper():
+        new = new.capitalize()
+    return sentence[: m.start()] + new + sentence[m.end():]
+
+
+def shift_date(sentence: str, rng: random.Random) -> str | None:
+    options: list[tuple[int, int, str]] = []
+    for m in re.finditer(r"\b(" + "|".join(WEEKDAYS) + r")\b", sentence):
+        options.append((m.start(), m.end(), rng.choice([w for w in WEEKDAYS if w != m.group(1)])))
+    for m in re.finditer(r"\b(" + "|".join(MONTHS) + r")\b(?=,? \d)", sentence):
+        options.append((m.start(), m.end(), rng.choice([x for x in MONTHS if x != m.group(1)])))
+    for m in re.finditer(r"\b(?:Jan|Feb|Aug|Sept|Oct|Nov|Dec)\.(?= \d)", sentence):
+        options.append((m.start(), m.end(), rng.choice([x for x in MONTH_ABBR if x != m.group(0)])))
+    month_names = "|".join(MONTHS + ["Jan\\.", "Feb\\.", "Aug\\.", "Sept\\.", "Oct\\.", "Nov\\.", "Dec\\."])
+    for m in re.finditer(r"\b(?:" + month_names + r") ([1-9]|[12]\d|3[01])\b(?!,\d)", sentence):
+        day = int(m.group(1))
+        step = rng.choice([-3, -2, -1, 1, 2, 3]) if 4 <= day <= 25 else rng.choice([1, 2]) if day < 4 else -rng.choice([1, 2])
+        options.append((m.start(1), m.end(1), str(day + step)))
+    for m in re.finditer(r"(?<![\d,.$])\b(19[5-9]\d|20[0-3]\d)\b(?![,.]?\d)", sentence):
+        options.append((m.start(), m.end(), str(int(m.group(1)) + rng.choice([-3, -2, -1, 1, 2]))))
+    if not options:
+        return None
+    a, b, new = rng.choice(options)
+    return sentence[:a] + new + sentence[b:]
+
+
+_CAP_RUN = re.compile(r"(?<=[a-z,;] )((?:[A-Z][\w’'-]*[a-z][\w’'-]*|[A-Z]{2,})(?: (?:[A-Z][\w’'-]*[a-z][\w’'-]*|[A-Z]{2,})){0,2})")
+
+
+def article_entities(article: Article) -> tuple[list[str], list[str]]:
+    """(multi-word names, single-word names) seen mid-sentence in the article."""
+    counts: dict[str, int] = {}
+    for m in _CAP_RUN.finditer(article.text):
+        name = re.sub(r"['’]s$", "", m.group(1))
+        words = [w for w in name.split() if w not in COMMON_CAPS]
+        if not words or words != name.split():
+            continue
+        counts[name] = counts.get(name, 0) + 1
+    multi = sorted(n for n in counts if " " in n)
+    single = sorted(n for n, c in counts.items() if " " not in n and (c >= 2 or n.isupper()) and len(n) > 2)
+    return multi, single
+
+
+def swap_entity(sentence: str, article: Article, rng: random.Random) -> str | None:
+    multi, single = article_entities(article)
+    present = [n for n in multi + single if re.search(r"(?<![\w])" + re.escape(n) + r"(?![\w])", sentence)]
+    rng.shuffle(present)
+    for name in present:
+        pool = multi if " " in name else single
+        others = [o for o in pool if o != name and o not in sentence and name not in o and o not in name]
+        if not others:
+            continue
+        new = rng.choice(others)
+        m = re.search(r"(?<![\w])" + re.escape(name) + r"(?![\w])", sentence)
+        return sentence[: m.start()] + new + sentence[m.end():]
+    return None
+
+
+_AUX = r"is|was|are|were|has|have|had|will|would|can|could|should|may|might|must|does|did|do"
+_NT = {"can't": "can", "won't": "will", "cannot": "can", "shan't": "shall"}
+
+
+def flip_negation(sentence: str, rng: random.Random) -> str | None:
+    removals = []
+    for m in re.finditer(r"\b(not|never|no longer)\s+", sentence):
+        removals.append((m.start(), m.end(), ""))
+    for m in re.finditer(r"\b(\w+)(n['’]t|not)\b", sentence, re.I):
+        word = m.group(0).lower().replace("’", "'")
+        if word in _NT:
+            removals.append((m.start(), m.end(), _NT[word]))
+        elif m.group(2).lower().startswith("n") and m.group(1).lower() in _AUX.split("|") + ["does", "is", "are"]:
+            removals.append((m.start(), m.end(), m.group(1)))
+    additions = []
+    for m in re.finditer(r"\b(" + _AUX + r")\s+(?!not\b|never\b|n't)(?=[a-z]{3,})", sentence):
+        additions.append((m.end(1), m.end(1), " not"))
+    pool = removals if removals and (not additions or rng.random() < 0.5) else additions
+    if not pool:
+        return None
+    a, b, new = rng.choice(pool)
+    if new == "":  # removing "not " inside
+        return sentence[:a] + sentence[b:]
+    return sentence[:a] + new + sentence[b:]
+
+
+def alter_quote(sentence: str, vocab: list[str], rng: random.Random) -> str | None:
+    for m in re.finditer(r"“([^”]{20,})”|\"([^\"]{20,})\"", sentence):
+        inner = m.group(1) or m.group(2)
+        words = inner.split(" ")
+        if len(words) < 5:
+            continue
+        i = rng.randrange(1, len(words) - 1)
+        kind = rng.choice(["drop", "replace", "swap"])
+        if kind == "drop":
+            new_words = words[:i] + words[i + 1:]
+        elif kind == "swap" and words[i] != words[i + 1]:
+            new_words = words[:i] + [words[i + 1], words[i]] + words[i + 2:]
+        else:
+            new_words = words[:i] + [rng.choice(vocab)] + words[i + 1:]
+        new_inner = " ".join(new_words)
+        if new_inner == inner:
+            continue
+        start = m.start(1) if m.group(1) is not None else m.start(2)
+        return sentence[:start] + new_inner + sentence[start + len(inner):]
+    return None
+
+
+def fabricate_quote(article: Article, others: list[Article], rng: random.Random) -> str | None:
+    multi, _ = article_entities(article)
+    people = [n for n in multi if len(n.split()) == 2 and not n.isupper()]
+    if not people:
+        return None
+    donor = rng.choice(others)
+    lines = [s for s in donor.sentences if 6 <= len(s.split()) <= 25 and not re.search(r"[\"“”]", s)]
+    if not lines:
+        return None
+    q = rng.choice(lines).rstrip(".!?")
+    name = rng.choice(people)
+    return rng.choice(FABRICATED_QUOTE_LEADS).format(name=name, q=q)
+
+
+def add_content(sentence: str, article: Article, others: list[Article], rng: random.Random) -> str | None:
+    if not sentence.endswith(".") or sentence.endswith("..") or re.search(r"[\"”]\.?$", sentence):
+        return None
+    body = sentence[:-1]
+    roll = rng.random()
+    if roll < 0.4:
+        clause = rng.choice(ADDITION_TEMPLATES)
+    elif roll < 0.7:
+        multi, single = article_entities(article)
+        names = [n for n in multi + single if n not in sentence]
+        if not names:
+            clause = rng.choice(ADDITION_TEMPLATES)
+        else:
+            clause = rng.choice(ADDITION_WITH_ENTITY).format(e=rng.choice(names))
+    else:
+        donor = rng.choice(others)
+        lines = [s for s in donor.sentences if 6 <= len(s.split()) <= 18 and s.endswith(".") and not re.search(r"[\"“”]", s)]
+        if not lines:
+            return None
+        line = rng.choice(lines)[:-1]
+        first = line.split(" ", 1)[0]
+        if first.isalpha() and first not in ("I",) and not first.isupper() and first in COMMON_CAPS:
+            line = line[0].lower() + line[1:]
+        clause = ", and " + line
+    return body + clause + "."
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def build(articles: list[Article], seed: int) -> list[dict]:
+    cases: list[dict] = []
+    for art in articles:
+        rng = random.Random(f"{seed}:{art.key}")
+        others = [a for a in articles if a.key != art.key]
+        vocab = sorted({w for w in re.findall(r"\b[a-z]{4,}\b", art.text)})
+        source = {"id": art.key[:12], "title": art.title, "url": art.url, "text": art.text}
+        rounds = 2 if len(art.sentences) >= 30 else 1
+        used: set[str] = set()
+        n = 0
+
+        def add(claim: str | None, label: str, error_type: str | None) -> bool:
+            nonlocal n
+            if not claim or claim in used:
+                return False
+            if error_type and claim in art.text:
+                return False  # the "error" happens to be true somewhere in the article
+            used.add(claim)
+            n += 1
+            cases.append({
+                "id": f"{art.key[:12]}-{n:02d}", "claim": claim, "sources": [source],
+                "label": label, "error_type": error_type, "split": art.split,
+            })
+            return True
+
+        def attempt(make, label: str, error_type: str | None) -> None:
+            order = art.sentences[:]
+            rng.shuffle(order)
+            for sentence in order:
+                if add(make(sentence), label, error_type):
+                    return
+
+        for _ in range(rounds):
+            for s in rng.sample(art.sentences, min(2, len(art.sentences))):
+                add(s, "supported", None)
+            attempt(trimmed, "supported", None)
+            attempt(lambda s: reformatted(s, rng), "supported", None)
+            attempt(lambda s: change_number(s, rng), "contradicted", "number")
+            attempt(lambda s: shift_date(s, rng), "contradicted", "date")
+            attempt(lambda s: swap_entity(s, art, rng), "contradicted", "entity")
+            attempt(lambda s: flip_negation(s, rng), "contradicted", "negation")
+            if rng.random() < 0.5:
+                attempt(lambda s: alter_quote(s, vocab, rng), "unverifiable", "quote")
+            else:
+                add(fabricate_quote(art, others, rng), "unverifiable", "quote")
+            attempt(lambda s: add_content(s, art, others, rng), "unverifiable", "addition")
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, type=Path, help="article-extraction folder (ground-truth.json, html/)")
+    ap.add_argument("--out", required=True, type=Path, help="JSONL file to write")
+    ap.add_argument("--seed", type=int, default=13)
+    args = ap.parse_args(argv)
+    articles = load_articles(args.data)
+    if not articles:
+        raise SystemExit(f"error: no usable articles in {args.data}")
+    cases = build(articles, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", encoding="utf-8") as fh:
+        for case in cases:
+            fh.write(json.dumps(case, ensure_ascii=False) + "\n")
+    tally: dict[tuple[str, str], int] = {}
+    for c in cases:
+        k = (c["split"], c["error_type"] or "faithful")
+        tally[k] = tally.get(k, 0) + 1
+    print(f"{len(cases)} cases from {len(articles)} articles -> {args.out}")
+    for split in ("dev", "heldout"):
+        parts = ", ".join(f"{t} {n}" for (s, t), n in sorted(tally.items()) if s == split)
+        print(f"  {split}: {parts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
