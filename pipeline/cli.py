@@ -101,6 +101,13 @@ def cmd_preview(args) -> int:
         run.finish()
 
 
+def cmd_schedule(args) -> int:
+    from pipeline.scheduler import serve
+
+    _config(args)  # a bad config stops here, before the daemon starts
+    return serve(args.config)
+
+
 def cmd_status(args) -> int:
     from pipeline.status import show_status
 
@@ -119,13 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run.py",
         description="Newsdesk: fetch, classify, research, draft, fact-check and publish news.",
     )
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--log-json", action="store_true", help="write structured JSON log lines to stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, handler):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: ./config.toml)")
+        sub.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        sub.add_argument("--log-json", action="store_true", help="write structured JSON log lines to stderr")
         sub.set_defaults(handler=handler)
         return sub
 
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("sync", "read editor-approved documents back and record the edit rate", cmd_stage)
     once = command("once", "run the pipeline once and exit (0 ok, 1 a stage failed, 75 another run holds the lock)", cmd_once)
     once.add_argument("--stages", default="fetch,classify,draft,check,publish,sync", help="comma-separated stages, run in pipeline order")
+    command("schedule", "run the scheduler daemon: the [schedule] jobs from config, until SIGTERM", cmd_schedule)
     status = command("status", "show sources, items, drafts and recent runs", cmd_status)
     status.add_argument("--runs", type=int, default=10, help="how many recent runs to list")
     demo = command("demo", "run the whole pipeline offline on the bundled sample feeds", cmd_demo)

@@ -12,6 +12,8 @@ import asyncio
 import importlib
 import logging
 import time
+import signal
+import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +34,22 @@ STAGE_ORDER = ("fetch", "classify", "draft", "check", "publish", "sync")
 # name -> "module:function"; imported on use so one stage's import cost or
 # breakage never touches the others.
 STAGES: dict[str, str] = {name: f"pipeline.stages:{name}" for name in STAGE_ORDER}
+
+
+STOP = threading.Event()
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and SIGINT ask the run to stop at the next item boundary; a second signal exits at once."""
+
+    def handle(signum, _frame):
+        if STOP.is_set():
+            raise SystemExit(128 + signum)
+        log.warning("signal %s: finishing the current item, then stopping", signal.Signals(signum).name)
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 class StageUnavailable(Exception):
@@ -55,7 +73,6 @@ class Run:
     ledger: Ledger | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     reports: list[StageReport] = field(default_factory=list)
-    stop_requested: bool = False
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -66,6 +83,11 @@ class Run:
             connection.execute(
                 insert(schema.runs).values(id=self.id, command=self.command, started=self.started, status="running", stages=[])
             )
+
+    @property
+    def stop_requested(self) -> bool:
+        """Set by SIGTERM/SIGINT: stages finish the item in hand, then return."""
+        return STOP.is_set()
 
     @cached_property
     def store(self):

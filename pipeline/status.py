@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select
 
 from pipeline import schema
 from pipeline.config import Config
@@ -72,10 +72,120 @@ def runs_table(ledger: Ledger, limit: int = 10) -> Table:
     return table
 
 
+def classification_table(ledger: Ledger) -> Table:
+    table = Table(title="Classification", title_justify="left")
+    for column in ("classified", "relevant", "irrelevant", "by model", "offline", "prefiltered", "LLM calls", "cost $"):
+        table.add_column(column, justify="right")
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.items.c.classification).where(schema.items.c.classification.is_not(None))).scalars().all()
+        calls, cost = connection.execute(
+            select(func.count(), func.coalesce(func.sum(schema.llm_calls.c.cost_usd), 0.0)).where(schema.llm_calls.c.role == "classifier")
+        ).one()
+    methods = [r.get("method") for r in rows]
+    relevant = sum(1 for r in rows if r.get("relevant"))
+    table.add_row(
+        str(len(rows)), str(relevant), str(len(rows) - relevant), str(methods.count("llm")),
+        str(methods.count("offline")), str(methods.count("prefilter")), str(calls), f"{cost:.4f}",
+    )
+    return table
+
+
+def stories_table(ledger: Ledger, limit: int = 10) -> Table:
+    table = Table(title="Stories waiting to be drafted", title_justify="left")
+    for column in ("key", "score", "sources", "topics", "title"):
+        table.add_column(column, overflow="fold")
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.stories).where(schema.stories.c.state == "new").order_by(schema.stories.c.score.desc()).limit(limit)
+        ).all()
+    for row in rows:
+        table.add_row(row.key, f"{row.score:.2f}", str(len(row.sources)), ", ".join(row.topics), row.title[:80])
+    return table
+
+
+def publications_table(ledger: Ledger, limit: int = 10) -> Table:
+    table = Table(title="Published drafts", title_justify="left")
+    for column in ("when", "state", "headline", "link"):
+        table.add_column(column, overflow="fold")
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.publications, schema.drafts.c.article, schema.drafts.c.state.label("draft_state"))
+            .join(schema.drafts, schema.drafts.c.id == schema.publications.c.draft_id)
+            .order_by(schema.publications.c.updated.desc())
+            .limit(limit)
+        ).all()
+    for row in rows:
+        table.add_row(_when(row.updated), row.draft_state, (row.article or {}).get("headline", "")[:70], row.url or row.doc_id or "-")
+    return table
+
+
+def spend_table(ledger: Ledger, config: Config) -> Table:
+    table = Table(title="LLM spend", title_justify="left")
+    for column in ("period", "calls", "cache hits", "tokens", "cost $"):
+        table.add_column(column, justify="right" if column != "period" else "left")
+    now = utcnow()
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    c = schema.llm_calls.c
+    with ledger.engine.connect() as connection:
+        for label, since in (("today", day), ("this month", month)):
+            calls, hits, tokens, cost = connection.execute(
+                select(
+                    func.count(), func.coalesce(func.sum(cast(c.cache_hit, Integer)), 0),
+                    func.coalesce(func.sum(c.prompt_tokens + c.completion_tokens), 0), func.coalesce(func.sum(c.cost_usd), 0.0),
+                ).where(c.created >= since)
+            ).one()
+            table.add_row(label, str(calls), str(hits), str(tokens), f"{cost:.4f}")
+    table.caption = f"per-run budget: ${config.llm.run_budget_usd:.2f}"
+    return table
+
+
+def edit_rate_table(ledger: Ledger) -> Table:
+    table = Table(title="Editor edit rate (share of draft words changed)", title_justify="left")
+    for column in ("week", "writer model", "approved", "mean edit rate"):
+        table.add_column(column, justify="right" if column in ("approved", "mean edit rate") else "left")
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.approvals.c.approved_at, schema.approvals.c.writer_model, schema.approvals.c.edit_rate)).all()
+    groups: dict[tuple[str, str], list[float]] = {}
+    for approved_at, model, rate in rows:
+        week = as_utc(approved_at).strftime("%G-W%V")
+        groups.setdefault((week, model), []).append(rate)
+    for (week, model), rates in sorted(groups.items(), reverse=True)[:12]:
+        table.add_row(week, model, str(len(rates)), f"{sum(rates) / len(rates):.1%}")
+    return table
+
+
+def schedule_table(config: Config) -> Table:
+    from pipeline.scheduler import next_run_times
+
+    table = Table(title=f"Schedule ({config.schedule.timezone})", title_justify="left")
+    for column in ("job", "cron", "stages", "next run"):
+        table.add_column(column)
+    for name, when in next_run_times(config).items():
+        job = config.schedule.jobs[name]
+        table.add_row(name, job.cron, ", ".join(job.stages), when.strftime("%Y-%m-%d %H:%M %Z") if when else "-")
+    return table
+
+
+def writer_line(ledger: Ledger, config: Config) -> str:
+    active = ledger.get_setting("writer_model")
+    if not active:
+        return f"writer model: {config.llm.models['writer']} (from config)"
+    evaluation = ledger.get_setting("writer_model_eval")
+    return f"writer model: {active} (fine-tuned, active)" + (f"; eval: {evaluation}" if evaluation else "")
+
+
 def show_status(config: Config, console: Console | None = None, runs: int = 10) -> None:
     console = console or Console()
     ledger = Ledger.from_config(config)
     console.print(source_table(ledger))
     console.print(state_table(ledger, "Items by state", schema.items))
+    console.print(classification_table(ledger))
+    console.print(stories_table(ledger))
     console.print(state_table(ledger, "Drafts by state", schema.drafts))
+    console.print(publications_table(ledger))
+    console.print(edit_rate_table(ledger))
+    console.print(spend_table(ledger, config))
+    console.print(schedule_table(config))
+    console.print(writer_line(ledger, config), highlight=False)
     console.print(runs_table(ledger, runs))

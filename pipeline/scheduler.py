@@ -1,0 +1,120 @@
+"""`run.py schedule`: the daemon. APScheduler 3.x runs the `[schedule]` jobs from config.toml.
+
+Jobs live in a SQLAlchemy job store on the ledger database and are replaced
+from config at every start, so editing config.toml and restarting takes
+effect. The job callable is the module-level `run_job`, importable by
+reference as a persistent job store requires. Every job runs under the
+pipeline lock, so a daemon and a manual `run.py once` never overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import MetaData, Table, create_engine, delete, inspect
+
+from pipeline.config import Config, load_config
+
+log = logging.getLogger("newsdesk.scheduler")
+
+JOB_TABLE = "apscheduler_jobs"
+
+
+def run_job(config_path: str, job_name: str) -> str:
+    """One scheduled job: load the config afresh, run its stages under the lock, return the run status."""
+    from pipeline.ledger import Ledger
+    from pipeline.lock import LockHeld, PipelineLock
+    from pipeline.runner import Run
+
+    config = load_config(config_path)
+    job = config.schedule.jobs[job_name]
+    ledger = Ledger.from_config(config)
+    lock = PipelineLock(ledger, holder=f"schedule job {job_name}")
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        log.warning("job %s skipped: %s", job_name, exc)
+        return "skipped"
+    try:
+        run = Run(config, command=f"schedule:{job_name}", ledger=ledger)
+        try:
+            run.run_stages(list(job.stages))
+        except BaseException as exc:
+            run.finish(error=f"{type(exc).__name__}: {exc}")
+            raise
+        status = run.finish()
+        log.info("job %s finished: %s", job_name, status, extra={"run_id": run.id, "event": "job_done"})
+        return status
+    finally:
+        lock.release()
+
+
+def trigger(cron: str, timezone: str) -> CronTrigger:
+    return CronTrigger.from_crontab(cron, timezone=timezone)
+
+
+def build_scheduler(config: Config, config_path: str) -> BlockingScheduler:
+    """A scheduler whose job store holds exactly the jobs in config once it starts."""
+    scheduler = BlockingScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=config.ledger_url, tablename=JOB_TABLE)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": config.schedule.misfire_grace_time},
+        timezone=config.schedule.timezone,
+    )
+    remove_unconfigured_jobs(config)
+    for name, job in config.schedule.jobs.items():
+        # Added before start, these replace the stored jobs of the same id when the scheduler starts.
+        scheduler.add_job(
+            run_job,
+            trigger=trigger(job.cron, config.schedule.timezone),
+            args=[str(Path(config_path).resolve()), name],
+            id=name,
+            name=f"{name}: {', '.join(job.stages)}",
+            replace_existing=True,
+        )
+    return scheduler
+
+
+def remove_unconfigured_jobs(config: Config) -> None:
+    """Jobs dropped from config.toml must not keep firing from the persistent store."""
+    engine = create_engine(config.ledger_url)
+    try:
+        if not inspect(engine).has_table(JOB_TABLE):
+            return
+        table = Table(JOB_TABLE, MetaData(), autoload_with=engine)
+        with engine.begin() as connection:
+            connection.execute(delete(table).where(table.c.id.not_in(list(config.schedule.jobs))))
+    finally:
+        engine.dispose()
+
+
+def next_run_times(config: Config, now: datetime | None = None) -> dict[str, datetime | None]:
+    """When each configured job fires next; computed from config, so `status` works without a daemon."""
+    now = now or datetime.now(timezone.utc)
+    return {name: trigger(job.cron, config.schedule.timezone).get_next_fire_time(None, now) for name, job in config.schedule.jobs.items()}
+
+
+def serve(config_path: str) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the job in progress finishes its current item first."""
+    from pipeline.runner import STOP, install_stop_handlers
+
+    config = load_config(config_path)
+    scheduler = build_scheduler(config, config_path)
+    install_stop_handlers()
+
+    def stop_on_signal() -> None:
+        STOP.wait()
+        log.warning("stopping: the running job finishes its current item first")
+        scheduler.shutdown(wait=True)
+
+    threading.Thread(target=stop_on_signal, name="newsdesk-stop", daemon=True).start()
+    for name, when in next_run_times(config).items():
+        log.warning("job %s: next run %s", name, when)
+    scheduler.start()  # blocks until shutdown
+    log.warning("scheduler stopped")
+    return 0
