@@ -158,11 +158,12 @@ def _stem(word: str) -> str:
     return w
 
 
+def _is_content(t: Token) -> bool:
+    return t.low not in STOPWORDS and t.low[0].isalnum() and not (len(t.low) == 1 and t.low.isalpha())
+
+
 def content_terms(tokens: Iterable[Token]) -> list[str]:
-    return [
-        _stem(t.low) for t in tokens
-        if t.low not in STOPWORDS and (t.low[0].isalnum()) and not (len(t.low) == 1 and t.low.isalpha())
-    ]
+    return [_stem(t.low) for t in tokens if _is_content(t)]
 
 
 def _is_negation(tok: str) -> bool:
@@ -707,6 +708,7 @@ class _ClaimParts:
     entities: list[Entity]
     terms: list[str]         # for retrieval
     cover_terms: list[str]   # for the coverage test: figures and dates are checked by their own rules
+    surface: dict[str, str]  # stem -> the word as the claim wrote it, for messages
 
 
 def _parse_claim(claim: str, index: SourceIndex) -> _ClaimParts:
@@ -718,6 +720,7 @@ def _parse_claim(claim: str, index: SourceIndex) -> _ClaimParts:
     return _ClaimParts(
         claim, tokens, dates, qty, extract_quotes(claim),
         extract_entities(claim, index.is_name), content_terms(tokens), content_terms(plain),
+        {_stem(t.low): t.text for t in reversed(plain) if _is_content(t)},
     )
 
 
@@ -1003,7 +1006,10 @@ def verify_offline(
         evidence_end=ev_end,
         failures=failures,
         coverage=round(coverage, 3),
-        unsupported_terms=missing_names + [t for t in missing if t not in {n.lower() for n in missing_names}],
+        unsupported_terms=missing_names + [
+            parts.surface.get(t, t) for t in missing
+            if not any(parts.surface.get(t, t) in name.split() for name in missing_names)
+        ],
     )
 
 

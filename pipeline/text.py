@@ -49,6 +49,12 @@ _SENTENCE_OPENERS = {
     "how", "why", "where", "one", "two", "three", "last", "earlier", "later", "according",
 }
 
+# A line ending in one of these words is wrapped mid-sentence, not a headline.
+_DANGLING = {
+    "a", "an", "the", "of", "on", "in", "at", "to", "for", "with", "by", "from", "and", "or",
+    "but", "that", "as", "is", "was", "are", "were", "his", "her", "their", "its", "our",
+}
+
 _CLOSERS = "\"'”’»)]}"
 _OPENERS = "\"'“‘«([{"
 _TERMINAL = re.compile(r"[.!?…]+")
@@ -113,7 +119,12 @@ def split_sentences(text: str) -> list[Sentence]:
             continue
         prev = text[: m.start()].rstrip()
         following = text[m.end():].lstrip(" \t")
-        hard_wrapped = bool(prev) and prev[-1] not in ".!?:;\"”’)" and following[:1].islower()
+        last_word = re.findall(r"[\w,]+$", prev)
+        hard_wrapped = bool(prev) and prev[-1] not in ".!?:;\"”’)" and (
+            following[:1].islower()
+            or prev.endswith(",")
+            or (bool(last_word) and last_word[0].lower() in _DANGLING)
+        )
         if not hard_wrapped:
             cuts.append(m.start())
     for m in _TERMINAL.finditer(text):
