@@ -94,6 +94,7 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
     """Per split: recall per error type and the false-alarm rate on faithful claims."""
     by_id = {v["id"]: v["verdict"] for v in verdicts}
     tallies: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    exact: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # verdict == label, the stricter reading
     for case in cases:
         if "label" not in case:
             continue
@@ -104,6 +105,8 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
             t = tallies[bucket][kind]
             t[0] += int(flagged)
             t[1] += 1
+            exact[bucket][0] += int(by_id.get(case["id"]) == case["label"])
+            exact[bucket][1] += 1
     report = {}
     for split, kinds in tallies.items():
         recall = {k: c / n for k, (c, n) in kinds.items() if k != "faithful" and n}
@@ -113,6 +116,7 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
             "counts": {k: tuple(v) for k, v in kinds.items()},
             "false_alarms": fa[0] / fa[1] if fa[1] else None,
             "min_recall": min(recall.values()) if recall else None,
+            "label_accuracy": exact[split][0] / exact[split][1] if exact[split][1] else None,
         }
     return report
 
@@ -131,6 +135,8 @@ def print_report(report: dict[str, dict], headline_split: str, ms_per_claim: flo
         if "faithful" in r["counts"]:
             c, total = r["counts"]["faithful"]
             print(f"  false alarms      {c / total:.3f}  ({c}/{total} faithful flagged)")
+        if r["label_accuracy"] is not None:
+            print(f"  verdict == label  {r['label_accuracy']:.3f}")
     print(f"{n} claims, {ms_per_claim:.2f} ms per claim")
     r = report.get(headline_split) or report[order[-1]]
     name = headline_split if headline_split in report else order[-1]

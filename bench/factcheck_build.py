@@ -170,6 +170,10 @@ def reformatted(sentence: str, rng: random.Random) -> str | None:
         edits.append((m.start(), m.end(), f'"{m.group(1)}"'))
     for m in re.finditer(r" (?=[,.;:’']|['’]s\b)", sentence):
         edits.append((m.start(), m.end(), ""))
+    # Words inside a quotation stay as spoken: only the quote marks themselves may change.
+    quoted = [m.span(1) for m in re.finditer(r"\"([^\"]+)\"|“([^“”]+)”", sentence)] + [
+        m.span(2) for m in re.finditer(r"\"([^\"]+)\"|“([^“”]+)”", sentence) if m.group(2)]
+    edits = [e for e in edits if not any(a <= e[0] < b and e[1] - e[0] < b - a for a, b in quoted if a >= 0)]
     if not edits:
         return None
     rng.shuffle(edits)
@@ -194,6 +198,8 @@ def change_number(sentence: str, rng: random.Random) -> str | None:
         whole = int(m.group(1).replace(",", ""))
         if m.group(2) is None and 1900 <= whole <= 2100 and "," not in m.group(1):
             continue  # a year: that is a date change
+        if re.search(r"\b(?:" + "|".join(MONTHS) + r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.? $", sentence[: m.start()]):
+            continue  # the day of a date: that is a date change too
         spots.append(m)
     word_spots = list(re.finditer(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", sentence))
     if not spots and not word_spots:

@@ -210,9 +210,6 @@ class DateMention:
     day: int | None = None
     weekday: int | None = None
 
-    def describe(self) -> str:
-        return self.raw
-
 
 def extract_dates(text: str) -> list[DateMention]:
     """Dates, months, weekdays and years, longest patterns first; spans never overlap."""
@@ -778,6 +775,7 @@ def _slot_failures(
 ) -> list[RuleFailure]:
     """Edits between a near-copy claim and its evidence that change a value or the polarity."""
     out: list[RuleFailure] = []
+    negations: list[tuple[int, RuleFailure]] = []  # (+1 added / -1 dropped, failure)
     ctoks, stoks = claim.tokens, al.window.tokens
     ops = al.opcodes
     for n, (tag, i1, i2, j1, j2) in enumerate(ops):
@@ -795,12 +793,12 @@ def _slot_failures(
         if c_neg != s_neg and short and (not edge or max(c_len, s_len) <= 2):
             added = c_neg > s_neg
             cue = " ".join(c_words if added else s_words)
-            out.append(RuleFailure(
+            negations.append((c_neg - s_neg, RuleFailure(
                 type="negation",
                 detail=(f"claim adds a negation ({cue!r}) to what {doc.id} says" if added
                         else f"claim drops the negation {cue!r} that {doc.id} has"),
                 value=cue,
-            ))
+            )))
             continue
         if tag == "replace" and short and any(
             frozenset((x, y)) in POLARITY_PAIRS for x in c_words for y in s_words
@@ -819,8 +817,11 @@ def _slot_failures(
         if bad and s_dates:
             out.append(RuleFailure(type="date", detail=f"claim has {bad[0].raw!r} where {doc.id} has {s_dates[0].raw!r}", value=bad[0].raw))
             continue
-        c_q = extract_numbers(c_text, [(d.start, d.end) for d in c_dates])
-        s_q = extract_numbers(s_text, [(d.start, d.end) for d in s_dates])
+        # A bare year on one side may face a plain figure on the other ("2000" for "200").
+        c_q = extract_numbers(c_text, [(d.start, d.end) for d in c_dates]) + [
+            q for q in map(_year_as_quantity, c_dates) if q]
+        s_q = extract_numbers(s_text, [(d.start, d.end) for d in s_dates]) + [
+            q for q in map(_year_as_quantity, s_dates) if q]
         bad_q, orphan = unmatched_numbers(c_q, s_q)
         if bad_q and orphan:
             out.append(RuleFailure(type="number", detail=f"claim has {bad_q[0].raw!r} where {doc.id} has {orphan[0].raw!r}", value=bad_q[0].raw))
@@ -835,6 +836,10 @@ def _slot_failures(
             s_keys = {_entity_key(t.text).lower() for t in s_caps}
             if c_keys - s_keys:
                 out.append(RuleFailure(type="entity", detail=f"claim names {c_exact!r} where {doc.id} names {s_exact!r}", value=c_exact))
+    # A cue dropped in one place and added in another was moved, not flipped
+    # ("no room" -> "room no" is a garbled quote, not a reversal).
+    if negations and sum(sign for sign, _ in negations) != 0:
+        out = [f for _, f in negations] + out
     return out
 
 
