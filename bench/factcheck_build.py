@@ -39,7 +39,7 @@ COMMON_CAPS = set(
     """The A An This That These Those It He She They We I In On At For But And Or If When While
     After Before Since As Also However His Her Their Its Our Your You There Here What Who How Why
     Mr Mrs Ms Dr According Some Many Most All One Two No Not So Yet Then Now""".split()
-) | set(MONTHS) | set(WEEKDAYS)
+) | set(MONTHS) | set(WEEKDAYS) | {m.rstrip(".") for m in MONTH_ABBR} | {"Sep", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}
 
 ADDITION_TEMPLATES = [
     ", a move that critics said would cost taxpayers dearly",
@@ -198,7 +198,8 @@ def change_number(sentence: str, rng: random.Random) -> str | None:
         whole = int(m.group(1).replace(",", ""))
         if m.group(2) is None and 1900 <= whole <= 2100 and "," not in m.group(1):
             continue  # a year: that is a date change
-        if re.search(r"\b(?:" + "|".join(MONTHS) + r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.? $", sentence[: m.start()]):
+        months = r"(?:" + "|".join(MONTHS) + r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\b"
+        if re.search(r"\b" + months + r"\.? $", sentence[: m.start()]) or re.match(r"(?:st|nd|rd|th)? (?:of )?" + months, sentence[m.end():]):
             continue  # the day of a date: that is a date change too
         spots.append(m)
     word_spots = list(re.finditer(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", sentence))
