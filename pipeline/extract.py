@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 # URIs); cutting keeps extraction time bounded.
 MAX_HTML_CHARS = 6_000_000
 
+# Real article pages have a few thousand elements; far beyond that is a
+# listing or a dump, where trafilatura would take seconds.
+MAX_TRAFILATURA_ELEMENTS = 25_000
+
 _TOKEN_RE = re.compile(r"\w+")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 _META_CHARSET_RE = re.compile(
@@ -477,6 +481,10 @@ def _blocks(node) -> list[str]:
     return out
 
 
+def _element_count(root: lxml.html.HtmlElement) -> int:
+    return sum(1 for _ in root.iter())
+
+
 def _visible_token_count(root: lxml.html.HtmlElement) -> int:
     texts = root.xpath(
         "//body//text()[not(ancestor::script or ancestor::style or ancestor::noscript or ancestor::template)]"
@@ -703,6 +711,10 @@ def _extract(html: str | bytes, url: str | None) -> ExtractedPage:
     if json_ld_body and _visible_token_count(root) < _MIN_ARTICLE_TOKENS:
         # A script-rendered shell: the publisher's own articleBody is all there is.
         paragraphs, method = split_paragraphs(json_ld_body), "json-ld"
+    elif _element_count(root) > MAX_TRAFILATURA_ELEMENTS:
+        # Trafilatura's cost grows steeply with tree size (seconds on such
+        # pages); the density extractor stays linear.
+        paragraphs, method = split_paragraphs(density_candidate(prepare_tree(root))), "density"
     else:
         tree = prepare_tree(root)
         runs = trafilatura_candidates(tree, url)

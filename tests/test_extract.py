@@ -216,6 +216,18 @@ def test_fallback_replaces_trafilatura_only_when_it_found_next_to_nothing():
     assert choose(story, long_fallback) == (story, "trafilatura")
 
 
+def test_oversized_pages_skip_trafilatura_for_the_linear_density_extractor(monkeypatch):
+    import pipeline.extract as extract_module
+
+    monkeypatch.setattr(extract_module, "MAX_TRAFILATURA_ELEMENTS", 50)
+    rows = "".join(f"<p>Entry {i} of a very long listing, with commas, words and more words.</p>" for i in range(60))
+    page = extract_article(f"<html><body><nav><a href='/'>Home</a></nav><article>{rows}</article></body></html>")
+    assert page.method == "density"
+    assert paragraphs(page.text)[0].startswith("Entry 0 of a very long listing")
+    assert paragraphs(page.text)[-1].startswith("Entry 59 of a very long listing")
+    assert "Home" not in page.text
+
+
 # --------------------------------------------------------------------------
 # hostile input
 
