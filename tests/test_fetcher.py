@@ -721,3 +721,19 @@ def test_the_sample_feeds_ingest_cleanly_offline(tmp_path, ledger):
     assert "Ignore previous instructions" not in nexa["text"]  # hidden in the markup, never shown to readers
     undated = rows["https://satoshiwire.example/culture/lyra-vance-world-tour"]
     assert undated["published"] == undated["fetched"]
+
+
+@respx.mock
+def test_a_page_canonical_pointing_at_the_home_page_is_ignored(tmp_path, ledger):
+    lazy = fixture("article_page.html").replace(
+        b"https://news.example.com/mining/miners-sell-reserves", b"https://www.example.com/"
+    ).replace(b"news.example.com", b"www.example.com")
+    respx.get("https://news.example.com/mining/feed").respond(200, content=fixture("rss_short.xml"), headers=XML)
+    respx.get(url__startswith="https://news.example.com/mining/miners").respond(200, content=lazy, headers={"content-type": "text/html"})
+    config = make_config(tmp_path, [{"name": "mining", "url": "https://news.example.com/mining/feed", "full_text": "page"}])
+
+    fetch(config, ledger)
+
+    (row,) = items(ledger)
+    assert row["canonical_url"] == "https://news.example.com/mining/miners-sell-reserves?src=feed"
+    assert row["text_origin"] == "page"
