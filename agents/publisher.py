@@ -1,0 +1,731 @@
+"""Publish checked drafts for editors, and bring their approvals back.
+
+Targets (publishing.target):
+  - "google": one Google Doc per draft in publishing.google.folder_id, shared
+    only with the configured editors (role "writer": they must be able to edit
+    the text and move the file into the approved folder; "commenter" could do
+    neither). Never link sharing, never "anyone".
+  - "local": Markdown + HTML files in the outbox folder (pipeline/outbox.py).
+
+Only drafts in state `checked` are published. A draft becomes `published`
+together with its publication row being marked `written`, in one transaction.
+Anything that fails leaves the draft `checked`, with the reason in the
+StageReport and in drafts.state_reason, and the next run tries again.
+
+Idempotence and crash recovery for Google: before creating a file the ledger
+records a publication row in state `creating`; the Drive file carries the
+draft id in appProperties (newsdeskDraftId) and description. Whenever the
+ledger has no doc id for a draft, Drive is searched for that marker first, so
+a run that died between files.create and writing the ledger adopts the
+existing document instead of making a second one. A known doc id is updated in
+place: one documents.get to learn the body's end, then a single batchUpdate
+that deletes the old body and writes the new one.
+
+Google calls go through `GoogleClient._call`: 429 and 5xx answers and
+connection failures are retried with exponential backoff (tenacity; the wait
+is injectable), and writes pass a per-minute rate limiter sized to the Docs
+write quota (60 writes per minute per user).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import insert, select, update
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.editdiff import article_text, edit_rate
+from pipeline.gdocs import (
+    Block,
+    article_from_blocks,
+    body_end_index,
+    clean_text,
+    content_requests,
+    layout_draft,
+    parse_document,
+)
+from pipeline.ledger import Ledger, stable_hash, utcnow
+from pipeline.models import Article, Draft, DraftState, FactCheckReport, StageReport
+from pipeline.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
+
+SCOPES = ["https://www.googleapis.com/auth/documents", "https://www.googleapis.com/auth/drive"]
+DOC_MIME = "application/vnd.google-apps.document"
+MARKER_KEY = "newsdeskDraftId"
+ORIGIN_KEY, ORIGIN_VALUE = "newsdesk", "draft"
+EDITOR_ROLE = "writer"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+DOCS_WRITES_PER_MINUTE = 60
+
+
+class PublishError(Exception):
+    """One draft could not be published or synced; the message says why."""
+
+
+class CredentialsError(PublishError):
+    """Google credentials are missing or were rejected. Nothing can be published to Google until fixed."""
+
+
+class GoogleUnavailable(PublishError):
+    """Google kept failing (5xx, 429, network) after retries: try again on a later run."""
+
+
+# --- drafts from the ledger --------------------------------------------------------
+
+
+def _draft_from_row(row: Any) -> tuple[Draft, FactCheckReport | None]:
+    draft = Draft(
+        id=row.id,
+        story_key=row.story_key,
+        template=row.template,
+        writer_model=row.writer_model,
+        method=row.method,
+        prompt_versions=row.prompt_versions or {},
+        article=Article.model_validate(row.article),
+        violations=row.violations or [],
+        state=DraftState(row.state),
+        created=row.created,
+    )
+    report = FactCheckReport.model_validate(row.factcheck) if row.factcheck else None
+    return draft, report
+
+
+def _load_drafts(ledger: Ledger, state: DraftState) -> Iterator[tuple[Any, Draft | None, FactCheckReport | None, str]]:
+    """Every draft row in `state`; a row that does not parse comes back with its error instead."""
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.drafts).where(schema.drafts.c.state == state.value).order_by(schema.drafts.c.created)
+        ).all()
+    for row in rows:
+        try:
+            draft, report = _draft_from_row(row)
+        except (ValueError, TypeError) as exc:
+            yield row, None, None, f"draft {row.id}: stored article or fact-check is not valid: {_first_line(exc)}"
+            continue
+        yield row, draft, report, ""
+
+
+def _publication(ledger: Ledger, draft_id: str) -> Any:
+    with ledger.engine.connect() as connection:
+        return connection.execute(select(schema.publications).where(schema.publications.c.draft_id == draft_id)).first()
+
+
+def _save_publication(ledger: Ledger, draft_id: str, **values: Any) -> None:
+    now = utcnow()
+    with ledger.begin() as connection:
+        table = schema.publications
+        changed = connection.execute(update(table).where(table.c.draft_id == draft_id).values(updated=now, **values)).rowcount
+        if not changed:
+            connection.execute(insert(table).values(draft_id=draft_id, created=now, updated=now, **values))
+
+
+def _mark_published(ledger: Ledger, draft_id: str, target: str, doc_id: str, url: str, content_hash: str) -> None:
+    """Publication written and draft published land together, or neither does."""
+    now = utcnow()
+    with ledger.begin() as connection:
+        table = schema.publications
+        values = dict(target=target, doc_id=doc_id, url=url, state="written", content_hash=content_hash, updated=now)
+        if not connection.execute(update(table).where(table.c.draft_id == draft_id).values(**values)).rowcount:
+            connection.execute(insert(table).values(draft_id=draft_id, created=now, **values))
+        connection.execute(
+            update(schema.drafts)
+            .where(schema.drafts.c.id == draft_id, schema.drafts.c.state == DraftState.checked.value)
+            .values(state=DraftState.published.value, state_reason=None, updated=now)
+        )
+
+
+def _note_failure(ledger: Ledger, draft_id: str, reason: str) -> None:
+    """The draft stays where it was; the reason shows in status until a later run succeeds."""
+    with ledger.begin() as connection:
+        connection.execute(
+            update(schema.drafts).where(schema.drafts.c.id == draft_id).values(state_reason=reason[:2000], updated=utcnow())
+        )
+
+
+def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float) -> None:
+    now = utcnow()
+    with ledger.begin() as connection:
+        connection.execute(
+            insert(schema.approvals).values(
+                draft_id=draft.id,
+                doc_id=doc_id,
+                article=article.model_dump(mode="json"),
+                edit_rate=rate,
+                writer_model=draft.writer_model,
+                approved_at=now,
+            )
+        )
+        connection.execute(
+            update(schema.drafts)
+            .where(schema.drafts.c.id == draft.id, schema.drafts.c.state == DraftState.published.value)
+            .values(state=DraftState.approved.value, state_reason=None, updated=now)
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _local_day(config: Config, draft: Draft) -> date:
+    try:
+        zone = ZoneInfo(config.newsroom.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    created = draft.created if draft.created.tzinfo else draft.created.replace(tzinfo=ZoneInfo("UTC"))
+    return created.astimezone(zone).date()
+
+
+def document_name(config: Config, draft: Draft) -> str:
+    """`YYYY-MM-DD · <template> · <headline>`, the day in the newsroom's timezone."""
+    headline = clean_text(draft.article.headline)[:200] or "(untitled draft)"
+    return f"{_local_day(config, draft).isoformat()} · {draft.template} · {headline}"
+
+
+def _content_hash(name: str, blocks: list[Block]) -> str:
+    return stable_hash(name, [asdict(b) for b in blocks])
+
+
+# --- Google: credentials, services, calls ---------------------------------------------
+
+
+def load_credentials(config: Config):
+    """Service-account or authorized-user credentials named by config (or GOOGLE_APPLICATION_CREDENTIALS).
+
+    Raises CredentialsError with the file and the problem. The key is only
+    checked by Google on the first call; a rejection then also raises
+    CredentialsError.
+    """
+    from google.oauth2 import credentials as user_credentials
+    from google.oauth2 import service_account
+
+    google = config.publishing.google
+    if google.credentials_file is not None:
+        path, origin = config.path(google.credentials_file), "publishing.google.credentials_file"
+    elif google.token_file is not None:
+        path, origin = config.path(google.token_file), "publishing.google.token_file"
+    elif os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        path, origin = Path(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]), "GOOGLE_APPLICATION_CREDENTIALS"
+    else:
+        raise CredentialsError(
+            "no Google credentials: set publishing.google.credentials_file (a service-account JSON key) or "
+            "publishing.google.token_file (an authorized-user token), or GOOGLE_APPLICATION_CREDENTIALS; "
+            "or set publishing.target = \"local\" to publish to the outbox folder"
+        )
+    if not path.is_file():
+        raise CredentialsError(f"Google credentials file {path} (from {origin}) does not exist")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CredentialsError(f"Google credentials file {path} is not readable JSON: {_first_line(exc)}") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    try:
+        if kind == "service_account":
+            return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+        if kind == "authorized_user":
+            return user_credentials.Credentials.from_authorized_user_info(info, scopes=SCOPES)
+    except (ValueError, KeyError) as exc:
+        raise CredentialsError(f"Google credentials file {path} is incomplete: {_first_line(exc)}") from None
+    raise CredentialsError(
+        f"Google credentials file {path} has type {kind!r}; expected a service-account key "
+        "(\"service_account\") or an authorized-user token (\"authorized_user\")"
+    )
+
+
+def build_services(config: Config, credentials, timeout_s: float = 30.0) -> tuple[Any, Any]:
+    """Docs v1 and Drive v3 clients from the discovery documents shipped with the library (no network)."""
+    import google_auth_httplib2
+    import httplib2
+    from googleapiclient.discovery import build
+
+    google = config.publishing.google
+    http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout_s))
+    docs_options = {"api_endpoint": google.api_endpoint} if google.api_endpoint else None
+    drive_options = {"api_endpoint": google.drive_endpoint.rstrip("/") + "/drive/v3/"} if google.drive_endpoint else None
+    docs = build("docs", "v1", http=http, static_discovery=True, cache_discovery=False, client_options=docs_options)
+    drive = build("drive", "v3", http=http, static_discovery=True, cache_discovery=False, client_options=drive_options)
+    return docs, drive
+
+
+class WriteRateLimiter:
+    """At most `per_minute` writes in any 60-second window; waits (with the injected sleep) when full."""
+
+    def __init__(self, per_minute: int = DOCS_WRITES_PER_MINUTE, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.per_minute, self.clock, self.sleep = per_minute, clock, sleep
+        self.recent: deque[float] = deque()
+        self.waited_s = 0.0
+
+    def acquire(self) -> None:
+        now = self.clock()
+        while self.recent and now - self.recent[0] >= 60.0:
+            self.recent.popleft()
+        if len(self.recent) >= self.per_minute:
+            pause = 60.0 - (now - self.recent[0])
+            self.waited_s += pause
+            self.sleep(pause)
+            now = self.clock()
+            self.recent.popleft()
+        self.recent.append(now)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import httplib2
+    from google.auth.exceptions import TransportError
+    from googleapiclient.errors import HttpError
+
+    if isinstance(exc, HttpError):
+        return exc.status_code in RETRY_STATUSES
+    return isinstance(exc, (OSError, TimeoutError, httplib2.HttpLib2Error, TransportError))
+
+
+class GoogleClient:
+    """The few Docs and Drive operations the publisher needs, each retried and rate limited."""
+
+    def __init__(self, docs, drive, *, retry_wait=None, attempts: int = 5, limiter: WriteRateLimiter | None = None,
+                 credentials_origin: str = "the configured credentials") -> None:
+        from tenacity import wait_exponential_jitter
+
+        self.docs, self.drive = docs, drive
+        self.wait = retry_wait if retry_wait is not None else wait_exponential_jitter(initial=1, max=30)
+        self.attempts = attempts
+        self.limiter = limiter or WriteRateLimiter()
+        self.origin = credentials_origin
+        self.counts: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, **kwargs) -> GoogleClient:
+        credentials = load_credentials(config)
+        docs, drive = build_services(config, credentials)
+        return cls(docs, drive, **kwargs)
+
+    def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        from google.auth.exceptions import RefreshError
+        from googleapiclient.errors import HttpError
+        from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt
+
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(_is_transient), stop=stop_after_attempt(self.attempts), wait=self.wait, reraise=False
+            ):
+                with attempt:
+                    return fn()
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            status = f"HTTP {last.status_code}" if isinstance(last, HttpError) else _first_line(last)
+            raise GoogleUnavailable(f"Google unavailable for {what} after {self.attempts} attempts ({status})") from None
+        except RefreshError as exc:
+            raise CredentialsError(f"Google rejected the credentials ({self.origin}): {_first_line(exc)}") from None
+        except HttpError as exc:
+            if exc.status_code == 401:
+                raise CredentialsError(f"Google rejected the credentials ({self.origin}) for {what}") from None
+            raise PublishError(f"Google refused {what}: HTTP {exc.status_code} {_reason(exc)}") from exc
+
+    def _call(self, request_factory: Callable[[], Any], what: str, *, write: bool = False, retry: bool = True) -> Any:
+        def once() -> Any:
+            if write:
+                self.limiter.acquire()
+            self.counts[what] = self.counts.get(what, 0) + 1
+            return request_factory().execute(num_retries=0)
+
+        if retry:
+            return self._retrying(once, what)
+        return once()
+
+    # -- Drive
+    def find_by_marker(self, draft_id: str) -> list[dict[str, Any]]:
+        query = f"appProperties has {{ key='{MARKER_KEY}' and value='{_q(draft_id)}' }} and trashed = false"
+        return self.list_files(query, "files(id,name,webViewLink,createdTime)")
+
+    def list_files(self, query: str, fields: str) -> list[dict[str, Any]]:
+        files: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = self._call(
+                lambda: self.drive.files().list(
+                    q=query, fields=f"nextPageToken,{fields}", pageSize=100, pageToken=token,
+                    supportsAllDrives=True, includeItemsFromAllDrives=True, corpora="allDrives",
+                ),
+                "files.list",
+            )
+            files += page.get("files", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return files
+
+    def create_document(self, name: str, folder_id: str | None, draft_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": name,
+            "mimeType": DOC_MIME,
+            "appProperties": {MARKER_KEY: draft_id, ORIGIN_KEY: ORIGIN_VALUE},
+            "description": f"Newsdesk draft {draft_id}",
+        }
+        if folder_id:
+            body["parents"] = [folder_id]
+        # Not retried on its own: a retry after a lost response would make a second file.
+        # find_or_create retries the lookup-then-create pair instead.
+        return self._call(
+            lambda: self.drive.files().create(body=body, fields="id,name,webViewLink", supportsAllDrives=True),
+            "files.create", write=True, retry=False,
+        )
+
+    def find_or_create(self, name: str, folder_id: str | None, draft_id: str,
+                       after_create: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], bool]:
+        """(file, created): the draft's existing file if Drive has one with its marker, else a new one."""
+        def once() -> tuple[dict[str, Any], bool]:
+            found = self.find_by_marker(draft_id)
+            if found:
+                return sorted(found, key=lambda f: (f.get("createdTime", ""), f["id"]))[0], False
+            created = self.create_document(name, folder_id, draft_id)
+            if after_create is not None:
+                after_create(created)
+            return created, True
+
+        return self._retrying(once, "files.create")
+
+    def rename(self, file_id: str, name: str) -> None:
+        self._call(
+            lambda: self.drive.files().update(fileId=file_id, body={"name": name}, fields="id", supportsAllDrives=True),
+            "files.update", write=True,
+        )
+
+    def shared_with(self, file_id: str) -> set[str]:
+        result = self._call(
+            lambda: self.drive.permissions().list(
+                fileId=file_id, fields="permissions(id,type,role,emailAddress)", supportsAllDrives=True
+            ),
+            "permissions.list",
+        )
+        return {p.get("emailAddress", "").lower() for p in result.get("permissions", []) if p.get("type") == "user"}
+
+    def share(self, file_id: str, emails: list[str], notify: bool, already: set[str] = frozenset()) -> list[str]:
+        """Give each editor writer access; only named users, never a link or "anyone"."""
+        added = []
+        for email in emails:
+            if email.lower() in already:
+                continue
+            permission = {"type": "user", "role": EDITOR_ROLE, "emailAddress": email}
+            self._call(
+                lambda: self.drive.permissions().create(
+                    fileId=file_id, body=permission, sendNotificationEmail=notify, supportsAllDrives=True, fields="id"
+                ),
+                "permissions.create", write=True,
+            )
+            added.append(email)
+        return added
+
+    # -- Docs
+    def get_document(self, document_id: str) -> dict[str, Any]:
+        return self._call(lambda: self.docs.documents().get(documentId=document_id), "documents.get")
+
+    def batch_update(self, document_id: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call(
+            lambda: self.docs.documents().batchUpdate(documentId=document_id, body={"requests": requests}),
+            "documents.batchUpdate", write=True,
+        )
+
+
+def _q(value: str) -> str:
+    """A string literal for a Drive query."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _reason(exc) -> str:
+    try:
+        return json.loads(exc.content.decode("utf-8"))["error"]["message"][:300]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _first_line(exc)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    from googleapiclient.errors import HttpError
+
+    cause = exc.__cause__
+    return isinstance(exc, PublishError) and isinstance(cause, HttpError) and cause.status_code == 404
+
+
+def _valid_editors(config: Config) -> list[str]:
+    editors = [e.strip() for e in config.publishing.google.editors if e.strip()]
+    bad = [e for e in editors if "@" not in e or any(c.isspace() for c in e)]
+    if bad:
+        raise PublishError(f"publishing.google.editors has entries that are not email addresses: {bad}")
+    return list(dict.fromkeys(editors))
+
+
+# --- publishing --------------------------------------------------------------------------
+
+
+@dataclass
+class Published:
+    draft_id: str
+    headline: str
+    location: str          # doc URL or the HTML file's path
+    created: bool
+
+
+def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draft: Draft,
+                      report: FactCheckReport | None) -> Published:
+    google = config.publishing.google
+    editors = _valid_editors(config)
+    blocks = layout_draft(draft, report)
+    name = document_name(config, draft)
+    content_hash = _content_hash(name, blocks)
+
+    publication = _publication(ledger, draft.id)
+    known = publication if publication is not None and publication.target == "google" else None
+    doc_id, url = (known.doc_id, known.url) if known is not None else (None, None)
+    if known is None:
+        _save_publication(ledger, draft.id, target="google", doc_id=None, url=None, state="creating", content_hash=None)
+    elif known.state == "written" and known.content_hash == content_hash and doc_id:
+        _mark_published(ledger, draft.id, "google", doc_id, url, content_hash)
+        return Published(draft.id, blocks[0].text, url, created=False)
+
+    document = None
+    if doc_id:
+        try:
+            document = client.get_document(doc_id)
+        except PublishError as exc:
+            if not _is_not_found(exc):
+                raise
+            doc_id = None   # deleted by someone: make it anew (the marker search below finds no live copy)
+    created = False
+    if not doc_id:
+        def remember(file: dict[str, Any]) -> None:
+            _save_publication(ledger, draft.id, doc_id=file["id"], url=_doc_url(file), state="creating")
+
+        file, created = client.find_or_create(name, google.folder_id, draft.id, after_create=remember)
+        doc_id, url = file["id"], _doc_url(file)
+        _save_publication(ledger, draft.id, doc_id=doc_id, url=url, state="creating")
+        if not created:
+            document = client.get_document(doc_id)
+
+    existing_end = body_end_index(document) if document is not None else 2
+    client.batch_update(doc_id, content_requests(blocks, existing_end))
+    if document is not None and document.get("title") != name:
+        client.rename(doc_id, name)
+    already = set() if created else client.shared_with(doc_id)
+    client.share(doc_id, editors, google.notify_editors, already)
+    _mark_published(ledger, draft.id, "google", doc_id, url, content_hash)
+    return Published(draft.id, blocks[0].text, url, created=created)
+
+
+def _doc_url(file: dict[str, Any]) -> str:
+    return file.get("webViewLink") or f"https://docs.google.com/document/d/{file['id']}/edit"
+
+
+def publish_to_outbox(config: Config, ledger: Ledger, draft: Draft, report: FactCheckReport | None) -> Published:
+    outbox = config.path(config.publishing.outbox)
+    blocks = layout_draft(draft, report)
+    stem = file_stem(_local_day(config, draft), draft.story_key, blocks[0].text)
+    html_path = outbox / f"{stem}.html"
+    write_atomic(outbox / f"{stem}.md", render_markdown(blocks, draft.id))
+    write_atomic(html_path, render_html(blocks))
+    previous = _publication(ledger, draft.id)
+    if previous is not None and previous.target == "local" and previous.doc_id and previous.doc_id != stem:
+        # The headline changed: the old files would be a stale second copy.
+        for suffix in (".md", ".html"):
+            (outbox / f"{previous.doc_id}{suffix}").unlink(missing_ok=True)
+    _mark_published(ledger, draft.id, "local", stem, html_path.as_uri(), _content_hash(stem, blocks))
+    return Published(draft.id, blocks[0].text, str(html_path), created=previous is None)
+
+
+def publish_ready(config: Config, ledger: Ledger, *, client: GoogleClient | None = None,
+                  retry_wait=None, limiter: WriteRateLimiter | None = None) -> StageReport:
+    """Publish every `checked` draft to the configured target.
+
+    report.notes: "published", "created", "target", and one "link <draft id[:8]>"
+    per published draft (doc URL or HTML path) for the CLI to print.
+    """
+    started = time.monotonic()
+    target = config.publishing.target
+    report = StageReport(stage="publish", notes={"target": target, "published": 0, "created": 0})
+    ready = list(_load_drafts(ledger, DraftState.checked))
+    report.items_in = len(ready)
+    if not ready:
+        return _finish(report, started)
+
+    if target == "google" and client is None:
+        try:
+            client = GoogleClient.from_config(config, retry_wait=retry_wait, limiter=limiter,
+                                              credentials_origin=_credentials_origin(config))
+        except CredentialsError as exc:
+            report.errors.append(f"{exc}; {len(ready)} draft(s) stay ready to publish")
+            for row, *_ in ready:
+                _note_failure(ledger, row.id, f"not published: {exc}")
+            return _finish(report, started)
+
+    for position, (row, draft, fact_check, problem) in enumerate(ready):
+        if draft is None:
+            report.errors.append(problem)
+            continue
+        try:
+            if target == "google":
+                result = publish_to_google(config, ledger, client, draft, fact_check)
+            else:
+                result = publish_to_outbox(config, ledger, draft, fact_check)
+        except (CredentialsError, GoogleUnavailable) as exc:
+            # Every other draft would fail the same way; stop here and leave them all ready.
+            left = len(ready) - position
+            report.errors.append(f"draft {draft.id}: {exc}; {left} draft(s) stay ready for a later run")
+            for later_row, *_ in ready[position:]:
+                _note_failure(ledger, later_row.id, f"not published: {exc}")
+            break
+        except (PublishError, OSError, ValueError) as exc:
+            report.errors.append(f"draft {draft.id}: {_first_line(exc)}")
+            _note_failure(ledger, draft.id, f"not published: {_first_line(exc)}")
+            continue
+        report.items_out += 1
+        report.notes["published"] = int(report.notes["published"]) + 1
+        report.notes["created"] = int(report.notes["created"]) + int(result.created)
+        report.notes[f"link {draft.id[:8]}"] = result.location
+    if client is not None:
+        for what, count in sorted(client.counts.items()):
+            report.notes[f"calls {what}"] = count
+    return _finish(report, started)
+
+
+def _credentials_origin(config: Config) -> str:
+    google = config.publishing.google
+    if google.credentials_file is not None:
+        return str(config.path(google.credentials_file))
+    if google.token_file is not None:
+        return str(config.path(google.token_file))
+    return os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "no credentials")
+
+
+def _finish(report: StageReport, started: float) -> StageReport:
+    report.duration_s = round(time.monotonic() - started, 3)
+    return report
+
+
+# --- syncing approvals ------------------------------------------------------------------
+
+
+def _approve(ledger: Ledger, draft: Draft, doc_id: str, blocks: list[Block]) -> float:
+    article = article_from_blocks(blocks, draft.article)
+    if not article.headline or not (article.lead or article.body):
+        raise PublishError("the approved document has no headline or no text to take back")
+    rate = edit_rate(article_text(draft.article), article_text(article))
+    _store_approval(ledger, draft, doc_id, article, rate)
+    return rate
+
+
+def sync_approvals(config: Config, ledger: Ledger, *, client: GoogleClient | None = None, retry_wait=None) -> StageReport:
+    """Bring back drafts editors approved: store the edited article and its edit rate, mark the draft approved.
+
+    Google: a document counts as approved when it sits in
+    publishing.google.approved_folder_id or its name starts with
+    approved_title_prefix. Local: the draft's .md file moved into
+    <outbox>/approved/. report.notes holds "approved" and one
+    "edit_rate <draft id[:8]>" per approval.
+    """
+    started = time.monotonic()
+    report = StageReport(stage="sync", notes={"target": config.publishing.target, "approved": 0})
+    published = {draft.id: draft for _row, draft, _fc, _p in _load_drafts(ledger, DraftState.published) if draft}
+    report.items_in = len(published)
+    if not published:
+        return _finish(report, started)
+    if config.publishing.target == "google" or client is not None:
+        _sync_google(config, ledger, published, report, client, retry_wait)
+    _sync_local(config, ledger, published, report)
+    return _finish(report, started)
+
+
+def _record(report: StageReport, draft: Draft, rate: float) -> None:
+    report.items_out += 1
+    report.notes["approved"] = int(report.notes["approved"]) + 1
+    report.notes[f"edit_rate {draft.id[:8]}"] = round(rate, 4)
+
+
+def _sync_google(config: Config, ledger: Ledger, published: dict[str, Draft], report: StageReport,
+                 client: GoogleClient | None, retry_wait) -> None:
+    google = config.publishing.google
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.publications).where(
+                schema.publications.c.target == "google", schema.publications.c.draft_id.in_(list(published))
+            )
+        ).all()
+    by_doc = {row.doc_id: published[row.draft_id] for row in rows if row.doc_id}
+    if not by_doc:
+        return
+    try:
+        client = client or GoogleClient.from_config(config, retry_wait=retry_wait,
+                                                    credentials_origin=_credentials_origin(config))
+        approved: dict[str, Draft] = {}
+        if google.approved_folder_id:
+            for file in client.list_files(
+                f"'{_q(google.approved_folder_id)}' in parents and trashed = false", "files(id,name,appProperties)"
+            ):
+                draft = by_doc.get(file["id"]) or published.get(file.get("appProperties", {}).get(MARKER_KEY, ""))
+                if draft is not None:
+                    approved[file["id"]] = draft
+        prefix = google.approved_title_prefix.strip()
+        if prefix:
+            ours = client.list_files(
+                f"appProperties has {{ key='{ORIGIN_KEY}' and value='{ORIGIN_VALUE}' }} and trashed = false",
+                "files(id,name,parents,appProperties)",
+            )
+            for file in ours:
+                draft = by_doc.get(file["id"]) or published.get(file.get("appProperties", {}).get(MARKER_KEY, ""))
+                if draft is not None and file.get("name", "").strip().startswith(prefix):
+                    approved[file["id"]] = draft
+    except PublishError as exc:
+        report.errors.append(f"sync: {exc}; approvals stay pending")
+        return
+    for doc_id, draft in approved.items():
+        try:
+            rate = _approve(ledger, draft, doc_id, parse_document(client.get_document(doc_id)))
+        except (CredentialsError, GoogleUnavailable) as exc:
+            report.errors.append(f"draft {draft.id}: {exc}; approvals stay pending")
+            return
+        except PublishError as exc:
+            report.errors.append(f"draft {draft.id}: {exc}")
+            continue
+        _record(report, draft, rate)
+
+
+def _sync_local(config: Config, ledger: Ledger, published: dict[str, Draft], report: StageReport) -> None:
+    folder = config.path(config.publishing.outbox) / APPROVED_DIR
+    if not folder.is_dir():
+        return
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.publications).where(
+                schema.publications.c.target == "local", schema.publications.c.draft_id.in_(list(published))
+            )
+        ).all()
+    by_stem = {row.doc_id: published[row.draft_id] for row in rows if row.doc_id}
+    for path in sorted(folder.glob("*.md")):
+        try:
+            marker, blocks = parse_markdown(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            report.errors.append(f"{path.name}: cannot read: {_first_line(exc)}")
+            continue
+        draft = by_stem.get(path.stem) or (published.get(marker) if marker else None)
+        if draft is None or draft.state != DraftState.published:
+            continue   # already approved, or not one of ours
+        try:
+            rate = _approve(ledger, draft, f"{APPROVED_DIR}/{path.name}", blocks)
+        except PublishError as exc:
+            report.errors.append(f"{path.name}: {exc}")
+            continue
+        draft.state = DraftState.approved
+        _record(report, draft, rate)
+
+
+__all__ = [
+    "CredentialsError", "GoogleClient", "GoogleUnavailable", "PublishError", "Published", "WriteRateLimiter",
+    "build_services", "document_name", "load_credentials", "publish_ready", "publish_to_google",
+    "publish_to_outbox", "sync_approvals",
+]
