@@ -569,6 +569,82 @@ def consensus(precise: list[str], broad: list[str]) -> list[str]:
     ]
 
 
+# A sibling chunk needs about a sentence of prose to count as story.
+_MIN_CHUNK_TOKENS = 20
+
+
+def add_sibling_chunks(tree: lxml.html.HtmlElement, paragraphs: list[str]) -> list[str]:
+    """Some templates split one story over several identical body containers
+    with ads between them; trafilatura keeps only the first. Readability's
+    old rule applies: siblings with the same tag and class as the container
+    of the extracted text are more of the same story, unless they carry
+    their own headline (the next story of an infinite scroll)."""
+    if not paragraphs:
+        return paragraphs
+    container = _container_of(tree, paragraphs)
+    if container is None:
+        return paragraphs
+    known = {_token_key(p) for p in paragraphs}
+    before: list[str] = []
+    after: list[str] = []
+    node = container
+    for _level in range(2):
+        parent = node.getparent()
+        cls = node.get("class")
+        if parent is None or not cls:
+            node = parent
+            if node is None:
+                break
+            continue
+        seen_self = False
+        for sibling in parent:
+            if sibling is node:
+                seen_self = True
+                continue
+            if sibling.tag != node.tag or sibling.get("class") != cls:
+                continue
+            if sibling.xpath(".//h1|.//header|.//article") or _link_density(sibling) > 0.3:
+                continue
+            chunk = [p for p in _prose_blocks(sibling) if _token_key(p) not in known]
+            if len(tokens(" ".join(chunk))) < _MIN_CHUNK_TOKENS:
+                continue
+            known.update(_token_key(p) for p in chunk)
+            (after if seen_self else before).extend(chunk)
+        if before or after:
+            break
+        node = parent
+    return before + paragraphs + after
+
+
+def _prose_blocks(node) -> list[str]:
+    """Blocks of node without its link-dominated parts (ad rails, "more
+    stories" lists) and without parts named like page furniture (author bio,
+    share bar, related links)."""
+    node = _copy(node)
+    for part in list(node.iter("ul", "ol", "li", "div", "aside", "section", "p")):
+        if part.getparent() is None:
+            continue
+        marker = _class_id(part)
+        if _link_density(part) > 0.5 or (_UNLIKELY_RE.search(marker) and not _LIKELY_RE.search(marker)):
+            part.drop_tree()
+    return _blocks(node)
+
+
+def _container_of(tree: lxml.html.HtmlElement, paragraphs: list[str]):
+    """Smallest element holding the first extracted paragraph and most of the text."""
+    first = _token_key(paragraphs[0])[:80]
+    if not first:
+        return None
+    deepest = None
+    for node in tree.iter("p", "div", "li", "blockquote", "section", "td"):
+        if first in _token_key(node.text_content()):
+            deepest = node
+    wanted = 0.8 * len(tokens(" ".join(paragraphs)))
+    while deepest is not None and len(tokens(deepest.text_content())) < wanted:
+        deepest = deepest.getparent()
+    return deepest
+
+
 # --------------------------------------------------------------------------
 # edge trimming: lines about the page rather than the story
 
@@ -719,6 +795,7 @@ def _extract(html: str | bytes, url: str | None) -> ExtractedPage:
         tree = prepare_tree(root)
         runs = trafilatura_candidates(tree, url)
         merged = consensus(trim_leading(runs["precision"], titles), trim_leading(runs["default"], titles))
+        merged = add_sibling_chunks(tree, merged)
         fallbacks = {"json-ld": lambda: json_ld_body, "density": lambda: density_candidate(tree)}
         paragraphs, method = choose(merged, fallbacks)
     paragraphs = trim_trailing(trim_leading(paragraphs, titles))

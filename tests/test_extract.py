@@ -178,6 +178,16 @@ def test_embedded_tweet_kept_teasers_datelines_and_share_calls_dropped():
     assert "Share this story" not in text
 
 
+def test_story_split_over_repeated_containers_is_read_whole_but_not_the_next_story():
+    text = extract_article(fixture("split_body.html")).text
+    paras = paragraphs(text)
+    assert paras[0].startswith("For forty years the flour mill")
+    assert any(p.startswith("Conversion work took two summers") for p in paras)
+    assert paras[-1].startswith("The town now plans to convert the neighbouring granary")
+    assert "Buy cheap flights" not in text
+    assert "ferry" not in text.lower()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in PAGES.glob("*.html")))
 def test_markup_and_scripts_never_reach_the_text(name):
     page = extract_article(fixture(name))
