@@ -350,6 +350,8 @@ def parse_document(document: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+# Our metadata line, recognised by its words too: an editor may have cleared its style.
+_METADATA = re.compile(r"^Story \S+ · Template \S+ · Writer ")
 _TRAILING_CITATIONS = re.compile(r"(?:\s*\[\d+\])+\s*$")
 
 
@@ -360,6 +362,8 @@ def split_citations(text: str) -> tuple[str, list[int]]:
 
 
 def _section_of(heading: str) -> str:
+    if len(heading) > 20:
+        return ""
     key = re.sub(r"[^a-z]", "", heading.lower())
     return {"insights": "insights", "insight": "insights", "sources": "sources", "factcheck": "factcheck"}.get(key, "")
 
@@ -382,11 +386,12 @@ def article_from_blocks(blocks: list[Block], draft_article: Article) -> Article:
     for block in blocks:
         if not block.text:
             continue
-        if block.style.startswith("HEADING_") and block.style != "HEADING_6":
-            named = _section_of(block.text)
+        named = _section_of(block.text)
+        if named or (block.style.startswith("HEADING_") and block.style != "HEADING_6"):
+            # Our section titles count as headings even if an editor cleared their style.
             section = named or section
             continue
-        if block.style == "HEADING_6":
+        if block.style == "HEADING_6" or _METADATA.match(block.text):
             continue
         if block.style == "TITLE" and not headline:
             headline = block.text
