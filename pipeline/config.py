@@ -202,7 +202,7 @@ class Classify(Section):
     batch_size: int = Field(default=12, ge=1, le=100)
     item_tokens: int = Field(default=400, ge=50)
     prefilter_threshold: float = Field(default=0.15, ge=-1, le=1)
-    offline_threshold: float = Field(default=0.30, ge=-1, le=1)
+    offline_threshold: float = Field(default=0.25, ge=-1, le=1)
 
 
 class FactCheck(Section):

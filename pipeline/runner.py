@@ -148,7 +148,7 @@ class Run:
             status = "ok" if all(r.ok for r in self.reports) else "failed"
         self._save(status=status, ended=utcnow(), error=redact(error) if error else None)
         if "gateway" in self.__dict__:
-            self.run_async(self.gateway.aclose())
+            self.gateway.close()
         if "loop" in self.__dict__:
             self.loop.close()
         return status
@@ -161,5 +161,5 @@ class Run:
     def _llm_totals(self) -> tuple[int, int, float]:
         if "gateway" not in self.__dict__:
             return 0, 0, 0.0
-        totals = self.gateway.totals()
+        totals = self.gateway.totals
         return totals.calls, totals.tokens, totals.cost_usd

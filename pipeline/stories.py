@@ -127,11 +127,11 @@ def score_group(group: Group, config: Config, now: datetime | None = None) -> fl
     age_hours = max(0.0, (now - max(group.published)).total_seconds() / 3600)
     recency = math.exp(-age_hours / 24)
     outlets = len({m.item.source for m in group.members})
-    breadth = min(1.0, math.log1p(outlets) / math.log1p(4))
+    breadth = min(1.0, math.log1p(outlets - 1) / math.log1p(3))  # 0 for one outlet, 1 from four
     weights = {t.name: t.weight for t in config.topics}
     topics = {t for m in group.members for t in m.classification.topics}
     topic_weight = max((weights.get(t, 1.0) for t in topics), default=1.0) / max([*weights.values(), 1.0])
-    return round(0.4 * newsworthiness + 0.2 * recency + 0.3 * breadth + 0.1 * topic_weight, 4)
+    return round(0.35 * newsworthiness + 0.2 * recency + 0.35 * breadth + 0.1 * topic_weight, 4)
 
 
 def to_story(group: Group, config: Config, now: datetime | None = None) -> Story:
