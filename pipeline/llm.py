@@ -300,6 +300,14 @@ class OpenAIBackend:
             model=completion.model,
         )
 
+    async def aclose(self) -> None:
+        client, self._client = self._client, (None if self._factory else self._client)
+        if client is None:
+            return
+        if self._factory is not None and self._client_loop is not asyncio.get_running_loop():
+            return  # made on a loop that has ended; its connections went with it
+        await client.close()
+
     def _status_error(self, exc) -> ProviderError:
         status = exc.status_code
         detail = self._redact(_error_detail(exc))
@@ -455,6 +463,14 @@ class RunTotals:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def add(self, outcome: str, prompt_tokens: int, completion_tokens: int, cost: float, call: bool, hit: bool) -> None:
+        self.calls += int(call)
+        self.cache_hits += int(hit)
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += cost
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
     def summary(self) -> str:
         return (
             f"{self.calls} LLM call(s), {self.cache_hits} cache hit(s), {self.tokens} tokens "
@@ -499,6 +515,7 @@ class Gateway:
         else:
             self.backend = None
         self.totals = RunTotals()
+        self.totals_by_stage: dict[str, RunTotals] = {}  # keyed by the `stage` passed to call ("" if none)
         self._modes: dict[str, Mode] = {}  # per model, what structured output the provider takes
         self._consecutive_failures = 0
         self._circuit_reason: str | None = None
@@ -587,7 +604,6 @@ class Gateway:
                 obj, errors = self._validate(cached, schema, validators)
                 if obj is not None and not errors:
                     self._record(context, cache_key, prompt.messages, cached, "ok", cache_hit=True)
-                    self.totals.cache_hits += 1
                     return obj
 
         messages = [dict(m) for m in prompt.messages]
@@ -639,8 +655,16 @@ class Gateway:
             self._sync_loop = asyncio.new_event_loop()
         return self._sync_loop.run_until_complete(self.call(role, prompt, schema, **kwargs))
 
+    async def aclose(self) -> None:
+        """Close the provider client's connections (the gateway can still be asked for totals)."""
+        closer = getattr(self.backend, "aclose", None)
+        if closer is not None:
+            await closer()
+
     def close(self) -> None:
+        """For synchronous users: close the client on the loop call_sync used, then that loop."""
         if self._sync_loop is not None and not self._sync_loop.is_closed():
+            self._sync_loop.run_until_complete(self.aclose())
             self._sync_loop.close()
 
     # --- one provider request, with budget, breaker, retries and the concurrency cap ---------
@@ -765,13 +789,9 @@ class Gateway:
         prompt_tokens = reply.prompt_tokens if reply else 0
         completion_tokens = reply.completion_tokens if reply else 0
         cost = self.cost(context.model, prompt_tokens, completion_tokens) if reply else 0.0
-        reached_provider = reply is not None or outcome == "error"
-        if reached_provider and not cache_hit:
-            self.totals.calls += 1
-        self.totals.prompt_tokens += prompt_tokens
-        self.totals.completion_tokens += completion_tokens
-        self.totals.cost_usd += cost
-        self.totals.outcomes[outcome] = self.totals.outcomes.get(outcome, 0) + 1
+        reached_provider = (reply is not None or outcome == "error") and not cache_hit
+        for totals in (self.totals, self.totals_by_stage.setdefault(context.stage or "", RunTotals())):
+            totals.add(outcome, prompt_tokens, completion_tokens, cost, call=reached_provider, hit=cache_hit)
         if latency_ms is None:
             latency_ms = context.latency_ms if reply else 0.0
         row = {

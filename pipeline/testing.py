@@ -139,6 +139,7 @@ class _Sampler:
         self.depth = 0
 
     def value(self, node: dict[str, Any], name: str) -> Any:
+        node = with_hinted_constraints(node)
         if "$ref" in node:
             target = self.defs[node["$ref"].rsplit("/", 1)[-1]]
             self.depth += 1
@@ -244,6 +245,31 @@ class _Sampler:
         if step:
             value = -(-value // step) * step  # round up onto the grid
         return value
+
+
+def with_hinted_constraints(node: dict[str, Any]) -> dict[str, Any]:
+    """`node` with the constraints that pipeline.llm.strict_json_schema moved into its description
+    ("Constraints: minLength 3, maximum 1.") put back, so strict schemas sample validly too."""
+    description = node.get("description")
+    if not isinstance(description, str) or "Constraints: " not in description:
+        return node
+    text = description[description.rindex("Constraints: ") + len("Constraints: ") :]
+    restored = dict(node)
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        match = re.compile(r"(\w+) ").match(text, position)
+        if not match:
+            break
+        try:
+            value, position = decoder.raw_decode(text, match.end())
+        except json.JSONDecodeError:
+            break
+        restored.setdefault(match.group(1), value)
+        if not text.startswith(", ", position):
+            break
+        position += 2
+    return restored
 
 
 _FORMATS = {
@@ -368,4 +394,5 @@ __all__ = [
     "is_loopback",
     "sample",
     "sample_json",
+    "with_hinted_constraints",
 ]

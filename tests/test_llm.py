@@ -573,6 +573,7 @@ def test_fake_server_serves_concurrent_requests(tmp_path, ledger, allow_model_re
             return await asyncio.gather(*(gateway.call("classifier", PROMPT, Verdict) for _ in range(4)))
 
         results = run(four())
+        run(gateway.aclose())
     assert len(results) == 4 and slow.max_in_flight >= 2  # sequential serving would never overlap
 
 
@@ -661,3 +662,21 @@ def test_test_model_says_what_to_do_when_it_cannot_guess(tmp_path, ledger):
     with pytest.raises(TestModelError, match="matching pattern"):
         sample(Ticker)
     assert sample(Ticker, {"symbol": "BTCUSDT"}).symbol == "BTCUSDT"
+
+
+def test_strict_schemas_still_sample_validly_from_their_hints():
+    from pipeline.testing import sample_json
+
+    strict = strict_json_schema(Article)
+    assert "minLength 20" in strict["properties"]["headline"]["description"]
+    assert Article.model_validate(sample_json(strict))  # what the fake server answers by default
+
+
+def test_totals_per_stage(tmp_path, ledger):
+    gateway = Gateway(make_config(tmp_path), ledger, backend=TestModel(responses={Verdict: GOOD}))
+    run(gateway.call("classifier", PROMPT, Verdict, stage="classify"))
+    run(gateway.call("classifier", PROMPT, Verdict, stage="classify"))
+    run(gateway.call("judge", OTHER_PROMPT, Verdict, stage="check"))
+    classify, check = gateway.totals_by_stage["classify"], gateway.totals_by_stage["check"]
+    assert (classify.calls, classify.cache_hits, check.calls) == (1, 1, 1)
+    assert gateway.totals.tokens == classify.tokens + check.tokens > 0
