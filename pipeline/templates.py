@@ -350,13 +350,23 @@ def source_refs(article: Article, sources: list[SourceDoc]) -> list[SourceRef]:
 # --- structured-output schema ----------------------------------------------
 
 
+_MODELS: dict[str, type[Article]] = {}
+
+
 def article_model(spec: TemplateSpec) -> type[Article]:
     """An `Article` subclass whose JSON schema carries the template's rules where JSON schema can say them.
 
     Item counts become minItems/maxItems; word and sentence limits, which JSON
     schema cannot express, go into field descriptions and are enforced by
-    `validate_article`.
+    `validate_article`. The same rules give the same class, so callers can key on it.
     """
+    key = spec.model_dump_json()
+    if key not in _MODELS:
+        _MODELS[key] = _build_article_model(spec)
+    return _MODELS[key]
+
+
+def _build_article_model(spec: TemplateSpec) -> type[Article]:
     title = "".join(part.capitalize() for part in re.split(r"[_\-]", spec.name))
     body, ins = spec.body, spec.insights
     paragraph = create_model(

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+import yaml
+
 from pipeline.models import Article, Insight, Paragraph, SourceDoc, SourceRef, Story
 from pipeline.templates import (
     TemplateError,
@@ -21,7 +23,9 @@ from pipeline.templates import (
     validate_article,
 )
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+HOUSE_ARTICLES = sorted((ROOT / "examples" / "articles").glob("*.md"))
 T = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
 
@@ -212,12 +216,14 @@ def test_body_paragraph_count(news):
 def test_body_paragraph_words_and_citation(news):
     article = valid_news()
     body = list(article.body)
-    body[1] = Paragraph(text=sentence(24), citations=[2])
+    body[1] = Paragraph(text=sentence(7), citations=[2])
     body[2] = Paragraph(text=sentence(91), citations=[1, 3])
     assert validate_article(article.model_copy(update={"body": body}), news, SOURCES) == [
-        "body paragraph 2 has 24 words; it must have 25–90",
-        "body paragraph 3 has 91 words; it must have 25–90",
+        "body paragraph 2 has 7 words; it must have 8–90",
+        "body paragraph 3 has 91 words; it must have 8–90",
     ]
+    body[1], body[2] = Paragraph(text=sentence(8), citations=[2]), Paragraph(text=sentence(90), citations=[1, 3])
+    assert validate_article(article.model_copy(update={"body": body}), news, SOURCES) == []
     body = list(article.body)
     body[0] = Paragraph(text=sentence(40), citations=[])
     # Source 1 is still cited by paragraph 3, so only the missing citation is reported.
@@ -229,8 +235,8 @@ def test_body_paragraph_words_and_citation(news):
 def test_inline_markers_count_as_citations_but_not_as_words(news):
     article = valid_news()
     body = list(article.body)
-    body[0] = Paragraph(text=sentence(25) + " [1]", citations=[])
-    assert count_words(body[0].text) == 25
+    body[0] = Paragraph(text=sentence(90) + " [1]", citations=[])
+    assert count_words(body[0].text) == 90
     assert validate_article(article.model_copy(update={"body": body}), news, SOURCES) == []
 
 
@@ -310,6 +316,31 @@ def test_foreign_urls_in_text_are_flagged_source_urls_are_not(news):
 def test_duplicate_sources_list_entry(news):
     article = valid_news().model_copy(update={"sources": [ref(1), ref(2), ref(2), ref(3)]})
     assert validate_article(article, news, SOURCES) == ["sources list has source [2] more than once"]
+
+
+def house_article(path: Path) -> tuple[str, Article, list[SourceDoc]]:
+    """A past article (markdown with front matter, inline [n] markers) as an Article and its sources."""
+    _, front, text = path.read_text(encoding="utf-8").split("---\n", 2)
+    meta = yaml.safe_load(front)
+    prose, _, insight_block = text.partition("## Insights")
+    paragraphs = [p.strip() for p in prose.strip().split("\n\n") if p.strip()]
+    sources = [SourceDoc(n=i, item_id=str(i), title=s["title"], outlet=s["outlet"], published=T, url=s["url"], text="")
+               for i, s in enumerate(meta["sources"], 1)]
+    article = Article(
+        headline=meta["headline"],
+        lead=paragraphs[0],
+        body=[Paragraph(text=p, citations=[]) for p in paragraphs[1:]],
+        insights=[Insight(text=line[2:].strip(), citations=[]) for line in insight_block.strip().splitlines() if line.startswith("- ")],
+        sources=[SourceRef(n=s.n, title=s.title, outlet=s.outlet, url=s.url) for s in sources],
+    )
+    return meta["template"], article, sources
+
+
+@pytest.mark.parametrize("path", HOUSE_ARTICLES, ids=lambda p: p.stem)
+def test_past_house_style_articles_fit_their_template(path, templates):
+    """The templates describe the house style: the articles the writer is fine-tuned on must pass them."""
+    template, article, sources = house_article(path)
+    assert validate_article(article, templates[template], sources) == []
 
 
 # --- structured-output schema --------------------------------------------------------------
