@@ -151,18 +151,18 @@ def _note_failure(ledger: Ledger, draft_id: str, reason: str) -> None:
 
 
 def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float) -> None:
+    """The approval row and the draft's move to `approved`, in one transaction.
+
+    A draft approved before, then republished and approved again, keeps one
+    row: the latest approval replaces the earlier one.
+    """
     now = utcnow()
+    values = dict(doc_id=doc_id, article=article.model_dump(mode="json"), edit_rate=rate,
+                  writer_model=draft.writer_model, approved_at=now)
     with ledger.begin() as connection:
-        connection.execute(
-            insert(schema.approvals).values(
-                draft_id=draft.id,
-                doc_id=doc_id,
-                article=article.model_dump(mode="json"),
-                edit_rate=rate,
-                writer_model=draft.writer_model,
-                approved_at=now,
-            )
-        )
+        table = schema.approvals
+        if not connection.execute(update(table).where(table.c.draft_id == draft.id).values(**values)).rowcount:
+            connection.execute(insert(table).values(draft_id=draft.id, **values))
         connection.execute(
             update(schema.drafts)
             .where(schema.drafts.c.id == draft.id, schema.drafts.c.state == DraftState.published.value)
@@ -249,10 +249,16 @@ def build_services(config: Config, credentials, timeout_s: float = 30.0) -> tupl
     google = config.publishing.google
     http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout_s))
     docs_options = {"api_endpoint": google.api_endpoint} if google.api_endpoint else None
-    drive_options = {"api_endpoint": google.drive_endpoint.rstrip("/") + "/drive/v3/"} if google.drive_endpoint else None
+    drive_options = {"api_endpoint": _drive_root(google.drive_endpoint)} if google.drive_endpoint else None
     docs = build("docs", "v1", http=http, static_discovery=True, cache_discovery=False, client_options=docs_options)
     drive = build("drive", "v3", http=http, static_discovery=True, cache_discovery=False, client_options=drive_options)
     return docs, drive
+
+
+def _drive_root(endpoint: str) -> str:
+    """Drive's service path appended to a configured host, unless it is already there."""
+    root = endpoint.rstrip("/")
+    return root + "/" if root.endswith("/drive/v3") else root + "/drive/v3/"
 
 
 class WriteRateLimiter:
@@ -554,6 +560,8 @@ def publish_ready(config: Config, ledger: Ledger, *, client: GoogleClient | None
     if not ready:
         return _finish(report, started)
 
+    if target == "google" and not config.publishing.google.editors:
+        report.notes["warning"] = "publishing.google.editors is empty: documents are shared with no one"
     if target == "google" and client is None:
         try:
             client = GoogleClient.from_config(config, retry_wait=retry_wait, limiter=limiter,
@@ -684,6 +692,8 @@ def _sync_google(config: Config, ledger: Ledger, published: dict[str, Draft], re
         report.errors.append(f"sync: {exc}; approvals stay pending")
         return
     for doc_id, draft in approved.items():
+        if draft.state != DraftState.published:
+            continue   # two documents carry this draft's marker; the first approval wins
         try:
             rate = _approve(ledger, draft, doc_id, parse_document(client.get_document(doc_id)))
         except (CredentialsError, GoogleUnavailable) as exc:
@@ -692,6 +702,7 @@ def _sync_google(config: Config, ledger: Ledger, published: dict[str, Draft], re
         except PublishError as exc:
             report.errors.append(f"draft {draft.id}: {exc}")
             continue
+        draft.state = DraftState.approved
         _record(report, draft, rate)
 
 

@@ -643,3 +643,62 @@ def test_fake_rejects_what_the_real_api_rejects(setup, fake):
     with pytest.raises(HttpError) as caught:
         drive.files().list(q="name matches 'x'").execute()
     assert caught.value.status_code == 400
+
+
+def test_a_document_deleted_in_drive_is_made_again_on_republish(setup, fake):
+    config, ledger = setup
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    publish(config, ledger)
+    gone = publication_row(ledger, draft.id).doc_id
+    del fake.files[gone]
+    set_draft(ledger, draft.id, state="checked", factcheck=None)
+
+    result = publish(config, ledger)
+
+    assert result.errors == [] and result.notes["created"] == 1
+    [file] = fake.docs_of_mime(DOC_MIME)
+    assert file["id"] != gone and publication_row(ledger, draft.id).doc_id == file["id"]
+    assert sorted(p["emailAddress"] for p in fake.permissions[file["id"]]) == EDITORS
+
+
+# --- UTF-16 indices, for any text -------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipeline.gdocs import clean_text, content_requests, layout_draft  # noqa: E402
+from tests.fakes.google_server import FakeDocument  # noqa: E402
+
+_pieces = st.sampled_from(list("abc XYZ,.-'") + ["é", "ß", "東", "€", "😀", "🚀", "𝔘", "👩‍💻", "\u0301", "\t", "\n", "\ue000"])
+_words = st.lists(_pieces, min_size=1, max_size=30).map("".join).filter(clean_text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(headline=_words, lead=_words, body=st.lists(_words, min_size=1, max_size=3), claim_at=st.integers(0, 2))
+def test_styles_land_on_their_text_whatever_the_characters(headline, lead, body, claim_at):
+    draft, _ = make_draft()
+    article = draft.article.model_copy(update={
+        "headline": headline, "lead": lead, "body": [Paragraph(text=f"{n}) {t}", citations=[1]) for n, t in enumerate(body)],   # each one unique
+    })
+    blocks = layout_draft(draft.model_copy(update={"article": article}), None)
+    target = blocks[3 + min(claim_at, len(body) - 1)]
+    report = FactCheckReport(draft_id=draft.id, verdicts=[ClaimVerdict(
+        claim=Claim(id="c", text=target.text, start=0, end=1), verdict="contradicted")])
+    blocks = layout_draft(draft.model_copy(update={"article": article}), report)
+
+    document = FakeDocument("d", "t")
+    for index, request in enumerate(content_requests(blocks)):
+        document.apply(request, f"requests[{index}]")
+    # And once more over the first version, as a republish does.
+    end = document.end_index
+    for index, request in enumerate(content_requests(blocks, existing_end=end)):
+        document.apply(request, f"requests[{index}]")
+
+    paras = paragraphs(document.to_json())
+    assert [p["text"] for p in paras] == [b.text for b in blocks]
+    assert [p["style"] for p in paras] == [b.style for b in blocks]
+    assert [p["list"] for p in paras] == [b.list_kind for b in blocks]
+    assert styled(paras, "bold")[0] == blocks[2].text
+    highlighted = [p["text"] for p in paras if any("backgroundColor" in r["textStyle"] and r["content"].strip() for r in p["runs"])]
+    assert target.text in highlighted
