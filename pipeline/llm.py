@@ -508,6 +508,8 @@ class Gateway:
             self.backend: Backend | None = backend
         elif client is not None:
             self.backend = OpenAIBackend(client=client, secrets=self._secrets)
+        elif config.llm.offline:
+            self.backend = None  # llm.offline: never call a model, even with a key in the environment
         elif endpoint.configured:
             self.backend = OpenAIBackend(
                 client_factory=lambda: make_client(config, http_client=http_client), secrets=self._secrets
@@ -534,7 +536,9 @@ class Gateway:
 
     @property
     def unavailable_reason(self) -> str | None:
-        return None if self.available else NO_MODEL_MESSAGE
+        if self.available:
+            return None
+        return "llm.offline = true in config: every stage uses its offline path" if self.llm.offline else NO_MODEL_MESSAGE
 
     @property
     def circuit_open(self) -> bool:

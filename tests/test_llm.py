@@ -680,3 +680,15 @@ def test_totals_per_stage(tmp_path, ledger):
     classify, check = gateway.totals_by_stage["classify"], gateway.totals_by_stage["check"]
     assert (classify.calls, classify.cache_hits, check.calls) == (1, 1, 1)
     assert gateway.totals.tokens == classify.tokens + check.tokens > 0
+
+
+def test_offline_config_never_calls_a_model_even_with_a_key(tmp_path, monkeypatch):
+    from pipeline.config import parse_config
+    from pipeline.ledger import Ledger
+    from pipeline.llm import Gateway
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-offline-0000000000000000")
+    config = parse_config({"llm": {"offline": True}, "ledger": {"url": "sqlite:///l.sqlite"}}, root=tmp_path)
+    gateway = Gateway(config, Ledger.from_config(config))
+    assert not gateway.available
+    assert "llm.offline" in gateway.unavailable_reason
