@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
-from pipeline.prompts import Prompt, library
+from pipeline.prompts import Prompt, PromptLibrary, library
 from pipeline.templates import (
     TemplateSpec,
     article_model,
@@ -49,9 +49,15 @@ def draft_id(story_key: str) -> str:
 # --- prompts ---------------------------------------------------------------
 
 
-def render_writer_prompt(story: Story, pack: ResearchPack, spec: TemplateSpec) -> Prompt:
+def prompt_library(gateway=None) -> PromptLibrary:
+    """The prompts folder the config names (newsroom.prompts_dir), else the bundled one."""
+    config = getattr(gateway, "config", None)
+    return library(str(config.prompts_dir)) if config is not None else library()
+
+
+def render_writer_prompt(story: Story, pack: ResearchPack, spec: TemplateSpec, *, prompts: PromptLibrary | None = None) -> Prompt:
     """Exactly what the writer model is sent for this story (also shown by `run.py preview`)."""
-    return library().render("writer", spec=spec, story=story, sources=sorted(pack.sources, key=lambda s: s.n))
+    return (prompts or library()).render("writer", spec=spec, story=story, sources=sorted(pack.sources, key=lambda s: s.n))
 
 
 def _flag_view(verdict: ClaimVerdict) -> dict:
@@ -67,8 +73,10 @@ def _flag_view(verdict: ClaimVerdict) -> dict:
     }
 
 
-def render_reviser_prompt(article: Article, flagged: list[ClaimVerdict], pack: ResearchPack, spec: TemplateSpec) -> Prompt:
-    return library().render(
+def render_reviser_prompt(
+    article: Article, flagged: list[ClaimVerdict], pack: ResearchPack, spec: TemplateSpec, *, prompts: PromptLibrary | None = None
+) -> Prompt:
+    return (prompts or library()).render(
         "reviser",
         spec=spec,
         article_json=json.dumps(as_article(article).model_dump(mode="json", exclude={"sources": {"__all__": {"published"}}}), ensure_ascii=False, indent=2),
@@ -104,7 +112,7 @@ def article_validator(spec: TemplateSpec, sources: list[SourceDoc]) -> Callable[
 async def _write_with_model(story: Story, pack: ResearchPack, spec: TemplateSpec, gateway) -> Draft:
     from pipeline.llm import InvalidOutput, OutputTruncated, Refused
 
-    prompt = render_writer_prompt(story, pack, spec)
+    prompt = render_writer_prompt(story, pack, spec, prompts=prompt_library(gateway))
     model = gateway.model_for("writer")
     base = dict(
         id=draft_id(story.key), story_key=story.key, template=spec.name, writer_model=model,
@@ -181,7 +189,7 @@ async def revise_draft(draft: Draft, flagged: list[ClaimVerdict], pack: Research
         return draft.article
     from pipeline.llm import LLMError
 
-    prompt = render_reviser_prompt(draft.article, flagged, pack, spec)
+    prompt = render_reviser_prompt(draft.article, flagged, pack, spec, prompts=prompt_library(gateway))
     template_rules = article_validator(spec, pack.sources)
     scope_rules = revision_scope_validator(draft.article, flagged)
     try:
@@ -494,10 +502,10 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
     # Insights claim their short, figure-rich sentences first, and the body leaves out what they and the lead
     # already say; when the material is too thin for that, the body's minimum comes first.
     reserved = _insights(ranked_sentences, lead_sentences, lead_keys, spec, same_fact)
-    said = [*reserved, *lead_sentences]
+    said, reserved_keys = [*reserved, *lead_sentences], {s.key for s in reserved}
     choices = [
-        [i for i in ranked if pool[i] not in reserved and not any(same_fact(pool[i], s) for s in said)],
-        [i for i in ranked if pool[i] not in reserved],
+        [i for i in ranked if pool[i].key not in reserved_keys and not any(same_fact(pool[i], s) for s in said)],
+        [i for i in ranked if pool[i].key not in reserved_keys],
         ranked,
     ]
     for candidates in choices:
@@ -508,7 +516,8 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
         Insight(text=s.text, citations=[s.source.n])
         for s in _insights(ranked_sentences, lead_sentences, used | lead_keys, spec, same_fact)
     ]
-    article = Article(headline=_headline(main.title, main.outlet, spec.headline.max_chars), lead=lead_text, body=body, insights=insights, sources=[])
+    headline = _headline(main.title or story.title, main.outlet, spec.headline.max_chars)
+    article = Article(headline=headline, lead=lead_text, body=body, insights=insights, sources=[])
     article = article.model_copy(update={"sources": source_refs(article, sources)})
     violations = validate_article(article, spec, sources)
     if violations:

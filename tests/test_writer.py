@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from agents.writer import draft_id, extractive_draft, render_reviser_prompt, render_writer_prompt, revise_draft, write_draft
 from pipeline.config import Config
 from pipeline.ledger import Ledger
+import pipeline.llm as llm
 from pipeline.llm import Gateway
 from pipeline.models import (
     Article,
@@ -275,6 +277,27 @@ def test_fine_tuned_writer_model_is_used_and_recorded(specs, ledger):
     draft = asyncio.run(write_draft(make_story(2), make_pack(sources), specs["news"], gateway))
     assert draft.writer_model == "ft:gpt-4o-mini-2024-07-18:newsdesk:house-style:abc123"
     assert model.requests[0].model == draft.writer_model
+
+
+def test_provider_failures_propagate_for_the_stage_to_report(specs, ledger):
+    gateway, _ = gateway_with(ledger, lambda request: llm.RequestRejected("model not found", status=404))
+    with pytest.raises(llm.RequestRejected):
+        asyncio.run(write_draft(make_story(2), make_pack(all_sources()[:2]), specs["news"], gateway))
+
+
+def test_writer_uses_the_configured_prompts_folder(specs, ledger, tmp_path):
+    folder = tmp_path / "prompts"
+    shutil.copytree(library().directory, folder)
+    system = folder / "writer.system.j2"
+    system.write_text(system.read_text(encoding="utf-8") + "\nHOUSE RULE: spell out 'decentralized finance' on first use.\n", encoding="utf-8")
+    config = Config.model_validate({"newsroom": {"prompts_dir": str(folder)}})
+    sources = all_sources()[:2]
+    good = good_article(specs, sources)
+    model = TestModel(function=lambda request: good)
+    gateway = Gateway(config, ledger, backend=model)
+    draft = asyncio.run(write_draft(make_story(2), make_pack(sources), specs["news"], gateway))
+    assert "HOUSE RULE" in model.requests[0].messages[0]["content"]
+    assert draft.prompt_versions["writer"] == library(str(folder)).version("writer") != library().version("writer")
 
 
 # --- revision ------------------------------------------------------------------------------
