@@ -9,6 +9,7 @@ a faithful claim is a false alarm when the verdict is not `supported`. The last
 line printed is the headline: `<split>: min-recall R false-alarms F`.
 
     python bench/factcheck.py --cases /tmp/factcheck.jsonl --out /tmp/verdicts.jsonl --split heldout
+    python bench/factcheck.py --cases /tmp/factcheck.jsonl --out /tmp/verdicts.jsonl --with-model --config config.toml
 """
 
 from __future__ import annotations
@@ -76,18 +77,49 @@ def rules_verdicts(cases: list[dict]) -> tuple[list[dict], float]:
     return out, (1000 * spent / len(cases) if cases else 0.0)
 
 
-def model_verdicts(cases: list[dict]) -> tuple[list[dict], float]:
+def model_verdicts(cases: list[dict], config_path: Path, ledger_url: str | None, use_embeddings: bool) -> tuple[list[dict], float]:
+    """Verdicts from the model judge plus the rules, against the model configured in `config_path`.
+
+    LLM calls are recorded (and cached) in a ledger of their own, by default
+    `<data_dir>/bench-factcheck.sqlite`, so benchmark runs never mix with the newsroom's.
+    """
+    import asyncio
+
     try:
-        import pipeline.llm  # noqa: F401
-    except ImportError:
-        raise SystemExit("--with-model needs the LLM gateway (pipeline/llm.py), not available yet")
+        from agents.fact_checker import check_claims_with_model
+        from pipeline.config import ConfigError, load_config
+        from pipeline.ledger import Ledger, LedgerError
+        from pipeline.llm import Gateway
+    except ImportError as exc:
+        raise SystemExit(f"error: --with-model needs the LLM gateway (pipeline/llm.py) and the fact-checker agent: {exc}")
+
     try:
-        from agents.fact_checker import check_claims_with_model  # type: ignore[attr-defined]
-    except ImportError:
-        raise SystemExit("--with-model needs agents.fact_checker.check_claims_with_model, not available yet")
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}")
+    if config.llm.offline:
+        raise SystemExit(f"error: {config_path} sets llm.offline = true; --with-model needs a model")
+    url = ledger_url or f"sqlite:///{config.data_dir / 'bench-factcheck.sqlite'}"
+    try:
+        ledger = Ledger(url)
+    except LedgerError as exc:
+        raise SystemExit(f"error: {exc}")
+    gateway = Gateway(config, ledger, run_id=f"bench-factcheck-{int(time.time())}")
+    if not gateway.available:
+        raise SystemExit(f"error: {gateway.unavailable_reason}")
+    embed = None
+    if use_embeddings:
+        from pipeline.embeddings import EmbeddingError, embedding_function_from_config
+
+        try:
+            embed = embedding_function_from_config(config).embed
+        except EmbeddingError as exc:
+            print(f"warning: embeddings unavailable ({exc}); retrieval is lexical only", file=sys.stderr)
     t0 = time.perf_counter()
-    rows = check_claims_with_model(cases)
-    return rows, (1000 * (time.perf_counter() - t0) / len(cases) if cases else 0.0)
+    rows = asyncio.run(check_claims_with_model(cases, gateway, embed=embed))
+    spent = time.perf_counter() - t0
+    print(f"model {gateway.model_for('judge')}: {gateway.totals.summary()}", file=sys.stderr)
+    return rows, (1000 * spent / len(cases) if cases else 0.0)
 
 
 def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
@@ -149,14 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--with-model", action="store_true", help="use the model judge (needs pipeline/llm.py)")
+    ap.add_argument("--with-model", action="store_true", help="judge with the model configured in --config (rules still run)")
+    ap.add_argument("--config", type=Path, default=Path("config.toml"), help="config whose llm section names the model (--with-model)")
+    ap.add_argument("--ledger", help="ledger URL for the model calls (--with-model); default <data_dir>/bench-factcheck.sqlite")
+    ap.add_argument("--no-embed", action="store_true", help="--with-model: retrieve evidence without embeddings")
     ap.add_argument("--split", help="only cases of this split (e.g. dev, heldout)")
     args = ap.parse_args(argv)
 
     cases = load_cases(args.cases, args.split)
     if not cases:
         raise SystemExit(f"error: no cases in {args.cases}" + (f" for split {args.split!r}" if args.split else ""))
-    verdicts, ms = model_verdicts(cases) if args.with_model else rules_verdicts(cases)
+    if args.with_model:
+        verdicts, ms = model_verdicts(cases, args.config, args.ledger, not args.no_embed)
+    else:
+        verdicts, ms = rules_verdicts(cases)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as fh:
         for row in verdicts:
