@@ -178,6 +178,7 @@ def background_materials(store, config: Config, story: Story, own: list[Material
     query_text = story.title + ". " + " ".join(m.text[:300] for m in own[:2])
     query = store.embed([query_text])[0]
     hits = store.query(embedding=query, k=k * 4, where=where, exclude_item_ids=story.item_ids, include_embeddings=True)
+    hits = [h for h in hits if h.similarity >= config.research.min_similarity]
     if not hits:
         return []
     candidates = np.stack([h.embedding for h in hits])

@@ -193,6 +193,7 @@ class Research(Section):
     background_days: float = Field(default=30, gt=0)
     background_k: int = Field(default=8, ge=0, le=100)
     mmr_lambda: float = Field(default=0.7, ge=0, le=1)
+    min_similarity: float = Field(default=0.45, ge=-1, le=1, description="background below this cosine similarity is unrelated")
     near_duplicate: float = Field(default=0.95, ge=0, le=1)
     output_reserve_tokens: int = Field(default=2000, ge=100)
     max_context_tokens: int | None = Field(default=None, ge=500, description="cap below the model window")

@@ -47,13 +47,14 @@ def writer_model(gateway) -> str:
 def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templates: dict[str, TemplateSpec]) -> PreparedStory:
     """Research a story and render its writer prompt, guaranteed to fit the model's window."""
     from agents.researcher import context_budget, research
-    from agents.writer import render_writer_prompt
+    from agents.writer import prompt_library, render_writer_prompt
 
+    prompts = prompt_library(gateway)
     spec = choose_template(story, templates)
     model = writer_model(gateway)
     count = lambda text: count_tokens(text, model)  # noqa: E731
     empty = ResearchPack(story_key=story.key, sources=[], budget_tokens=0, used_tokens=0)
-    overhead = count_messages(render_writer_prompt(story, empty, spec).messages, model)
+    overhead = count_messages(render_writer_prompt(story, empty, spec, prompts=prompts).messages, model)
     window = config.llm.context_window(model)
     if config.research.max_context_tokens:
         window = min(window, config.research.max_context_tokens)
@@ -61,7 +62,7 @@ def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templa
     budget = context_budget(config, model, overhead)
     while True:
         pack = research(story, ledger, store, config, budget, count)
-        prompt = render_writer_prompt(story, pack, spec)
+        prompt = render_writer_prompt(story, pack, spec, prompts=prompts)
         total = count_messages(prompt.messages, model)
         if total <= limit or budget == 0:
             break
