@@ -131,11 +131,12 @@ def draft_stories(run) -> StageReport:
 
 
 def preview(config: Config, ledger: Ledger, store, gateway, key: str) -> PreparedStory:
-    story = load_story(ledger, key)
-    if story is None:
-        matches = [s for s in waiting_stories(ledger) if s.key.startswith(key)]
-        if len(matches) != 1:
-            raise PreviewError(f"no single story matches '{key}'; waiting stories: {', '.join(s.key for s in waiting_stories(ledger)[:10]) or 'none'}")
-        story = matches[0]
+    with ledger.engine.connect() as connection:
+        keys = connection.execute(select(schema.stories.c.key).where(schema.stories.c.key.startswith(key, autoescape=True))).scalars().all()
+    if len(keys) != 1:
+        waiting = ", ".join(s.key for s in waiting_stories(ledger)[:10]) or "none"
+        problem = "no story" if not keys else f"{len(keys)} stories"
+        raise PreviewError(f"{problem} match '{key}'; waiting stories: {waiting}")
+    story = load_story(ledger, keys[0])
     templates = load_templates(config.templates_dir, config.topic_names)
     return prepare(story, config, ledger, store, gateway, templates)
