@@ -50,21 +50,41 @@ def run_demo(workspace: Path, console: Console) -> int:
     from pipeline.cli import print_reports
 
     print_reports(reports, title="Demo stages")
-    by_stage = {r.stage: r for r in reports}
+    console.print(demo_summary(run, {r.stage: r for r in reports}, config), highlight=False, soft_wrap=True)
+    console.print(f"time taken: {time.perf_counter() - started:.1f}s")
+    console.print(f"next: python run.py status --config {workspace / 'config.toml'}", soft_wrap=True, highlight=False)
+    return 0 if status == "ok" else 1
+
+
+def demo_summary(run, by_stage: dict, config) -> str:
     with run.ledger.engine.connect() as connection:
         sources = connection.execute(select(func.count()).select_from(schema.sources)).scalar_one()
         items = connection.execute(select(func.count()).select_from(schema.items)).scalar_one()
-    fetch = by_stage.get("fetch")
-    summary = [
-        f"sources: {sources}",
-        f"items: {items}",
-        f"duplicates dropped: {fetch.notes.get('duplicates_dropped', 0) if fetch else 0}",
+        stories = connection.execute(select(schema.stories.c.item_ids)).scalars().all()
+        published = connection.execute(
+            select(schema.drafts.c.state, schema.drafts.c.factcheck, schema.publications.c.doc_id)
+            .join(schema.publications, schema.publications.c.draft_id == schema.drafts.c.id, isouter=True)
+        ).all()
+    fetch, classify = by_stage.get("fetch"), by_stage.get("classify")
+    lines = [
+        f"sources: {sources}; items: {items}; duplicates dropped: {fetch.notes.get('duplicates_dropped', 0) if fetch else 0}; "
         f"chunks indexed: {fetch.notes.get('chunks_indexed', 0) if fetch else 0}",
     ]
-    for stage in ("classify", "draft", "check", "publish"):
-        report = by_stage.get(stage)
-        if report is not None:
-            summary.extend(f"{stage} {key}: {value}" for key, value in report.notes.items() if not str(key).startswith("_"))
-    summary.append(f"time taken: {time.perf_counter() - started:.1f}s")
-    console.print("\n".join(summary), highlight=False)
-    return 0 if status == "ok" else 1
+    if classify:
+        lines.append(f"classified: {classify.notes.get('relevant', 0)} relevant, {classify.notes.get('irrelevant', 0)} irrelevant (no model: embedding + keyword signals)")
+    lines.append(f"stories: {len(stories)} ({sum(1 for s in stories if len(s) > 1)} reported by several outlets); drafts: {len(published)}")
+    totals: dict[str, int] = {}
+    for _, report, _ in published:
+        for key, value in ((report or {}).get("totals") or {}).items():
+            totals[key] = totals.get(key, 0) + value
+    if totals:
+        lines.append(
+            f"fact-check: {totals.get('claims', 0)} claims: {totals.get('supported', 0)} supported, "
+            f"{totals.get('contradicted', 0)} contradicted, {totals.get('unverifiable', 0)} unverifiable"
+        )
+    outbox = config.path(config.publishing.outbox)
+    files = sorted(outbox / f"{doc}.md" for _, _, doc in published if doc)
+    if files:
+        lines.append("drafts on disk (Markdown; HTML beside each):")
+        lines.extend(f"  {path}" for path in files)
+    return "\n".join(lines)
