@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -169,8 +170,6 @@ def openai_config(tmp_path: Path, **embedding):
 
 
 def fake_embeddings(request: httpx.Request) -> httpx.Response:
-    import json
-
     body = json.loads(request.content)
     # Deliberately unnormalised and returned in reverse order: the client must sort and normalise.
     data = [
@@ -191,8 +190,6 @@ def test_openai_embeddings_batch_sort_and_normalise(tmp_path, monkeypatch, allow
     assert route.call_count == 2  # batch_size 2: three texts, two requests
     first = route.calls[0].request
     assert first.headers["authorization"] == "Bearer sk-test-123"
-    import json
-
     assert json.loads(first.content) == {"model": "text-embedding-3-small", "input": ["a", "bbb"],
                                          "encoding_format": "float"}
     assert json.loads(route.calls[1].request.content)["input"] == [" "]  # the API rejects ""

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pipeline.chunking import chunk_text, estimate_tokens
 from pipeline.config import parse_config
-from pipeline.embeddings import LocalEmbeddingFunction, OpenAIEmbeddingFunction
+from pipeline.embeddings import LocalEmbeddingFunction
 from pipeline.models import Classification, Item
 from pipeline.store import Store, StoreError, where_all, where_published, where_topic
 
