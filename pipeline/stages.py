@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from pipeline import schema
 from pipeline.chunking import chunk_text
+from pipeline.store import item_body
 from pipeline.ledger import as_utc
 from pipeline.models import Item, ItemState, StageReport
 
@@ -44,30 +45,34 @@ def index_pending(run, batch: int = 64) -> tuple[int, list[str]]:
     mid-way is simply indexed again (upserts by deterministic chunk ids never
     duplicate).
     """
+    from pipeline.progress import progress
+
+    unindexed = (schema.items.c.chunk_count.is_(None), schema.items.c.state != ItemState.failed.value)
+    with run.ledger.engine.connect() as connection:
+        waiting = connection.execute(select(func.count()).select_from(schema.items).where(*unindexed)).scalar_one()
     total, errors = 0, []
-    while not run.stop_requested:
-        with run.ledger.engine.connect() as connection:
-            rows = connection.execute(
-                select(schema.items)
-                .where(schema.items.c.chunk_count.is_(None), schema.items.c.state != ItemState.failed.value)
-                .order_by(schema.items.c.published)
-                .limit(batch)
-            ).all()
-        if not rows:
-            break
-        items = [row_to_item(row) for row in rows]
-        try:
-            written = run.store.index_items(items)
-        except Exception as exc:  # the store is down: leave the items unindexed for the next run
-            errors.append(f"index: {type(exc).__name__}: {exc}")
-            break
-        with run.ledger.begin() as connection:
-            for item in items:
-                chunks = len(chunk_text(item.text or item.summary or item.title, run.config.store.chunk_tokens))
-                connection.execute(update(schema.items).where(schema.items.c.id == item.id).values(chunk_count=chunks))
-        total += written
-        if len(rows) < batch:
-            break
+    with progress(run, "fetch: indexing items", total=waiting) as advance:
+        while not run.stop_requested:
+            with run.ledger.engine.connect() as connection:
+                rows = connection.execute(
+                    select(schema.items).where(*unindexed).order_by(schema.items.c.published).limit(batch)
+                ).all()
+            if not rows:
+                break
+            items = [row_to_item(row) for row in rows]
+            try:
+                written = run.store.index_items(items)
+            except Exception as exc:  # the store is down: leave the items unindexed for the next run
+                errors.append(f"index: {type(exc).__name__}: {exc}")
+                break
+            with run.ledger.begin() as connection:
+                for item in items:
+                    chunks = len(chunk_text(item_body(item), run.config.store.chunk_tokens))
+                    connection.execute(update(schema.items).where(schema.items.c.id == item.id).values(chunk_count=chunks))
+            total += written
+            advance(len(items))
+            if len(rows) < batch:
+                break
     return total, errors
 
 

@@ -129,7 +129,7 @@ def item_metadata(item: Item, index: int, total: int) -> dict[str, Any]:
     }
 
 
-def _item_body(item: Item) -> str:
+def item_body(item: Item) -> str:
     # An item without extracted text is still findable by its summary or title.
     return item.text.strip() or item.summary.strip() or item.title.strip()
 
@@ -255,7 +255,7 @@ class Store:
         vectors: list[np.ndarray | None] = []
         stale: list[str] = []
         for item in items:
-            chunks = chunk_text(_item_body(item), self.chunk_tokens)
+            chunks = chunk_text(item_body(item), self.chunk_tokens)
             old = old_by_item.get(item.id, {})
             kept = self._classification_for(item.id, classifications, old)
             for chunk in chunks:
