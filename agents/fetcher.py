@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import multiprocessing
+import os
 import hashlib
 import io
 import logging
@@ -25,6 +27,8 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -55,6 +59,33 @@ MAX_AUTHOR_CHARS = 200
 MAX_OG_VALUE_CHARS = 1000
 # Dates further ahead than this are typos or tricks to stay on top of "latest".
 FUTURE_TOLERANCE = timedelta(days=1)
+
+
+_extract_pool: ProcessPoolExecutor | None = None
+
+
+def _extraction_pool() -> ProcessPoolExecutor:
+    """Extraction is CPU-bound pure Python: worker processes use every core, threads would share one.
+
+    forkserver, not fork: the parent holds threads (asyncio, onnxruntime) that a fork would copy mid-state.
+    """
+    global _extract_pool
+    if _extract_pool is None:
+        workers = max(1, min(4, os.cpu_count() or 1))
+        _extract_pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    return _extract_pool
+
+
+async def extract_in_pool(content: bytes, url: str):
+    from pipeline.extract import extract_article
+
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_extraction_pool(), extract_article, content, url)
+    except BrokenProcessPool:
+        # A worker died (out of memory on a hostile page, say): extract this page here, rebuild the pool next time.
+        global _extract_pool
+        _extract_pool = None
+        return await asyncio.to_thread(extract_article, content, url)
 
 
 class FeedFailure(Exception):
@@ -362,14 +393,12 @@ class FeedJob:
         return candidate
 
     async def _add_page(self, candidate: Candidate, feed_text: str) -> None:
-        from pipeline.extract import extract_article
-
         url = candidate.entry.url
         try:
             result = await self.fetcher.get(url, accept=PAGE_ACCEPT)
             if result.content_type not in HTML_TYPES:
                 raise FetchError(result.url, f"not an HTML page ({result.content_type})")
-            page = await asyncio.to_thread(extract_article, result.content, result.url)
+            page = await extract_in_pool(result.content, result.url)
         except FetchError as exc:
             self.outcome.pages_failed += 1
             candidate.text_origin = "summary"
