@@ -238,6 +238,10 @@ def _from_markdown(path: Path, raw: str) -> PastArticle:
 
 
 def _from_html(path: Path, raw: str) -> PastArticle:
+    """<meta name="date|template|topics|headline">, <h1> headline, then in <article> (else <body>): the first
+    <p> is the lead, later <p>s the body; <li>s under an "Insights" heading are insights, and <li><a href>title</a>
+    outlet</li> under a "Sources" heading the numbered sources (outlet from data-outlet, the text after the
+    link, else the link's host)."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(raw, "lxml")
@@ -255,10 +259,8 @@ def _from_html(path: Path, raw: str) -> PastArticle:
         if not text:
             continue
         if section == "article" and node.name == "p":
-            if not lead or "lead" in (node.get("class") or []):
-                lead = lead or text
-                if lead != text:
-                    body.append(text)
+            if not lead:
+                lead = text
             else:
                 body.append(text)
         elif section == "insights" and node.name == "li":

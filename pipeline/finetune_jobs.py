@@ -10,6 +10,7 @@ provider's error message when it fails.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -157,6 +158,12 @@ async def start_job(config: Config, ledger: Ledger, client: Any, directory: Path
     train_path, valid_path = directory / "train.jsonl", directory / "valid.jsonl"
     if not train_path.exists() or not train_path.read_text(encoding="utf-8").strip():
         raise DatasetError(f"{train_path} is missing or empty; run: run.py finetune build")
+    for path in (train_path, valid_path):
+        # Only what was validated is trained on: a file edited after the build is refused.
+        expected = manifest.get("files", {}).get(path.name)
+        actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+        if expected != actual:
+            raise DatasetError(f"{path} differs from what `finetune build` validated (sha256 mismatch); build the dataset again")
     training_file = await upload(client, train_path)
     validation_file = None
     if valid_path.exists() and valid_path.read_text(encoding="utf-8").strip():

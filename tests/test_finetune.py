@@ -22,6 +22,7 @@ from pipeline.config import parse_config
 from pipeline.finetune import activate_writer_model, active_writer_model
 from pipeline.finetune_dataset import (
     TITLE_ONLY_TEXT,
+    DatasetError,
     Case,
     build_dataset,
     dataset_dir,
@@ -314,6 +315,33 @@ def test_too_few_examples_writes_nothing_and_says_why(tmp_path):
     assert min_examples_problem(config, result).startswith("only 11 training example(s) after validation; finetune.min_examples is 50")
 
 
+def test_html_and_json_articles_give_the_same_example_as_markdown(tmp_path):
+    source = ARTICLES / "2026-10-22-restaked-ether-collateral.md"
+    from pipeline.finetune_dataset import read_past_article
+
+    past = read_past_article(source)
+    links = "".join(f'<li><a href="{s["url"]}">{s["title"]}</a> — {s["outlet"]}</li>' for s in past.sources)
+    html = (
+        f'<html><head><meta name="date" content="{past.published}"><meta name="template" content="{past.template}"></head>'
+        f"<body><nav><a href='/'>Home</a></nav><article><h1>{past.headline}</h1><p>{past.lead}</p>"
+        + "".join(f"<p>{p}</p>" for p in past.body)
+        + "<h2>Insights</h2><ul>" + "".join(f"<li>{i}</li>" for i in past.insights) + "</ul>"
+        + f"<h2>Sources</h2><ol>{links}</ol></article></body></html>"
+    )
+    as_json = {"headline": past.headline, "date": str(past.published), "template": past.template, "lead": past.lead,
+               "body": past.body, "insights": [{"text": split_markers(i)[0], "citations": split_markers(i)[1]} for i in past.insights],
+               "sources": past.sources}
+    outputs = {}
+    for name, text in (("md", source.read_text()), ("html", html), ("json", json.dumps(as_json))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / f"{source.stem}.{name}").write_text(text)
+        result = build_dataset(make_config(tmp_path, articles_dir=str(folder), min_examples=1), None, write=False)
+        assert result.problems == [], (name, result.problems)
+        outputs[name] = result.train[0].messages
+    assert outputs["html"] == outputs["md"] and outputs["json"] == outputs["md"]
+
+
 def test_markers_leave_the_text():
     assert split_markers("rose 5% [2][3]. Then [1, 4] fell.") == ("rose 5%. Then fell.", [2, 3, 1, 4])
 
@@ -379,6 +407,16 @@ def test_start_uploads_both_files_and_creates_the_exact_job(config, ledger, clie
 
     with pytest.raises(JobError, match="already has job ftjob-1 .validating_files.; .* --again"):
         run(start_job(config, ledger, client(), built))
+
+
+def test_start_refuses_a_dataset_edited_after_the_build(config, ledger, client, built):
+    with open(built / "train.jsonl", "a") as handle:
+        handle.write('{"messages": [{"role": "user", "content": "unchecked"}]}\n')
+    with respx.mock(base_url=API, assert_all_called=False) as mock:
+        upload = mock.post("/files")
+        with pytest.raises(DatasetError, match="differs from what `finetune build` validated"):
+            run(start_job(config, ledger, client(), built))
+    assert not upload.called
 
 
 def test_hyperparameters_come_from_config(tmp_path, ledger, client):
@@ -576,3 +614,52 @@ def test_cli_build_and_use(tmp_path, monkeypatch):
     assert cli_finetune.main(["use", CANDIDATE, "--force", "--config", cfg]) == 0
     assert cli_finetune.main(["status", "--config", cfg]) == 0
     assert f"writer model: {CANDIDATE} (active in the ledger); eval: forced" in out.getvalue()
+
+
+def test_cli_eval_through_the_sdk_then_use(tmp_path, monkeypatch, allow_model_requests):
+    """End to end over HTTP: the candidate answers every validation prompt with its approved article,
+    the base model with schema-valid text that breaks the template."""
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    (tmp_path / "config.toml").write_text(
+        f'[newsroom]\ndata_dir = "data"\n[ledger]\nurl = "sqlite:///ledger.sqlite"\n'
+        f'[finetune]\narticles_dir = "{ARTICLES}"\nvalid_fraction = 0.25\nmin_examples = 5\n'
+    )
+    cfg = str(tmp_path / "config.toml")
+    out = io.StringIO()
+    monkeypatch.setattr(cli_finetune, "console", Console(file=out, width=220))
+    assert cli_finetune.main(["build", "--config", cfg]) == 0
+    directory = dataset_dir(make_config(tmp_path))
+    answers = {}
+    for line in (directory / "valid.jsonl").read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        answers[messages[1]["content"]] = messages[2]["content"]
+    assert len(answers) == 3
+
+    def reply(body):
+        return answers[body["messages"][1]["content"]] if body["model"] == CANDIDATE else None
+
+    from pipeline.finetune_jobs import JobView, record_job
+
+    ledger = Ledger.from_config(make_config(tmp_path))
+    record_job(ledger, JobView(id="ftjob-1", status="succeeded", model="gpt-4o-mini-2024-07-18", fine_tuned_model=CANDIDATE))
+    with FakeOpenAIServer(reply=reply) as server:
+        with open(cfg, "a") as handle:
+            handle.write(f'[llm]\nbase_url = "{server.base_url}"\n')
+        assert cli_finetune.main(["eval", CANDIDATE, "--config", cfg]) == 0
+        models = [r.body["model"] for r in server.chat_requests]
+    assert models.count(CANDIDATE) == 3 and models.count(BASE) == 6  # one repair round for each base draft
+
+    text = out.getvalue()
+    assert "template compliant, first try" in text and "3/3 (100%)" in text and "0/3 (0%)" in text
+    assert f"{CANDIDATE} is at least as good as {BASE}" in text
+    saved = list((tmp_path / "data" / "finetune" / "evals").glob("*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["scores"]["candidate"]["mean_edit_rate"] == 0.0
+
+    with ledger.engine.connect() as connection:
+        job_eval = connection.execute(select(schema.finetune_jobs.c.eval)).scalar_one()
+    assert job_eval["at_least_as_good"] is True and job_eval["file"] == str(saved[0])
+
+    assert cli_finetune.main(["use", CANDIDATE, "--config", cfg]) == 0
+    assert f"writer model is now {CANDIDATE} (was {BASE})" in out.getvalue()
+    ledger.close()
