@@ -5,15 +5,22 @@ from config at every start, so editing config.toml and restarting takes
 effect. The job callable is the module-level `run_job`, importable by
 reference as a persistent job store requires. Every job runs under the
 pipeline lock, so a daemon and a manual `run.py once` never overlap.
+
+Jobs run one at a time (a single worker thread): jobs that fire together,
+say ingest and sync at :30, queue instead of the later one being skipped by
+the lock. The daemon itself holds a separate `scheduler` lock for its whole
+life, so a second daemon on the same ledger refuses to start.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -24,6 +31,8 @@ from pipeline.config import Config, load_config
 log = logging.getLogger("newsdesk.scheduler")
 
 JOB_TABLE = "apscheduler_jobs"
+DAEMON_LOCK = "scheduler"
+EX_TEMPFAIL = 75
 
 
 def run_job(config_path: str, job_name: str) -> str:
@@ -63,6 +72,7 @@ def build_scheduler(config: Config, config_path: str) -> BlockingScheduler:
     """A scheduler whose job store holds exactly the jobs in config once it starts."""
     scheduler = BlockingScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=config.ledger_url, tablename=JOB_TABLE)},
+        executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": config.schedule.misfire_grace_time},
         timezone=config.schedule.timezone,
     )
@@ -100,21 +110,39 @@ def next_run_times(config: Config, now: datetime | None = None) -> dict[str, dat
 
 
 def serve(config_path: str) -> int:
-    """Run the daemon until SIGTERM/SIGINT; the job in progress finishes its current item first."""
+    """Run the daemon until SIGTERM/SIGINT; the job in progress finishes its current item first.
+
+    Returns 0 after a clean stop, 75 (EX_TEMPFAIL) when another daemon already runs on this ledger.
+    """
+    from pipeline.ledger import Ledger
+    from pipeline.lock import LockHeld, PipelineLock
     from pipeline.runner import STOP, install_stop_handlers
 
     config = load_config(config_path)
-    scheduler = build_scheduler(config, config_path)
-    install_stop_handlers()
+    daemon_lock = PipelineLock(Ledger.from_config(config), name=DAEMON_LOCK, holder="run.py schedule")
+    try:
+        daemon_lock.acquire()
+    except LockHeld as exc:
+        log.error("scheduler not started: %s", exc)
+        return EX_TEMPFAIL
+    try:
+        scheduler = build_scheduler(config, config_path)
+        install_stop_handlers()
 
-    def stop_on_signal() -> None:
-        STOP.wait()
-        log.warning("stopping: the running job finishes its current item first")
-        scheduler.shutdown(wait=True)
+        def stop_on_signal() -> None:
+            STOP.wait()
+            log.warning("stopping: the running job finishes its current item first")
+            while not scheduler.running:  # a signal during start-up: wait until there is something to shut down
+                time.sleep(0.05)
+            scheduler.shutdown(wait=True)
 
-    threading.Thread(target=stop_on_signal, name="newsdesk-stop", daemon=True).start()
-    for name, when in next_run_times(config).items():
-        log.warning("job %s: next run %s", name, when)
-    scheduler.start()  # blocks until shutdown
-    log.warning("scheduler stopped")
-    return 0
+        threading.Thread(target=stop_on_signal, name="newsdesk-stop", daemon=True).start()
+        for name, when in next_run_times(config).items():
+            log.warning("job %s: next run %s", name, when)
+        if STOP.is_set():
+            return 0
+        scheduler.start()  # blocks until shutdown
+        log.warning("scheduler stopped")
+        return 0
+    finally:
+        daemon_lock.release()
