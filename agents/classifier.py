@@ -2,19 +2,25 @@
 
 Order of the cheap-to-expensive checks for every new item:
 1. an identical text (content hash) already classified: reuse that result;
+   identical texts pending together are classified once;
 2. the embedding prefilter: clearly off-beat items are marked irrelevant with no model call;
-3. the model, in batches of `classify.batch_size`, each item cut to `classify.item_tokens`.
+3. the model, in batches of up to `classify.batch_size`, each item cut to
+   `classify.item_tokens` and the batch shrunk until prompt and reply fit the
+   model's context window. Items the model skipped or mangled are retried alone.
 With no model configured, the embedding and keyword signals decide, and the
 result says so (`method = "offline"`).
+
+Each batch is saved as soon as it is answered, so a provider failure mid-run
+keeps what was classified and leaves the rest `fetched` for the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,29 +30,52 @@ from sqlalchemy import select, update
 from pipeline import schema
 from pipeline.config import Config
 from pipeline.ledger import Ledger, utcnow
+from pipeline.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, plain_json_schema
 from pipeline.models import Classification, Item, ItemState, StageReport
 from pipeline.prompts import PromptLibrary
 from pipeline.text import split_sentences
-from pipeline.tokens import truncate_to_tokens
+from pipeline.tokens import count_messages, count_tokens, truncate_to_tokens
 
 log = logging.getLogger("newsdesk.classifier")
 
+# Token budget of one item's reply: id, flags, a 30-word summary, up to 10 entities, a reason.
+ITEM_REPLY_TOKENS = 250
+TITLE_TOKENS = 60
+# The <item> fence, source, date and labels around each item's title and text.
+ITEM_FRAME_TOKENS = 40
+MAX_ENTITIES = 10
+# Offline topic choice: each distinct keyword adds this to a topic's similarity (up to 4 keywords),
+# and topics within this margin of the best one are kept.
+KEYWORD_BONUS = 0.05
+TOPIC_MARGIN = 0.10
+
 _NAME = re.compile(r"\b(?:[A-Z][\w&.\-]*[A-Za-z0-9](?:\s+(?:of\s+|de\s+)?[A-Z][\w&.\-]*[A-Za-z0-9])*|[A-Z]{2,}\d*)\b")
 _SENTENCE_START_WORDS = {"The", "A", "An", "In", "On", "At", "It", "This", "That", "But", "And", "He", "She", "They", "We", "I", "Its", "His", "Her"}
+# Text that addresses an AI rather than a reader. Such an item is classified alone, so whatever
+# it makes the model do cannot touch the other items of a batch.
+_INSTRUCTIONS = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?"
+    r"(?:previous|prior|above|earlier|preceding|system)\s+(?:instructions?|prompts?|rules|directions)"
+    r"|\b(?:rank|mark|classify|label|rate|score)\s+this\s+(?:item|story|article|post)\b",
+    re.IGNORECASE,
+)
 
 
 class ItemResult(BaseModel):
-    id: str
+    id: str = Field(description="the item's id, exactly as given")
     relevant: bool
-    topics: list[str]
+    topics: list[str] = Field(description="names from the topic list only; [] when not relevant")
     newsworthiness: float = Field(ge=0, le=1)
-    summary: str
-    entities: list[str]
-    reason: str
+    summary: str = Field(description="one factual sentence, at most 30 words")
+    entities: list[str] = Field(description="main named organisations, people, projects, tokens, places; at most 10")
+    reason: str = Field(description="one short phrase")
 
 
 class BatchResult(BaseModel):
     results: list[ItemResult]
+
+
+# --- cheap signals --------------------------------------------------------------------------
 
 
 @dataclass
@@ -60,17 +89,37 @@ class Signals:
     def best(self) -> float:
         return max(self.similarity.values(), default=0.0)
 
+    def keyword_topics(self) -> list[str]:
+        """Topics two or more distinct keywords point at: one word alone ("trading desk",
+        "drained beans") is too weak to call an item on-beat."""
+        return [name for name, hits in self.keywords.items() if len(set(hits)) >= 2]
+
+    def scores(self) -> dict[str, float]:
+        return {
+            name: score + KEYWORD_BONUS * min(len(set(self.keywords.get(name, []))), 4)
+            for name, score in self.similarity.items()
+        }
+
 
 def matching_text(item: Item) -> str:
     return f"{item.title}\n{item.summary}\n{item.text[:1500]}"
 
 
-def topic_signals(items: list[Item], config: Config, embed) -> list[Signals]:
+def topic_signals(items: list[Item], config: Config, store) -> list[Signals]:
+    """Cosine similarity of each item to each topic description, plus keyword hits.
+
+    Items reuse the vectors of their indexed chunks (no second embedding pass);
+    an item missing from the store is embedded from its title and opening.
+    """
     topics = config.topics
-    if not topics:
+    if not topics or not items:
         return [Signals({}, {}) for _ in items]
-    vectors = np.asarray(embed([f"{t.name}: {t.description}" for t in topics] + [matching_text(i) for i in items]))
-    topic_vectors, item_vectors = vectors[: len(topics)], vectors[len(topics) :]
+    topic_vectors = np.asarray(store.embed([f"{t.name}: {t.description}" for t in topics]), dtype=np.float32)
+    stored = store.item_embeddings([i.id for i in items])
+    missing = [i for i in items if i.id not in stored]
+    if missing:
+        stored.update(zip((i.id for i in missing), np.asarray(store.embed([matching_text(i) for i in missing]))))
+    item_vectors = np.vstack([stored[i.id] for i in items]).astype(np.float32)
     similarity = item_vectors @ topic_vectors.T
     signals = []
     for row, item in zip(similarity, items):
@@ -80,7 +129,19 @@ def topic_signals(items: list[Item], config: Config, embed) -> list[Signals]:
     return signals
 
 
-def named_entities(text: str, limit: int = 10) -> list[str]:
+def clearly_off_beat(signals: Signals, config: Config) -> bool:
+    """Far from every topic and no topic backed by its keywords: not worth a model call."""
+    return signals.best < config.classify.prefilter_threshold and not signals.keyword_topics()
+
+
+def addresses_a_model(item: Item) -> bool:
+    return bool(_INSTRUCTIONS.search(f"{item.title}\n{item.summary}\n{item.text}"))
+
+
+# --- the offline classification -------------------------------------------------------------
+
+
+def named_entities(text: str, limit: int = MAX_ENTITIES) -> list[str]:
     counts: dict[str, int] = {}
     for match in _NAME.findall(text):
         if match in _SENTENCE_START_WORDS or len(match) < 2:
@@ -96,12 +157,16 @@ def first_sentence(text: str, words: int = 30) -> str:
 
 
 def offline_classification(item: Item, signals: Signals, config: Config, method: str = "offline") -> Classification:
+    """Relevant when close to a topic or backed by its keywords; the topics are the best-scoring
+    one and any within TOPIC_MARGIN of it, so a hack story is not also filed under markets."""
     threshold = config.classify.offline_threshold
-    topics = sorted(
-        {name for name, score in signals.similarity.items() if score >= threshold}
-        | {name for name, hits in signals.keywords.items() if len(hits) >= 2 or (hits and signals.similarity.get(name, 0) >= threshold * 0.75)}
-    )
-    relevant = bool(topics)
+    scores = signals.scores()
+    relevant = bool(scores) and (signals.best >= threshold or bool(signals.keyword_topics()))
+    topics: list[str] = []
+    if relevant:
+        top = max(scores.values())
+        topics = sorted({name for name, score in scores.items() if score >= threshold and score >= top - TOPIC_MARGIN}
+                        | {max(scores, key=scores.get)})
     keyword_count = sum(len(v) for v in signals.keywords.values())
     newsworthiness = 0.0
     if relevant:
@@ -109,30 +174,43 @@ def offline_classification(item: Item, signals: Signals, config: Config, method:
         newsworthiness = min(1.0, 0.25 + 0.5 * max(0.0, signals.best) + 0.05 * min(keyword_count, 5))
     shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(signals.similarity.items(), key=lambda kv: -kv[1])[:3])
     keywords = "; ".join(f"{k}: {', '.join(v)}" for k, v in signals.keywords.items())
+    reason = f"{method}: topic similarity {shown}" + (f"; keywords {keywords}" if keywords else "; no topic keywords")
+    if relevant and addresses_a_model(item):
+        # The system prompt's rule for the model, applied here too: an item that tries to instruct
+        # its reader's AI is not news for that reason, and must never rank high.
+        newsworthiness = min(newsworthiness, 0.1)
+        reason += "; contains instructions addressed to an AI, ranked low"
     return Classification(
         relevant=relevant,
         topics=topics,
         newsworthiness=round(newsworthiness, 3),
         summary=first_sentence(item.summary or item.text or item.title),
         entities=named_entities(f"{item.title}. {item.text[:3000]}"),
-        reason=f"{method}: topic similarity {shown}" + (f"; keywords {keywords}" if keywords else "; no topic keywords"),
+        reason=reason,
         method=method,
     )
 
 
-def clearly_off_beat(signals: Signals, config: Config) -> bool:
-    return signals.best < config.classify.prefilter_threshold and not signals.keywords
+# --- the model ------------------------------------------------------------------------------
 
 
 def batch_validator(expected_ids: list[str], topic_names: list[str]):
+    """Problems the model can fix in a repair round. Missing ids are not among them:
+    those items are cheaper to retry alone than to resend the whole batch."""
     allowed = set(topic_names)
 
     def validate(result: BatchResult) -> list[str]:
         problems = []
+        seen: set[str] = set()
         for r in result.results:
             unknown = [t for t in r.topics if t not in allowed]
             if unknown:
                 problems.append(f"item {r.id}: unknown topic(s) {unknown}; use only: {', '.join(topic_names)}")
+            if r.relevant and not r.topics:
+                problems.append(f"item {r.id}: relevant is true but topics is empty; name its topics or set relevant to false")
+            if r.id in seen:
+                problems.append(f"item {r.id}: more than one result; give exactly one per id")
+            seen.add(r.id)
         extra = [r.id for r in result.results if r.id not in expected_ids]
         if extra:
             problems.append(f"results for ids that were not asked for: {extra}; the ids are: {', '.join(expected_ids)}")
@@ -141,70 +219,221 @@ def batch_validator(expected_ids: list[str], topic_names: list[str]):
     return validate
 
 
-async def classify_with_model(items: list[Item], config: Config, gateway, prompts: PromptLibrary) -> dict[str, Classification]:
-    """One call per batch; items the model skipped or mangled are retried alone, never dropped."""
-    topics = [SimpleNamespace(name=t.name, description=t.description, keywords=t.keywords) for t in config.topics]
-    model = gateway.model_for("classifier")
+def usable_results(result: BatchResult, expected_ids: list[str], topic_names: list[str]) -> dict[str, ItemResult]:
+    """The results that pass every check, by id; used to keep the good part of a batch
+    whose output stayed invalid after repair."""
+    allowed, out, counts = set(topic_names), {}, {}
+    for r in result.results:
+        counts[r.id] = counts.get(r.id, 0) + 1
+    for r in result.results:
+        if r.id in expected_ids and counts[r.id] == 1 and set(r.topics) <= allowed and (r.topics or not r.relevant):
+            out[r.id] = r
+    return out
 
-    async def run_batch(batch: list[Item]) -> dict[str, Classification]:
+
+def to_classification(r: ItemResult) -> Classification:
+    entities = list(dict.fromkeys(e.strip() for e in r.entities if e.strip()))[:MAX_ENTITIES]
+    return Classification(
+        relevant=r.relevant,
+        topics=list(dict.fromkeys(r.topics)) if r.relevant else [],
+        newsworthiness=r.newsworthiness,
+        summary=" ".join(r.summary.split()),
+        entities=entities,
+        reason=" ".join(r.reason.split()),
+        method="llm",
+    )
+
+
+@dataclass
+class BatchPlan:
+    """How many items go into one call and how long each may be, so that prompt, reply and
+    every repair round fit the model's context window."""
+
+    size: int
+    item_tokens: int
+    title_tokens: int
+    reply_tokens_per_item: int = ITEM_REPLY_TOKENS
+
+    def max_tokens(self, items: int) -> int:
+        return 50 + self.reply_tokens_per_item * items
+
+
+def plan_batches(config: Config, model: str, system_tokens: int) -> BatchPlan:
+    window = config.llm.context_window(model)
+    # A repair round resends the prompt with the previous reply and the errors: each round adds a reply.
+    replies = 1 + config.llm.repair_rounds
+    schema_tokens = count_tokens(json.dumps(plain_json_schema(BatchResult)), model)  # json_object mode adds it
+    room = window - system_tokens - schema_tokens - 200  # the user prompt's header and repair wording
+    item_tokens = config.classify.item_tokens
+    per_item = item_tokens + TITLE_TOKENS + ITEM_FRAME_TOKENS + ITEM_REPLY_TOKENS * replies
+    if per_item > room:  # not even one full item fits: cut the text, never the reply
+        item_tokens = max(1, room - TITLE_TOKENS - ITEM_FRAME_TOKENS - ITEM_REPLY_TOKENS * replies)
+        per_item = item_tokens + TITLE_TOKENS + ITEM_FRAME_TOKENS + ITEM_REPLY_TOKENS * replies
+    size = max(1, min(config.classify.batch_size, room // per_item))
+    return BatchPlan(size=size, item_tokens=item_tokens, title_tokens=TITLE_TOKENS)
+
+
+def _defused(text: str) -> str:
+    # The prompt fences items in <item id="..."> blocks (and writes "</" as "<\/");
+    # a fake opening tag inside an item must not look like another item.
+    return re.sub(r"<(\s*item\b)", r"‹\1", text, flags=re.IGNORECASE)
+
+
+def _cut(text: str, limit: int, model: str) -> str:
+    # Cutting characters first keeps token counting cheap on 100 kB texts; a token is rarely
+    # longer than 16 characters, so this at worst leaves a text a little under its budget.
+    return truncate_to_tokens(text[: limit * 16], limit, model)
+
+
+@dataclass
+class ModelOutcome:
+    results: dict[str, Classification] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)  # cause -> item ids left unclassified
+    batches: int = 0
+    retried_alone: int = 0
+    quarantined: int = 0
+
+
+class ModelClassifier:
+    """Batches items into calls, keeps the good part of every answer, retries the rest alone."""
+
+    def __init__(self, config: Config, gateway, prompts: PromptLibrary, on_result=None, stop_requested=lambda: False):
+        self.config = config
+        self.gateway = gateway
+        self.prompts = prompts
+        self.on_result = on_result or (lambda item, classification: None)
+        self.stop_requested = stop_requested
+        self.model = gateway.model_for("classifier")
+        self.topics = [SimpleNamespace(name=t.name, description=t.description, keywords=t.keywords) for t in config.topics]
+        system = prompts.render("classifier", newsroom=config.newsroom.name, topics=self.topics, items=[])
+        self.plan = plan_batches(config, self.model, count_messages(system.messages[:1], self.model))
+        self.outcome = ModelOutcome()
+        self._halted: str | None = None  # the breaker opened or the budget ran out: no more calls
+
+    def render(self, batch: list[Item]):
         views = [
-            SimpleNamespace(id=i.id, title=i.title, source=i.source, published=i.published,
-                            text=truncate_to_tokens(i.text or i.summary, config.classify.item_tokens, model))
-            for i in batch
+            SimpleNamespace(
+                id=f"i{n}",
+                title=_defused(_cut(" ".join(item.title.split()), self.plan.title_tokens, self.model)),
+                source=item.source,
+                published=item.published,
+                text=_defused(_cut(item.text or item.summary or item.title, self.plan.item_tokens, self.model)),
+            )
+            for n, item in enumerate(batch, start=1)
         ]
-        prompt = prompts.render("classifier", newsroom=config.newsroom.name, topics=topics, items=views)
-        ids = [i.id for i in batch]
-        result = await gateway.call("classifier", prompt, BatchResult, validators=[batch_validator(ids, config.topic_names)], stage="classify")
-        out = {}
-        for r in result.results:
-            if r.id in ids and r.id not in out:
-                out[r.id] = Classification(
-                    relevant=r.relevant and bool(r.topics), topics=r.topics if r.relevant else [],
-                    newsworthiness=r.newsworthiness, summary=r.summary, entities=r.entities[:10], reason=r.reason, method="llm",
-                )
-        return out
+        prompt = self.prompts.render("classifier", newsroom=self.config.newsroom.name, topics=self.topics, items=views)
+        return prompt, {view.id: item for view, item in zip(views, batch)}
 
-    size = config.classify.batch_size
-    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    async def classify(self, items: list[Item]) -> ModelOutcome:
+        # Instructions aimed at a model could sway the verdicts of a whole batch: such items go alone.
+        suspicious = [i for i in items if addresses_a_model(i)]
+        ordinary = [i for i in items if not addresses_a_model(i)]
+        batches = [ordinary[i : i + self.plan.size] for i in range(0, len(ordinary), self.plan.size)]
+        batches += [[item] for item in suspicious]
+        self.outcome.quarantined = len(suspicious)
+        gate = asyncio.Semaphore(self.config.llm.concurrency)
+        left_over = await self._run_all(batches, gate)
+        # Whatever a batch skipped, mangled or lost to an error is asked again, one item per call.
+        retry = [[item] for batch, missing in zip(batches, left_over) if len(batch) > 1 for item in missing]
+        await self._run_all(retry, gate, retry=True)
+        return self.outcome
 
-    results: dict[str, Classification] = {}
-    for outcome in await asyncio.gather(*(run_batch(b) for b in batches), return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            log.warning("classifier batch failed: %s", outcome)
-            continue
-        results.update(outcome)
-    already_alone = {b[0].id for b in batches if len(b) == 1}
-    missing = [i for i in items if i.id not in results and i.id not in already_alone]
-    for outcome in await asyncio.gather(*(run_batch([i]) for i in missing), return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            log.warning("classifier retry failed: %s", outcome)
-            continue
-        results.update(outcome)
-    return results
+    async def _run_all(self, batches: list[list[Item]], gate: asyncio.Semaphore, retry: bool = False) -> list[list[Item]]:
+        async def guarded(batch: list[Item]) -> list[Item]:
+            async with gate:
+                return await self._run_batch(batch, retry)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(guarded(batch)) for batch in batches]
+        except BaseExceptionGroup as failed:
+            # Not a model failure (those are handled per batch): a bug or a blocked request.
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def _run_batch(self, batch: list[Item], retry: bool = False) -> list[Item]:
+        """Classify one batch, save what came back; return the items still unclassified."""
+        if self._halted is not None or self.stop_requested():
+            if self._halted is not None:
+                self._fail(self._halted, batch)
+            return []  # not retried either: the run stops here
+        prompt, by_id = self.render(batch)
+        ids = list(by_id)
+        self.outcome.batches += len(batch) > 1
+        self.outcome.retried_alone += retry
+        problem = "the model's reply held no usable result for the item"
+        try:
+            result = await self.gateway.call(
+                "classifier", prompt, BatchResult,
+                validators=[batch_validator(ids, self.config.topic_names)],
+                stage="classify", max_tokens=self.plan.max_tokens(len(batch)),
+            )
+            answered = usable_results(result, ids, self.config.topic_names)
+        except InvalidOutput as exc:
+            # Keep the results that were fine; only the broken ones are asked again.
+            answered = usable_results(exc.output, ids, self.config.topic_names) if isinstance(exc.output, BatchResult) else {}
+            log.warning("classifier batch of %d: output still invalid after repair, kept %d: %s", len(batch), len(answered), exc)
+            problem = str(exc)
+        except (CircuitOpen, BudgetExceeded) as exc:
+            self._halted = str(exc)
+            self._fail(str(exc), batch)
+            return []
+        except LLMError as exc:
+            log.warning("classifier batch of %d failed: %s", len(batch), exc)
+            if self.gateway.circuit_open:
+                self._halted = f"LLM circuit open after repeated failures (last: {exc}); no more calls this run"
+            if len(batch) == 1 or self._halted:
+                self._fail(self._halted or str(exc), batch)
+                return []
+            return batch
+        for short_id, r in answered.items():
+            item = by_id[short_id]
+            classification = to_classification(r)
+            self.outcome.results[item.id] = classification
+            self.on_result(item, classification)
+        missing = [by_id[i] for i in ids if i not in answered]
+        if len(batch) == 1 and missing:
+            self._fail(problem, missing)  # already asked alone: it waits for the next run
+            return []
+        return missing
+
+    def _fail(self, cause: str, items: list[Item]) -> None:
+        self.outcome.errors.setdefault(cause, []).extend(i.id for i in items)
+
+
+# --- the ledger -----------------------------------------------------------------------------
 
 
 def pending_items(ledger: Ledger) -> list[Item]:
+    """Fetched items that are indexed and not classified yet, oldest first."""
     from pipeline.stages import row_to_item
 
     with ledger.engine.connect() as connection:
         rows = connection.execute(
             select(schema.items)
             .where(schema.items.c.state == ItemState.fetched.value, schema.items.c.chunk_count.is_not(None))
-            .order_by(schema.items.c.published)
+            .order_by(schema.items.c.published, schema.items.c.id)
         ).all()
     return [row_to_item(r) for r in rows]
 
 
-def known_classifications(ledger: Ledger, hashes: list[str]) -> dict[str, Classification]:
-    """Classifications already paid for, by content hash (the same text syndicated under another URL)."""
+def known_classifications(ledger: Ledger, hashes: list[str], topic_names: list[str]) -> dict[str, Classification]:
+    """Classifications already paid for, by content hash (the same text syndicated under another URL).
+    One naming a topic the config no longer has is not reused: the beat changed since."""
     if not hashes:
         return {}
+    allowed = set(topic_names)
     with ledger.engine.connect() as connection:
         rows = connection.execute(
             select(schema.items.c.content_hash, schema.items.c.classification)
-            .where(schema.items.c.content_hash.in_(hashes), schema.items.c.classification.is_not(None))
+            .where(schema.items.c.content_hash.in_(sorted(set(hashes))), schema.items.c.classification.is_not(None))
         ).all()
-    return {h: Classification.model_validate(c) for h, c in rows}
+    known = {}
+    for digest, data in rows:
+        classification = Classification.model_validate(data)
+        if set(classification.topics) <= allowed:
+            known[digest] = classification
+    return known
 
 
 def save(ledger: Ledger, store, item: Item, classification: Classification) -> None:
@@ -214,55 +443,89 @@ def save(ledger: Ledger, store, item: Item, classification: Classification) -> N
     with ledger.begin() as connection:
         connection.execute(
             update(schema.items)
-            .where(schema.items.c.id == item.id)
+            .where(schema.items.c.id == item.id, schema.items.c.state == ItemState.fetched.value)
             .values(classification=classification.model_dump(mode="json"), state=state.value, updated=utcnow())
         )
 
 
+# --- the stage ------------------------------------------------------------------------------
+
+
 def classify_pending(run) -> StageReport:
-    config, ledger, store = run.config, run.ledger, run.store
+    config, ledger, store, gateway = run.config, run.ledger, run.store, run.gateway
     report = StageReport(stage="classify")
     items = pending_items(ledger)
     report.items_in = len(items)
     if not items:
         return report
-    reused = known_classifications(ledger, [i.content_hash for i in items])
-    signals = dict(zip((i.id for i in items), topic_signals(items, config, store.embed)))
-    decided: dict[str, Classification] = {}
-    to_model: list[Item] = []
+
+    # Identical texts pending together are decided once, for the first of them.
+    twins: dict[str, list[Item]] = {}
     for item in items:
-        if item.content_hash in reused:
-            decided[item.id] = reused[item.content_hash]
+        twins.setdefault(item.content_hash, []).append(item)
+    reused = known_classifications(ledger, list(twins), config.topic_names)
+    fresh = [group[0] for digest, group in twins.items() if digest not in reused]
+    signals = dict(zip((i.id for i in fresh), topic_signals(fresh, config, store)))
+
+    decided: dict[str, Classification] = {}
+    saved: set[str] = set()
+
+    def keep(item: Item, classification: Classification) -> None:
+        """Save an item and its twins the moment its classification is known."""
+        for twin in twins[item.content_hash]:
+            decided[twin.id] = classification
+            try:
+                save(ledger, store, twin, classification)
+            except Exception as exc:  # noqa: BLE001 - one item's storage failure must not stop the rest
+                report.errors.append(f"item {twin.id}: could not store its classification: {type(exc).__name__}: {exc}")
+                continue
+            saved.add(twin.id)
+
+    for digest in reused:
+        keep(twins[digest][0], reused[digest])
+    to_model: list[Item] = []
+    model_available = gateway.available
+    for item in fresh:
+        if run.stop_requested:
+            break
+        if not model_available:
+            keep(item, offline_classification(item, signals[item.id], config))
         elif clearly_off_beat(signals[item.id], config):
-            decided[item.id] = offline_classification(item, signals[item.id], config, method="prefilter")
-        elif not run.gateway.available:
-            decided[item.id] = offline_classification(item, signals[item.id], config)
+            keep(item, offline_classification(item, signals[item.id], config, method="prefilter"))
         else:
             to_model.append(item)
+
+    outcome = ModelOutcome()
     if to_model:
-        prompts = PromptLibrary(config.prompts_dir)
-        decided.update(run.run_async(classify_with_model(to_model, config, run.gateway, prompts)))
-        for item in to_model:
-            if item.id not in decided:
-                report.errors.append(f"item {item.id} ({item.title[:60]}): not classified; it stays for the next run")
-    for item in items:
-        classification = decided.get(item.id)
-        if classification is None:
-            continue
-        try:
-            save(ledger, store, item, classification)
-        except Exception as exc:
-            report.errors.append(f"item {item.id}: could not store its classification: {type(exc).__name__}: {exc}")
-            continue
-        report.items_out += 1
+        before = gateway.totals_by_stage.get("classify")
+        calls_before = (before.calls, before.tokens, before.cost_usd) if before else (0, 0, 0.0)
+        classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep,
+                                     stop_requested=lambda: run.stop_requested)
+        outcome = run.run_async(classifier.classify(to_model))
+        after = gateway.totals_by_stage.get("classify")
+        if after is not None:
+            report.llm_calls = after.calls - calls_before[0]
+            report.tokens = after.tokens - calls_before[1]
+            report.cost_usd = round(after.cost_usd - calls_before[2], 6)
+        for cause, ids in outcome.errors.items():
+            failed = set(ids)
+            count = sum(len(twins[i.content_hash]) for i in to_model if i.id in failed)
+            report.errors.append(f"{count} item(s) not classified, left for the next run: {cause}")
+        report.notes.update(batch_size=classifier.plan.size)
+
+    report.items_out = len(saved)
     methods = [c.method for c in decided.values()]
     report.notes.update(
+        mode="model" if model_available else f"offline ({gateway.unavailable_reason})",
         relevant=sum(1 for c in decided.values() if c.relevant),
         irrelevant=sum(1 for c in decided.values() if not c.relevant),
         prefiltered=methods.count("prefilter"),
-        reused=sum(1 for i in items if i.content_hash in reused),
+        reused=sum(len(twins[d]) for d in reused),
         by_model=methods.count("llm"),
         offline=methods.count("offline"),
-        batches=math.ceil(len(to_model) / config.classify.batch_size) if to_model else 0,
+        batches=outcome.batches,
+        retried_alone=outcome.retried_alone,
+        quarantined=outcome.quarantined,
+        left_for_next_run=len(items) - len(saved),
     )
     return report
