@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, insert, select
 
-from agents.classifier import BatchResult, ITEM_FRAME_TOKENS, TITLE_TOKENS, classify_pending
+from agents.classifier import BatchResult, ITEM_FRAME_TOKENS, TITLE_TOKENS, batch_validator, classify_pending
 from agents.fetcher import run_fetch
 from pipeline import schema
 from pipeline.config import load_config, parse_config
@@ -327,6 +327,38 @@ def test_model_output_is_stored_as_one_typed_classification(sample_items, tmp_pa
     )
     chunk = run.store.chunks(korvex.id)[0]
     assert chunk.topics == ["security"] and chunk.metadata["relevant"] is True
+
+
+def test_the_validator_names_each_fixable_problem_but_not_missing_ids():
+    def result(item_id, topics, relevant=True):
+        return {"id": item_id, "relevant": relevant, "topics": topics, "newsworthiness": 0.5,
+                "summary": "s", "entities": [], "reason": "r"}
+
+    validate = batch_validator(["i1", "i2", "i3", "i4"], ["markets", "security"])
+    problems = validate(BatchResult.model_validate({"results": [
+        result("i1", ["markets", "weather"]), result("i2", []), result("i2", ["security"]), result("x7", ["markets"]),
+    ]}))
+    assert problems == [
+        "item i1: unknown topic(s) ['weather']; use only: markets, security",
+        "item i2: relevant is true but topics is empty; name its topics or set relevant to false",
+        "item i2: more than one result; give exactly one per id",
+        "results for ids that were not asked for: ['x7']; the ids are: i1, i2, i3, i4",
+    ]
+    # i3 and i4 are missing, and an irrelevant item without topics is fine: both are not repair material.
+    assert validate(BatchResult.model_validate({"results": [result("i1", [], relevant=False)]})) == []
+
+
+def test_a_spent_budget_stops_the_calls_and_keeps_what_was_classified(sample_items, tmp_path):
+    backend = TestModel(function=lambda request: answer(request.messages))
+    run = make_desk(tmp_path, sample_items, backend=backend,
+                    llm={"offline": False, "run_budget_usd": 0.0001, "concurrency": 1})
+    report = classify_pending(run)
+
+    assert backend.calls == 1  # the first batch spends the budget; nothing more is sent
+    states = [state for state, _ in stored(run).values()]
+    assert states.count(ItemState.classified) == 12 and states.count(ItemState.fetched) == 24
+    assert any(e.startswith("24 item(s) not classified") and "budget" in e for e in report.errors)
+    assert [r.outcome for r in llm_call_rows(run)].count("budget") >= 1
 
 
 # --- the offline path ---------------------------------------------------------------------------
