@@ -18,7 +18,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from pipeline.config import DEFAULT_CONFIG, Config, ConfigError, load_config, read_secret
 from pipeline.finetune import (
     activate_writer_model,
     active_writer_model,
@@ -46,6 +46,9 @@ from pipeline.finetune_jobs import (
 )
 from pipeline.ledger import Ledger, LedgerError
 from pipeline.llm import LLMError, NoModelConfigured
+from pipeline.logs import register_secret
+from pipeline.prompts import PromptError
+from pipeline.templates import TemplateError
 
 console = Console()
 
@@ -286,9 +289,11 @@ Handler = Callable[[argparse.Namespace, Config], int]
 def run_finetune(args: argparse.Namespace) -> int:
     """The `finetune` command's handler: load config, run the action, turn known errors into one line."""
     config = load_config(args.config)
+    key_file = config.path(config.llm.api_key_file) if config.llm.api_key_file else None
+    register_secret(read_secret(config.llm.api_key_env, key_file))  # masked in any log line, as for other commands
     try:
         return args.finetune_handler(args, config)
-    except (DatasetError, JobError) as exc:
+    except (DatasetError, JobError, TemplateError, PromptError) as exc:
         console.print(f"[red]finetune {args.finetune_action}:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
     except LLMError as exc:

@@ -22,6 +22,13 @@ Examples come from two places:
     holds the exact numbered sources, the story row the story block, and the
     approval the editor's version.
 
+Stored under `data/finetune/<dataset id>/`: `train.jsonl` and `valid.jsonl`
+(what is uploaded), `manifest.json` (counts, sources, prompt versions, token
+and cost estimate, file hashes, every example's origin and split) and
+`cases.jsonl` (the story, sources and approved article behind each example,
+for `finetune eval`; never uploaded). The dataset id is the start of the
+sha256 of the two JSONL files, so the same examples always get the same id.
+
 Examples are validated one by one (roles and order, no empty message, the
 token limit, the Article schema and the template's rules); a broken example
 is reported and left out, never sent for training. Duplicates (same messages)
@@ -55,6 +62,7 @@ from pipeline.templates import (
     as_article,
     choose_template,
     load_templates,
+    normalize_url,
     source_refs,
     validate_article,
 )
@@ -355,12 +363,10 @@ def _sidecar_sources(path: Path) -> list[dict[str, Any]] | None:
 
 
 def _key(url: str) -> str:
-    from pipeline.templates import normalize_url
-
     return normalize_url(str(url))
 
 
-def past_case(past: PastArticle, templates: dict[str, TemplateSpec], config: Config) -> Case:
+def past_case(past: PastArticle, templates: dict[str, TemplateSpec]) -> Case:
     """The story, numbered sources, template and writer-form article of one past article."""
     sidecar = _sidecar_sources(past.path)
     listed = past.sources
@@ -568,7 +574,7 @@ def build_dataset(
             raise DatasetError(f"articles folder not found: {folder} (finetune.articles_dir)")
         for path in article_files(folder):
             try:
-                cases.append(past_case(read_past_article(path), templates, config))
+                cases.append(past_case(read_past_article(path), templates))
                 article_count += 1
             except (DatasetError, TemplateError, ValidationError) as exc:
                 problems.append(Problem(f"article:{path.name}", [_first_line(exc)]))
