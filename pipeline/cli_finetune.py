@@ -310,6 +310,8 @@ def add_finetune_commands(command: Callable[..., argparse.ArgumentParser]) -> ar
         sub = actions.add_parser(name, help=help_text, description=help_text)
         # Also accepted after the action; SUPPRESS keeps a value given before it.
         sub.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: ./config.toml)")
+        sub.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        sub.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS, help="structured JSON log lines on stderr")
         sub.set_defaults(finetune_handler=handler)
         return sub
 
