@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 log = logging.getLogger("newsdesk")
 
@@ -36,6 +37,42 @@ def register_secret(value: str | None) -> None:
 def register_env_secrets(names: list[str]) -> None:
     for name in names:
         register_secret(os.environ.get(name))
+
+
+# Fields of Google service-account keys, OAuth client files and authorized-user
+# tokens (and similar JSON credentials) whose values are secret.
+CREDENTIAL_FIELDS = ("private_key", "private_key_id", "client_secret", "refresh_token", "access_token", "token", "api_key", "password")
+
+
+def register_credentials_file(path: str | os.PathLike | None) -> None:
+    """Mask the secret values of a JSON credentials file (Google keys, OAuth clients, tokens).
+
+    A private key is also masked line by line, so a fragment or a JSON-escaped
+    copy (newlines as \\n) never shows. A missing or unreadable file is no
+    error here: the code that uses it reports that.
+    """
+    if not path:
+        return
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for value in _credential_values(data):
+        register_secret(value)
+        for line in value.splitlines():
+            if "PRIVATE KEY" not in line and len(line.strip()) >= 16:
+                register_secret(line.strip())
+
+
+def _credential_values(data) -> list[str]:
+    if isinstance(data, dict):
+        found = [v for k, v in data.items() if k in CREDENTIAL_FIELDS and isinstance(v, str)]
+        for value in data.values():
+            found.extend(_credential_values(value))  # OAuth client files nest under "installed" or "web"
+        return found
+    if isinstance(data, list):
+        return [v for item in data for v in _credential_values(item)]
+    return []
 
 
 def redact(text: str) -> str:
@@ -67,8 +104,24 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the moment, so a rich progress bar that redirects
+    stderr prints log lines above the bar instead of through it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = False, stream=None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for existing in list(root.handlers):
