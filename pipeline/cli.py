@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.console import Console
 
 from pipeline.config import DEFAULT_CONFIG, ConfigError, load_config
 from pipeline.ledger import LedgerError
-from pipeline.logs import register_secret, setup_logging
+from pipeline.logs import register_credentials_file, register_secret, setup_logging
 
 console = Console()
 log = logging.getLogger("newsdesk.cli")
@@ -19,8 +20,20 @@ log = logging.getLogger("newsdesk.cli")
 
 def _config(args):
     config = load_config(args.config)
-    register_secret(_api_key(config))
+    _register_secrets(config)
     return config
+
+
+def _register_secrets(config) -> None:
+    """Every credential this run can read is masked in logs, messages and the ledger from here on."""
+    for name in {config.llm.api_key_env, "OPENAI_API_KEY"}:  # the gateway falls back to the SDK's variable
+        register_secret(os.environ.get(name))
+    register_secret(_api_key(config))
+    google = config.publishing.google
+    for path in (google.credentials_file, google.token_file):
+        if path is not None:
+            register_credentials_file(config.path(path))
+    register_credentials_file(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
 
 
 def _api_key(config):
@@ -144,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("check", "fact-check drafts claim by claim, revise flagged spans, store the report", cmd_stage)
     command("publish", "publish checked drafts to Google Docs or the local outbox", cmd_stage)
     command("sync", "read editor-approved documents back and record the edit rate", cmd_stage)
-    once = command("once", "run the pipeline once and exit (0 ok, 1 a stage failed, 75 another run holds the lock)", cmd_once)
+    once = command(
+        "once",
+        "run the pipeline once and exit, for system cron. Exit codes: 0 every stage ran without errors; "
+        "1 a stage failed or reported errors (one unreachable or broken feed counts: its error is in the "
+        "summary); 2 bad config or arguments; 3 the ledger cannot be opened; 75 another run holds the lock "
+        "(try again later)",
+        cmd_once,
+    )
     once.add_argument("--stages", default="fetch,classify,draft,check,publish,sync", help="comma-separated stages, run in pipeline order")
     command("schedule", "run the scheduler daemon: the [schedule] jobs from config, until SIGTERM", cmd_schedule)
     status = command("status", "show sources, items, drafts and recent runs", cmd_status)

@@ -119,6 +119,8 @@ class Run:
             log.exception("stage %s failed", name, extra={"run_id": self.id, "stage": name, "event": "failed"})
             report = StageReport(stage=name, errors=[redact(f"{type(exc).__name__}: {exc}")])
         report.stage = name
+        # Stage errors quote exceptions and provider answers; they reach the ledger, the summary and `status`.
+        report.errors = [redact(error) for error in report.errors]
         report.duration_s = round(time.perf_counter() - started, 3)
         calls, tokens, cost = (after - before for after, before in zip(self._llm_totals(), spend_before))
         report.llm_calls, report.tokens, report.cost_usd = max(report.llm_calls, calls), max(report.tokens, tokens), max(report.cost_usd, cost)
