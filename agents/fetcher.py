@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import codecs
 import multiprocessing
 import os
 import hashlib
@@ -47,7 +48,7 @@ from pipeline.config import Config, Feed
 from pipeline.http import FetchError, Fetcher, make_client, read_local_file
 from pipeline.ledger import Ledger
 from pipeline.models import FeedEntry, Item, ItemState, StageReport, utcnow
-from pipeline.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver
+from pipeline.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,12 @@ _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5",
                "tr", "table", "section", "article", "header", "footer", "figure", "figcaption", "hr", "dd", "dt"}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _TAG_LIKE = re.compile(r"<\s*/?\s*[A-Za-z][A-Za-z0-9:-]*(\s[^<>]*)?/?\s*>")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ufffe\uffff]")
+# Lone surrogates come from character references like "&#xD800;"; no database or
+# encoder takes them, so one would sink the whole feed's transaction.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Vertical tab, form feed and the Unicode line separators break lines; dropped, they would glue words.
+_LINE_BREAKS = str.maketrans({"\x0b": "\n", "\x0c": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n"})
 _PARSER = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, no_network=True)
 # Bound the parser's work on hostile input; nothing longer survives truncation anyway.
 _MAX_MARKUP_CHARS = 2_000_000
@@ -115,9 +121,12 @@ def plain_text(markup: str | None, *, single_line: bool = False) -> str:
     """
     if not markup:
         return ""
-    text = _strip_markup(markup[:_MAX_MARKUP_CHARS])
+    # Control characters and lone surrogates first: lxml refuses a string holding one.
+    markup = _CONTROL.sub("", _SURROGATE.sub("\ufffd", markup[:_MAX_MARKUP_CHARS]).translate(_LINE_BREAKS))
+    text = _strip_markup(markup)
     if _TAG_LIKE.search(text):
         text = _strip_markup(text)
+    text = _SURROGATE.sub("\ufffd", text).translate(_LINE_BREAKS)
     text = _CONTROL.sub("", unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")))
     lines = [" ".join(line.split()) for line in text.split("\n")]
     if single_line:
@@ -226,7 +235,116 @@ def to_feed_entry(source: str, entry: Any, *, base: str | None, fetched: datetim
     )
 
 
+# --------------------------------------------------------------------------
+# hostile XML and broken encodings, before feedparser sees the bytes
+
+# RSS and Atom nest a handful of levels (XHTML content a few dozen); anything
+# deeper is built to make parsers slow or to exhaust their stacks.
+MAX_XML_DEPTH = 100
+# An internal DTD entity longer than this is a quadratic-blowup payload.
+MAX_ENTITY_CHARS = 1000
+_ENTITY_REF = re.compile(r"&[A-Za-z_:][\w.:-]*;")
+_XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+
+
+def xml_problem(data: bytes, max_depth: int = MAX_XML_DEPTH) -> str | None:
+    """Why these bytes must not be parsed as a feed, or None.
+
+    Refuses entity declarations that expand (an entity built from other
+    entities: "billion laughs"), long ones (quadratic blowup) and external
+    ones (XXE), and nesting deeper than `max_depth`. A streaming parse that
+    keeps no tree: cheap even at the size cap. Bytes that are not XML at all
+    are left to feedparser, which says so.
+    """
+    parser = etree.XMLPullParser(
+        events=("start", "end"), recover=True, resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+    )
+    depth = 0
+    checked_dtd = False
+    try:
+        for offset in range(0, len(data), 65536):
+            parser.feed(data[offset : offset + 65536])
+            for event, element in parser.read_events():
+                if event == "end":
+                    depth -= 1
+                    element.clear()
+                    continue
+                depth += 1
+                if depth > max_depth:
+                    return f"XML nested deeper than {max_depth} elements; refused (a parser-exhaustion feed looks like this)"
+                if not checked_dtd:
+                    checked_dtd = True
+                    problem = _entity_problem(element.getroottree().docinfo.internalDTD)
+                    if problem:
+                        return problem
+        if not checked_dtd:   # the whole document was a prolog: the DTD is all there is
+            parser.close()
+    except etree.XMLSyntaxError:
+        return None
+    return None
+
+
+def _entity_problem(dtd: Any) -> str | None:
+    if dtd is None:
+        return None
+    for entity in dtd.iterentities():
+        content = entity.content or ""
+        if entity.system_url or getattr(entity, "public_id", None):
+            return f"the feed declares an external XML entity '{entity.name}' ({entity.system_url}); refused"
+        if _ENTITY_REF.search(content) or len(content) > MAX_ENTITY_CHARS:
+            return (
+                f"the feed declares an expanding XML entity '{entity.name}'; refused "
+                "(an entity-expansion bomb looks like this)"
+            )
+    return None
+
+
+def _cp1252_fallback(error: UnicodeDecodeError) -> tuple[str, int]:
+    bad = error.object[error.start : error.end]
+    return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in bad), error.end
+
+
+codecs.register_error("newsdesk-cp1252", _cp1252_fallback)
+
+
+def repair_mixed_utf8(data: bytes, content_type: str = "") -> bytes:
+    """A UTF-8 feed with stray Windows-1252 bytes (pasted from old CMS fields), made valid UTF-8.
+
+    Only touches documents that claim UTF-8 (or claim nothing) and are not
+    valid UTF-8; without this, one stray byte makes feedparser decode the
+    whole document as Windows-1252 and every accented UTF-8 letter becomes
+    mojibake.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return data
+    charset = re.search(r"charset\s*=\s*[\"']?([\w.:-]+)", content_type or "", re.I)
+    if charset and charset.group(1).lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return data
+    declared = _XML_ENCODING.match(data[:512])
+    if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
+        return data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="newsdesk-cp1252").encode("utf-8")
+    return data
+
+
+_CHARREF = re.compile(rb"&#([xX][0-9a-fA-F]{1,8}|[0-9]{1,10});")
+
+
+def _defuse_charref(match: re.Match[bytes]) -> bytes:
+    raw = match.group(1)
+    value = int(raw[1:], 16) if raw[:1] in b"xX" else int(raw)
+    # A surrogate or out-of-range code point crashes feedparser's encoder and
+    # the whole feed with it; U+FFFD says a character was there.
+    if 0xD800 <= value <= 0xDFFF or value > 0x10FFFF:
+        return b"&#xFFFD;"
+    return match.group(0)
+
+
 def parse_feed(data: bytes, *, content_type: str, location: str) -> Any:
+    data = _CHARREF.sub(_defuse_charref, repair_mixed_utf8(data, content_type))
     # A BytesIO, never raw bytes: feedparser treats a bytes/str argument as
     # a possible file name or URL and would open it.
     return feedparser.parse(
@@ -285,6 +403,8 @@ class FeedJob:
         self.fetcher = fetcher
         self.run = run
         self.location = config.feed_location(feed)
+        # What the ledger and messages show: a private feed's password or token stays in config.
+        self.shown_location = without_credentials(self.location)
         self.outcome = FeedOutcome(feed.name)
         self._validators: tuple[str | None, str | None] | None = None
 
@@ -310,6 +430,9 @@ class FeedJob:
             self.outcome.not_modified = True
             self._record_success(stored=[], validators=None, when=fetched)
             return
+        unsafe = await asyncio.to_thread(xml_problem, data)
+        if unsafe:
+            raise FeedFailure(unsafe)
         parsed = await asyncio.to_thread(parse_feed, data, content_type=content_type, location=base or "")
         if parsed.get("bozo") and not parsed.entries:
             problem = parsed.get("bozo_exception") or "unreadable"
@@ -329,7 +452,7 @@ class FeedJob:
             data = await asyncio.to_thread(read_local_file, self.location, self.limits.max_response_bytes)
             return data, "application/xml", None
         headers = {}
-        if source_row is not None and source_row.url == self.location:
+        if source_row is not None and source_row.url == self.shown_location:
             # Validators belong to the URL that issued them; a changed feed URL starts afresh.
             if source_row.etag:
                 headers["If-None-Match"] = source_row.etag
@@ -338,9 +461,10 @@ class FeedJob:
         result = await self.fetcher.get(self.location, headers=headers, accept=FEED_ACCEPT)
         if result.not_modified:
             self._validators = None
-            return None, "", result.url
+            return None, "", _without_userinfo(result.url)
         self._validators = (result.headers.get("etag"), result.headers.get("last-modified"))
-        return result.content, result.headers.get("content-type", ""), result.url
+        # Relative links resolve against the feed's URL; they must not inherit its credentials.
+        return result.content, result.headers.get("content-type", ""), _without_userinfo(result.url)
 
     def _typed_entries(self, entries: Iterable[Any], base: str | None, fetched: datetime) -> list[FeedEntry]:
         typed = []
@@ -518,7 +642,7 @@ class FeedJob:
             with self.ledger.begin() as connection:
                 if rows:
                     connection.execute(insert(schema.items), rows)
-                _upsert_source(connection, self.feed.name, self.location, values, added=len(rows))
+                _upsert_source(connection, self.feed.name, self.shown_location, values, added=len(rows))
         except SQLAlchemyError as exc:
             raise FeedFailure(f"could not write to the ledger: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
         self.outcome.stored = len(rows)
@@ -531,9 +655,16 @@ class FeedJob:
         values = {"last_attempt": now, "last_error": problem[:2000], "last_error_at": now}
         try:
             with self.ledger.begin() as connection:
-                _upsert_source(connection, self.feed.name, self.location, values, failed=True)
+                _upsert_source(connection, self.feed.name, self.shown_location, values, failed=True)
         except SQLAlchemyError as exc:
             log.error("source %r: could not record the failure: %s", self.feed.name, exc)
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _upsert_source(

@@ -28,7 +28,16 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 from tenacity.wait import wait_base
 
-from pipeline.urls import ResolveError, Resolver, UnsafeUrlError, UrlError, check_url, system_resolver, vetted_addresses
+from pipeline.urls import (
+    ResolveError,
+    Resolver,
+    UnsafeUrlError,
+    UrlError,
+    check_url,
+    system_resolver,
+    vetted_addresses,
+    without_credentials,
+)
 
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
@@ -40,7 +49,8 @@ class FetchError(Exception):
     """A request that did not produce a usable body. `retryable` says whether trying again may help."""
 
     def __init__(self, url: str, problem: str, *, retryable: bool = False, status: int | None = None) -> None:
-        super().__init__(f"{url}: {problem}")
+        # The message reaches logs, the ledger and status: never a password or token from the URL.
+        super().__init__(f"{without_credentials(url)}: {problem}")
         self.url = url
         self.problem = problem
         self.retryable = retryable
@@ -318,7 +328,7 @@ class Fetcher:
                 return FetchResult(current, status, response.headers, content)
             finally:
                 await response.aclose()
-        raise FetchError(url, f"more than {MAX_REDIRECTS} redirects (stopped before {current[:200]})")
+        raise FetchError(url, f"more than {MAX_REDIRECTS} redirects (stopped before {without_credentials(current)[:200]})")
 
     async def _check(self, url: str, original: str) -> None:
         try:
@@ -326,7 +336,7 @@ class Fetcher:
         except ResolveError as exc:
             raise FetchError(url, str(exc), retryable=exc.temporary) from None
         except UnsafeUrlError as exc:
-            via = f" (redirected from {original[:200]})" if url != original else ""
+            via = f" (redirected from {without_credentials(original)[:200]})" if url != original else ""
             raise FetchError(url, f"{exc}{via}") from None
         except UrlError as exc:
             raise FetchError(url, str(exc)) from None

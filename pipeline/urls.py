@@ -155,6 +155,34 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") else "/" + result
 
 
+# Query parameters that carry credentials in private feed URLs (?token=..., ?api_key=...).
+_SECRET_QUERY_KEY = re.compile(r"(?i)^(?:.*[_-])?(?:token|key|apikey|secret|password|passwd|pwd|sig|signature|auth|credentials?)$")
+
+
+def without_credentials(url: str) -> str:
+    """`url` fit for messages, logs and the ledger: a password in the userinfo and
+    secret-looking query values replaced by ***. Anything unparseable is returned as is."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            f"{key}={'***' if value and _SECRET_QUERY_KEY.match(key) else value}" if eq else key
+            for key, eq, value in pairs
+        )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def stable_id(canonical_url: str) -> str:
     """The item id: the same page gets the same id in every run."""
     return hashlib.sha256(canonical_url.encode("utf-8")).hexdigest()[:32]
@@ -270,6 +298,15 @@ def address_problem(address: IPAddress | str) -> str | None:
     return None
 
 
+def _metadata_address(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip in METADATA_ADDRESSES or (mapped is not None and mapped in METADATA_ADDRESSES)
+
+
 async def system_resolver(host: str) -> list[str]:
     """All addresses the system resolver gives for `host` (every one is checked)."""
     loop = asyncio.get_running_loop()
@@ -297,6 +334,13 @@ async def vetted_addresses(host: str, *, resolver: Resolver, allow_private: bool
     if not addresses:
         raise ResolveError(f"cannot resolve host {host!r}: no addresses", temporary=False)
     if allow_private:
+        # An intranet feed is a choice; the cloud metadata service never is.
+        for address in addresses:
+            if _metadata_address(address):
+                raise UnsafeUrlError(
+                    f"refusing {where}: {host} {'is' if literal is not None else 'resolves to'} {address}, "
+                    "a cloud metadata endpoint (refused even with limits.allow_private_hosts)"
+                )
         return addresses
     for address in addresses:
         try:
@@ -316,7 +360,7 @@ async def check_url(url: str, *, resolver: Resolver = system_resolver, allow_pri
     The host is taken the way httpx will read it, so a URL that two parsers
     read differently cannot pass the check and then connect elsewhere.
     """
-    shown = url[:200]
+    shown = without_credentials(url)[:200]
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
