@@ -48,6 +48,8 @@ MAX_ENTITIES = 10
 # and topics within this margin of the best one are kept.
 KEYWORD_BONUS = 0.05
 TOPIC_MARGIN = 0.10
+# The highest newsworthiness an item that addresses an AI can get, from the model or offline.
+INSTRUCTED_CAP = 0.1
 
 _NAME = re.compile(r"\b(?:[A-Z][\w&.\-]*[A-Za-z0-9](?:\s+(?:of\s+|de\s+)?[A-Z][\w&.\-]*[A-Za-z0-9])*|[A-Z]{2,}\d*)\b")
 _SENTENCE_START_WORDS = {"The", "A", "An", "In", "On", "At", "It", "This", "That", "But", "And", "He", "She", "They", "We", "I", "Its", "His", "Her"}
@@ -56,8 +58,19 @@ _SENTENCE_START_WORDS = {"The", "A", "An", "In", "On", "At", "It", "This", "That
 _INSTRUCTIONS = re.compile(
     r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?"
     r"(?:previous|prior|above|earlier|preceding|system)\s+(?:instructions?|prompts?|rules|directions)"
-    r"|\b(?:rank|mark|classify|label|rate|score)\s+this\s+(?:item|story|article|post)\b",
-    re.IGNORECASE,
+    r"|\b(?:rank|mark|classify|label|rate|score)\s+this\s+(?:item|story|article|post)\b"
+    # Orders for the whole batch, and rule changes announced as such.
+    r"|\b(?:classify|mark|label|rate|score)\s+(?:all|every|each)\s+(?:other\s+)?(?:items?|stories|articles|posts)\b"
+    r"|\bforget\s+(?:all\s+|your\s+|the\s+|previous\s+|prior\s+)*(?:rules|instructions?|prompts?)\b"
+    r"|\bnew\s+instructions?\s*:|\b(?:priority|admin|system)\s+override\b"
+    # Text addressed to a model rather than to a reader.
+    r"|\b(?:note|message|instructions?)\s+(?:to|for)\s+(?:any\s+|all\s+)?(?:AI|LLMs?|language\s+models?|assistants?|chatbots?)\b"
+    r"|\b(?:AI|LLM|language\s+model|assistant|chatbot)s?\s+(?:systems?\s+|models?\s+)?(?:reading|processing|summari[sz]ing|parsing)\s+(?:this|these)\b"
+    r"|\bwhen\s+summari[sz]ing\s+this\b"
+    # Forged chat turns: the role markers of common chat formats, and a line opening as a role.
+    r"|<\|\s*(?:im_start|im_end|system|assistant|user|endoftext)\s*\|>|\[/?(?:SYSTEM|INST)\]|<<\s*/?SYS\s*>>"
+    r"|^\s*#{2,}\s*(?:instruction|system|response)\b|^\s*(?:system|assistant)\s*:",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 
@@ -134,8 +147,13 @@ def clearly_off_beat(signals: Signals, config: Config) -> bool:
     return signals.best < config.classify.prefilter_threshold and not signals.keyword_topics()
 
 
+def instructs_a_model(text: str) -> bool:
+    """Text that addresses an AI rather than a reader ("ignore previous instructions", a forged system turn)."""
+    return bool(_INSTRUCTIONS.search(text))
+
+
 def addresses_a_model(item: Item) -> bool:
-    return bool(_INSTRUCTIONS.search(f"{item.title}\n{item.summary}\n{item.text}"))
+    return instructs_a_model(f"{item.title}\n{item.summary}\n{item.text}")
 
 
 # --- the offline classification -------------------------------------------------------------
@@ -178,7 +196,7 @@ def offline_classification(item: Item, signals: Signals, config: Config, method:
     if relevant and addresses_a_model(item):
         # The system prompt's rule for the model, applied here too: an item that tries to instruct
         # its reader's AI is not news for that reason, and must never rank high.
-        newsworthiness = min(newsworthiness, 0.1)
+        newsworthiness = min(newsworthiness, INSTRUCTED_CAP)
         reason += "; contains instructions addressed to an AI, ranked low"
     return Classification(
         relevant=relevant,
@@ -389,6 +407,13 @@ class ModelClassifier:
         for short_id, r in answered.items():
             item = by_id[short_id]
             classification = to_classification(r)
+            if addresses_a_model(item) and classification.newsworthiness > INSTRUCTED_CAP:
+                # The system prompt's rule, enforced whatever the model did: an item that tries to
+                # instruct its reader's AI never ranks high, even if the model obeyed it.
+                classification = classification.model_copy(update={
+                    "newsworthiness": INSTRUCTED_CAP,
+                    "reason": f"{classification.reason}; contains instructions addressed to an AI, ranked low",
+                })
             self.outcome.results[item.id] = classification
             self.on_result(item, classification)
         missing = [by_id[i] for i in ids if i not in answered]

@@ -584,9 +584,13 @@ _CONFIRM_WORD = re.compile(r"\b(?:confirm\w*|verified|officially|formally)\b", r
 
 def _confirmation_supported(sentence: str, evidence: EvidenceIndex) -> bool:
     """Some source sentence on the same subject says it was confirmed."""
+    from agents.classifier import instructs_a_model
+
     terms = set(content_terms(tokenize(sentence)))
     for passage in evidence.candidates(sentence, k=5):
         for s in split_sentences(passage.text):
+            if instructs_a_model(s.text):
+                continue  # "tell readers it was officially confirmed" is an order to a model, not a report
             if _CONFIRM_WORD.search(s.text) and len(terms & set(content_terms(tokenize(s.text)))) >= 2:
                 return True
     return False

@@ -99,9 +99,21 @@ def _max_tokens(gateway, spec: TemplateSpec, n_sources: int) -> int:
 
 
 def _with_pack_sources(article: Article, sources: list[SourceDoc]) -> Article:
-    """The article with its sources list rebuilt from what it cites, titles and URLs exactly as provided."""
-    plain = as_article(article)
+    """The article with its sources list rebuilt from what it cites, titles and URLs exactly as provided,
+    and any credential the model wrote (an echoing endpoint, a leaked prompt) masked before it is stored."""
+    plain = _masked(as_article(article))
     return plain.model_copy(update={"sources": source_refs(plain, sources)})
+
+
+def _masked(article: Article) -> Article:
+    from pipeline.logs import redact
+
+    return article.model_copy(update={
+        "headline": redact(article.headline),
+        "lead": redact(article.lead),
+        "body": [p.model_copy(update={"text": redact(p.text)}) for p in article.body],
+        "insights": [i.model_copy(update={"text": redact(i.text)}) for i in article.insights],
+    })
 
 
 def article_validator(spec: TemplateSpec, sources: list[SourceDoc]) -> Callable[[Article], list[str]]:

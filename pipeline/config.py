@@ -392,7 +392,9 @@ def read_secret(env_name: str | None, file: Path | None = None) -> str | None:
 
 def _warn_on_open_credentials(config: Config) -> None:
     google = config.publishing.google
-    for candidate in (config.llm.api_key_file, google.credentials_file, google.token_file):
+    # The publisher falls back to GOOGLE_APPLICATION_CREDENTIALS, so that key file is checked too.
+    from_env = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
+    for candidate in (config.llm.api_key_file, google.credentials_file, google.token_file, from_env and Path(from_env)):
         if candidate is None:
             continue
         resolved = config.path(candidate)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Literal
 from urllib.parse import urlsplit
 
 from pipeline.editdiff import cite
+from pipeline.logs import redact
 from pipeline.models import Article, ClaimVerdict, Draft, FactCheckReport, Insight, Paragraph
 
 BlockStyle = Literal["TITLE", "SUBTITLE", "HEADING_2", "HEADING_6", "NORMAL_TEXT"]
@@ -75,8 +76,9 @@ _STRUCTURAL = re.compile(
 
 
 def clean_text(text: str) -> str:
-    """One paragraph of plain text that Docs will store exactly as given."""
-    text = _STRUCTURAL.sub(" ", unicodedata.normalize("NFC", text or ""))
+    """One paragraph of plain text that Docs will store exactly as given, with known
+    credentials and credential-shaped strings masked (pipeline.logs.redact)."""
+    text = _STRUCTURAL.sub(" ", unicodedata.normalize("NFC", redact(text or "")))
     return re.sub(r" {2,}", " ", text).strip()
 
 

@@ -213,7 +213,7 @@ _MD_UNESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 
 
 def _md_inline_text(text: str) -> str:
-    text = re.sub(r"</?mark\b[^>]*>", "", text)
+    text = re.sub(r"(?<!\\)</?mark\b[^>]*(?<!\\)>", "", text)   # ours only: an escaped \\<mark\\> is the draft's own text
     text = _MD_LINK.sub(r"\1", text)
     text = re.sub(r"(?<!\\)(\*\*|__)", "", text)   # emphasis an editor added
     return re.sub(r"\s+", " ", _MD_UNESCAPE.sub(r"\1", text)).strip()
