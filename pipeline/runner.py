@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import time
 import signal
 import threading
@@ -50,6 +51,34 @@ def install_stop_handlers() -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+# Test hook, for tests/test_resume.py only: "<stage>:after" SIGKILLs the process right after
+# <stage> is recorded; "<stage>:commit:<n>" SIGKILLs it just before the n-th ledger commit
+# <stage> makes from the runner's thread (n-1 transactions landed, the n-th is lost).
+# Unset, it costs one environment lookup per stage.
+KILL_AT_ENV = "NEWSDESK_TEST_KILL_AT"
+
+
+def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
+    stage_at, _, point = os.environ.get(KILL_AT_ENV, "").partition(":")
+    if stage_at != stage:
+        return
+    if moment == "after" and point == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif moment == "start" and point.startswith("commit:"):
+        from sqlalchemy import event
+
+        target, thread, reports, commits = int(point.removeprefix("commit:")), threading.get_ident(), len(run.reports), [0]
+
+        def kill_before_commit(_connection) -> None:
+            # Only this stage's own commits count: not the lock's heartbeat thread, not later stages.
+            if threading.get_ident() == thread and len(run.reports) == reports:
+                commits[0] += 1
+                if commits[0] == target:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        event.listen(run.ledger.engine, "commit", kill_before_commit)
 
 
 class StageUnavailable(Exception):
@@ -113,6 +142,7 @@ class Run:
     def run_stage(self, name: str) -> StageReport:
         started = time.perf_counter()
         spend_before = self._llm_totals()
+        _test_kill_hook(self, name, "start")
         try:
             report = stage_function(name)(self)
         except Exception as exc:  # a stage's failure is reported, never a crash of the run
@@ -126,6 +156,7 @@ class Run:
         report.llm_calls, report.tokens, report.cost_usd = max(report.llm_calls, calls), max(report.tokens, tokens), max(report.cost_usd, cost)
         self.reports.append(report)
         self._save(status="running")
+        _test_kill_hook(self, name, "after")
         log.info(
             "stage %s: %d in, %d out, %d error(s), %.2fs",
             name, report.items_in, report.items_out, len(report.errors), report.duration_s,
