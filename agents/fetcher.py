@@ -47,6 +47,7 @@ from pipeline import schema
 from pipeline.config import Config, Feed
 from pipeline.http import FetchError, Fetcher, make_client, read_local_file
 from pipeline.ledger import Ledger
+from pipeline.logs import redact
 from pipeline.models import FeedEntry, Item, ItemState, StageReport, utcnow
 from pipeline.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
 
@@ -652,7 +653,7 @@ class FeedJob:
         self.outcome.stored = 0
         now = utcnow()
         log.warning("source %r: %s", self.feed.name, problem)
-        values = {"last_attempt": now, "last_error": problem[:2000], "last_error_at": now}
+        values = {"last_attempt": now, "last_error": redact(problem)[:2000], "last_error_at": now}
         try:
             with self.ledger.begin() as connection:
                 _upsert_source(connection, self.feed.name, self.shown_location, values, failed=True)

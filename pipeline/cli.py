@@ -65,6 +65,9 @@ def run_locked(config, command: str, stages: list[str]) -> int:
     from pipeline.lock import LockHeld, PipelineLock
     from pipeline.runner import Run
 
+    from pipeline.runner import install_stop_handlers
+
+    install_stop_handlers()  # SIGTERM from cron or systemd: finish the item in hand, release the lock
     ledger = Ledger.from_config(config)
     lock = PipelineLock(ledger, holder=f"run.py {command}")
     try:
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--runs", type=int, default=10, help="how many recent runs to list")
     demo = command("demo", "run the whole pipeline offline on the bundled sample feeds", cmd_demo)
     demo.add_argument("--workspace", default="demo-workspace", help="fresh folder to run in (recreated)")
+    from pipeline.cli_finetune import add_finetune_commands
+
+    add_finetune_commands(command)
     return parser
 
 

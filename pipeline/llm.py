@@ -362,10 +362,13 @@ _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
     """`text` without the given secrets or anything shaped like an OpenAI key."""
+    from pipeline.logs import redact as redact_registered
+
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return _KEY_LIKE.sub("sk-***", text)
+    # Also every secret the CLI registered (Google keys, tokens) and credential shapes.
+    return redact_registered(_KEY_LIKE.sub("sk-***", text))
 
 
 # --- strict schemas ------------------------------------------------------------------------
