@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from pipeline import schema  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.ledger import Ledger, utcnow  # noqa: E402
 from pipeline.models import Classification, Item, Story  # noqa: E402
-from pipeline.store import Store, chunk_id, classification_metadata, item_metadata  # noqa: E402
+from pipeline.store import Store, chunk_id, classification_metadata  # noqa: E402
 from pipeline.tokens import count_tokens  # noqa: E402
 
 TOPICS = ["markets", "regulation", "security", "defi", "infrastructure"]

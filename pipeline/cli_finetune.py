@@ -4,21 +4,18 @@ Wired into `pipeline/cli.py` with the same command factory as the other commands
 
     from pipeline.cli_finetune import add_finetune_commands
     add_finetune_commands(command)
-
-`python -m pipeline.cli_finetune ACTION ...` runs the same commands on their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import DEFAULT_CONFIG, Config, ConfigError, load_config, read_secret
+from pipeline.config import Config, load_config, read_secret
 from pipeline.finetune import (
     activate_writer_model,
     active_writer_model,
@@ -44,7 +41,7 @@ from pipeline.finetune_jobs import (
     recorded_jobs,
     start_job,
 )
-from pipeline.ledger import Ledger, LedgerError
+from pipeline.ledger import Ledger
 from pipeline.llm import LLMError, NoModelConfigured
 from pipeline.logs import register_secret
 from pipeline.prompts import PromptError
@@ -343,30 +340,3 @@ def add_finetune_commands(command: Callable[..., argparse.ArgumentParser]) -> ar
     use.add_argument("model")
     use.add_argument("--force", action="store_true", help="switch even without a good eval")
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.cli_finetune ACTION ...`: the same commands without the rest of run.py."""
-    parser = argparse.ArgumentParser(prog="finetune")
-    root = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, help_text: str, handler):
-        sub = root.add_parser(name, help=help_text)
-        sub.add_argument("--config", default=DEFAULT_CONFIG)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    add_finetune_commands(command)
-    args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.handler(args)
-    except ConfigError as exc:
-        console.print(f"[red]config error[/] {exc}", highlight=False)
-        return 2
-    except LedgerError as exc:
-        console.print(f"[red]ledger error[/] {exc}", highlight=False)
-        return 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -227,7 +227,7 @@ def _max_tokens_in_letter_run(run: str, free_prefix: int = 0) -> int:
         double = 1 + after_multi if i + 2 <= length else 0
         best_if_prev_multi = max(single, double)
         best_if_prev_single = max(single if (pair_free or i == length - 1) else 0, double)
-        after_single, after_multi = next_single, next_multi
+        after_multi = next_multi
         next_single, next_multi = best_if_prev_single, best_if_prev_multi
     return next_multi
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from sqlalchemy import insert, select
 
 from agents.writer import render_writer_prompt, write_draft
-from pipeline import cli_finetune, schema
+from pipeline import cli, cli_finetune, schema
 from pipeline.config import parse_config
 from pipeline.finetune import activate_writer_model, active_writer_model
 from pipeline.finetune_dataset import (
@@ -483,7 +483,7 @@ def test_a_failed_job_shows_the_providers_error(config, ledger, client, tmp_path
         mock.get("/fine_tuning/jobs/ftjob-1").respond(200, json=failed)
         mock.get("/fine_tuning/jobs/ftjob-1/events").respond(200, json=events_page(
             event(1, "Validating training file"), event(2, "Training file has 1 invalid example")))
-        code = cli_finetune.main(["status", "ftjob-1", "--config", str(tmp_path / "config.toml")])
+        code = cli.main(["finetune", "status", "ftjob-1", "--config", str(tmp_path / "config.toml")])
 
     text = out.getvalue()
     assert code == 1
@@ -605,14 +605,14 @@ def test_cli_build_and_use(tmp_path, monkeypatch):
     out = io.StringIO()
     monkeypatch.setattr(cli_finetune, "console", Console(file=out, width=200))
     cfg = str(tmp_path / "config.toml")
-    assert cli_finetune.main(["build", "--config", cfg]) == 0
+    assert cli.main(["finetune", "build", "--config", cfg]) == 0
     dataset = dataset_dir(make_config(tmp_path))
     assert f"written to {dataset}" in out.getvalue()
     assert "estimated cost" in out.getvalue() and "3 epochs" in out.getvalue()
-    assert cli_finetune.main(["use", CANDIDATE, "--config", cfg]) == 1
+    assert cli.main(["finetune", "use", CANDIDATE, "--config", cfg]) == 1
     assert "not switched: no eval" in out.getvalue()
-    assert cli_finetune.main(["use", CANDIDATE, "--force", "--config", cfg]) == 0
-    assert cli_finetune.main(["status", "--config", cfg]) == 0
+    assert cli.main(["finetune", "use", CANDIDATE, "--force", "--config", cfg]) == 0
+    assert cli.main(["finetune", "status", "--config", cfg]) == 0
     assert f"writer model: {CANDIDATE} (active in the ledger); eval: forced" in out.getvalue()
 
 
@@ -628,7 +628,7 @@ def test_cli_eval_through_the_sdk_then_use(tmp_path, monkeypatch, allow_model_re
     cfg = str(tmp_path / "config.toml")
     out = io.StringIO()
     monkeypatch.setattr(cli_finetune, "console", Console(file=out, width=220))
-    assert cli_finetune.main(["build", "--config", cfg]) == 0
+    assert cli.main(["finetune", "build", "--config", cfg]) == 0
     directory = dataset_dir(make_config(tmp_path))
     answers = {}
     for line in (directory / "valid.jsonl").read_text().splitlines():
@@ -646,7 +646,7 @@ def test_cli_eval_through_the_sdk_then_use(tmp_path, monkeypatch, allow_model_re
     with FakeOpenAIServer(reply=reply) as server:
         with open(cfg, "a") as handle:
             handle.write(f'[llm]\nbase_url = "{server.base_url}"\n')
-        assert cli_finetune.main(["eval", CANDIDATE, "--config", cfg]) == 0
+        assert cli.main(["finetune", "eval", CANDIDATE, "--config", cfg]) == 0
         models = [r.body["model"] for r in server.chat_requests]
     assert models.count(CANDIDATE) == 3 and models.count(BASE) == 6  # one repair round for each base draft
 
@@ -660,6 +660,6 @@ def test_cli_eval_through_the_sdk_then_use(tmp_path, monkeypatch, allow_model_re
         job_eval = connection.execute(select(schema.finetune_jobs.c.eval)).scalar_one()
     assert job_eval["at_least_as_good"] is True and job_eval["file"] == str(saved[0])
 
-    assert cli_finetune.main(["use", CANDIDATE, "--config", cfg]) == 0
+    assert cli.main(["finetune", "use", CANDIDATE, "--config", cfg]) == 0
     assert f"writer model is now {CANDIDATE} (was {BASE})" in out.getvalue()
     ledger.close()
