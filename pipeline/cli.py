@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sqlalchemy.exc import OperationalError
+
 from pipeline.config import DEFAULT_CONFIG, ConfigError, load_config
 from pipeline.ledger import LedgerError
 from pipeline.logs import register_credentials_file, register_secret, setup_logging
@@ -19,6 +21,7 @@ log = logging.getLogger("newsdesk.cli")
 
 def _config(args):
     config = load_config(args.config)
+    args._loaded_config = config   # for the error messages in main()
     _register_secrets(config)
     return config
 
@@ -52,6 +55,13 @@ def print_reports(reports, title: str = "Run summary") -> None:
         table.add_row(r.stage, str(r.items_in), str(r.items_out), str(len(r.errors)), str(r.llm_calls), str(r.tokens), f"{r.cost_usd:.4f}", f"{r.duration_s:.2f}")
     console.print(table)
     for r in reports:
+        details = {k: v for k, v in r.notes.items() if not str(k).startswith(("link ", "calls ", "edit_rate "))}
+        if details:
+            console.print(f"{r.stage}: " + ", ".join(f"{k} {v}" for k, v in details.items()), highlight=False, soft_wrap=True)
+        for key, value in r.notes.items():
+            if str(key).startswith("link "):  # published documents: where editors find them
+                console.print(f"  {value}", highlight=False, soft_wrap=True)
+    for r in reports:
         for error in r.errors[:20]:
             console.print(f"[red]{r.stage}:[/] {error}", markup=True, highlight=False, soft_wrap=True)
         if len(r.errors) > 20:
@@ -62,9 +72,7 @@ def run_locked(config, command: str, stages: list[str]) -> int:
     """Run stages under the single-instance lock; 0 when every stage succeeded, 1 otherwise."""
     from pipeline.ledger import Ledger
     from pipeline.lock import LockHeld, PipelineLock
-    from pipeline.runner import Run
-
-    from pipeline.runner import install_stop_handlers
+    from pipeline.runner import Run, install_stop_handlers
 
     install_stop_handlers()  # SIGTERM from cron or systemd: finish the item in hand, release the lock
     ledger = Ledger.from_config(config)
@@ -189,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except LedgerError as exc:
         console.print(f"[red]ledger error[/] {exc}", highlight=False)
+        return 3
+    except OperationalError as exc:   # the ledger was busy or the disk full outside any stage
+        from pipeline.ledger import describe_operational_error
+
+        config = getattr(args, "_loaded_config", None)
+        url = config.ledger_url if config is not None else "the configured ledger"
+        busy = config.ledger.busy_timeout_s if config is not None else None
+        console.print(f"[red]ledger error[/] {describe_operational_error(exc, url, busy)}", highlight=False)
         return 3
     except KeyboardInterrupt:
         console.print("interrupted")
