@@ -379,6 +379,7 @@ class FeedOutcome:
     not_modified: bool = False
     pages_fetched: int = 0
     pages_failed: int = 0
+    updated: int = 0
     error: str | None = None
 
 
@@ -408,6 +409,7 @@ class FeedJob:
         self.shown_location = without_credentials(self.location)
         self.outcome = FeedOutcome(feed.name)
         self._validators: tuple[str | None, str | None] | None = None
+        self._revisits: list[FeedEntry] = []   # entries already in the ledger from an earlier run
 
     async def run_job(self) -> FeedOutcome:
         try:
@@ -489,6 +491,9 @@ class FeedJob:
             item_id = stable_id(entry.canonical_url)
             if {entry.canonical_url, item_id} & (known | self.run.claimed_urls):
                 self.outcome.duplicates_url += 1
+                if {entry.canonical_url, item_id} & known and not {entry.canonical_url, item_id} & self.run.claimed_urls:
+                    self._revisits.append(entry)   # maybe the source changed it since: see _record_updates
+                    self.run.claimed_urls |= {entry.canonical_url, item_id}
                 continue
             self.run.claimed_urls |= {entry.canonical_url, item_id}
             fresh.append(entry)
@@ -643,10 +648,70 @@ class FeedJob:
             with self.ledger.begin() as connection:
                 if rows:
                     connection.execute(insert(schema.items), rows)
+                updated = self._record_updates(connection, when)
                 _upsert_source(connection, self.feed.name, self.shown_location, values, added=len(rows))
         except SQLAlchemyError as exc:
             raise FeedFailure(f"could not write to the ledger: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
         self.outcome.stored = len(rows)
+        self.outcome.updated = updated
+
+    def _record_updates(self, connection: Connection, when: datetime) -> int:
+        """Entries seen before whose title or text the source has since changed.
+
+        The stored item takes the new wording in place (one item per URL, never
+        a second one), is re-indexed, and says so in state_reason. If its story
+        was already drafted, the item joins the story's late list, so the
+        editor learns the draft is behind the source; the draft is not redone.
+        Only content is compared, never times, so a clock that jumped (ours or
+        the source's) neither hides an update nor invents one.
+        """
+        if not self._revisits:
+            return 0
+        items = schema.items
+        ids = {stable_id(e.canonical_url): e for e in self._revisits}
+        by_url = {e.canonical_url: e for e in self._revisits}
+        rows = connection.execute(
+            select(items.c.id, items.c.canonical_url, items.c.source, items.c.title, items.c.summary, items.c.text,
+                   items.c.text_origin, items.c.content_hash, items.c.story_key)
+            .where(items.c.id.in_(list(ids)) | items.c.canonical_url.in_(list(by_url)))
+        ).all()
+        updated = 0
+        for row in rows:
+            entry = ids.get(row.id) or by_url.get(row.canonical_url)
+            if entry is None or row.source != self.feed.name:
+                continue   # another outlet's copy of the link: theirs to update
+            new_text = max(entry.content, entry.summary, key=len) or entry.title
+            changes: dict[str, Any] = {}
+            if entry.title and entry.title != row.title:
+                changes["title"] = entry.title
+            if entry.summary != row.summary:
+                changes["summary"] = entry.summary
+            if row.text_origin == "feed" and new_text and content_hash(new_text) != row.content_hash:
+                changes.update(text=new_text, content_hash=content_hash(new_text))
+            if not changes:
+                continue
+            drafted = False
+            if row.story_key:
+                story = connection.execute(
+                    select(schema.stories.c.state, schema.stories.c.late_item_ids).where(schema.stories.c.key == row.story_key)
+                ).first()
+                if story is not None and story.state != "new":
+                    drafted = True
+                    late = list(story.late_item_ids or [])
+                    if row.id not in late:
+                        connection.execute(
+                            update(schema.stories).where(schema.stories.c.key == row.story_key)
+                            .values(late_item_ids=[*late, row.id], updated=when)
+                        )
+            note = f"updated by {self.feed.name} at {when:%Y-%m-%d %H:%M} UTC ({', '.join(sorted(changes))} changed)"
+            if drafted:
+                note += "; its story was already drafted: listed with the story's late items for the editor"
+            connection.execute(
+                update(items).where(items.c.id == row.id)
+                .values(**changes, chunk_count=None, state_reason=note, updated=when)
+            )
+            updated += 1
+        return updated
 
     def _record_failure(self, problem: str) -> None:
         self.outcome.error = problem
@@ -758,6 +823,7 @@ def _report(outcomes: list[FeedOutcome], started: float, requests: int) -> Stage
             "entries_over_limit": sum(o.over_limit for o in outcomes),
             "pages_fetched": sum(o.pages_fetched for o in outcomes),
             "pages_failed": sum(o.pages_failed for o in outcomes),
+            "updated_at_source": sum(o.updated for o in outcomes),
             "http_requests": requests,
         },
     )

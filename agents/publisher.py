@@ -30,6 +30,7 @@ write quota (60 writes per minute per user).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -40,6 +41,7 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline import schema
 from pipeline.config import Config
@@ -56,6 +58,8 @@ from pipeline.gdocs import (
 from pipeline.ledger import Ledger, stable_hash, utcnow
 from pipeline.models import Article, Draft, DraftState, FactCheckReport, StageReport
 from pipeline.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
+
+log = logging.getLogger("newsdesk.publisher")
 
 SCOPES = ["https://www.googleapis.com/auth/documents", "https://www.googleapis.com/auth/drive"]
 DOC_MIME = "application/vnd.google-apps.document"
@@ -143,11 +147,17 @@ def _mark_published(ledger: Ledger, draft_id: str, target: str, doc_id: str, url
 
 
 def _note_failure(ledger: Ledger, draft_id: str, reason: str) -> None:
-    """The draft stays where it was; the reason shows in status until a later run succeeds."""
-    with ledger.begin() as connection:
-        connection.execute(
-            update(schema.drafts).where(schema.drafts.c.id == draft_id).values(state_reason=reason[:2000], updated=utcnow())
-        )
+    """The draft stays where it was; the reason shows in status until a later run succeeds.
+
+    Best effort: when the ledger cannot take even this (a full disk), the draft is
+    still where it was and the reason is in the stage report and the log."""
+    try:
+        with ledger.begin() as connection:
+            connection.execute(
+                update(schema.drafts).where(schema.drafts.c.id == draft_id).values(state_reason=reason[:2000], updated=utcnow())
+            )
+    except SQLAlchemyError as exc:
+        log.error("draft %s: %s; the reason could not be recorded in the ledger: %s", draft_id, reason, _first_line(exc))
 
 
 def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float) -> None:

@@ -55,6 +55,7 @@ def alembic_config(connection: Connection) -> AlembicConfig:
 class Ledger:
     def __init__(self, url: str, busy_timeout_s: float = 10.0, migrate: bool = True) -> None:
         self.url = url
+        self.busy_timeout_s = busy_timeout_s
         self.engine = make_engine(url, busy_timeout_s)
         if migrate:
             self.migrate()
@@ -112,6 +113,18 @@ def make_engine(url: str, busy_timeout_s: float = 10.0) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def describe_operational_error(exc: OperationalError, url: str, busy_timeout_s: float | None = None) -> str:
+    """A ledger failure in the words an operator acts on: busy (another process writes), full disk, or as is."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    where = redact_url(url)
+    if "locked" in reason.lower() or "busy" in reason.lower():
+        waited = f"waited ledger.busy_timeout_s = {busy_timeout_s:g}s; " if busy_timeout_s is not None else ""
+        return f"the ledger at {where} is busy: another process holds its write lock ({waited}try again when it is done)"
+    if "full" in reason.lower():
+        return f"cannot write the ledger at {where}: the disk is full ({reason}); nothing was half-written, free space and run again"
+    return f"the ledger at {where} failed: {reason}"
 
 
 def redact_url(url: str) -> str:

@@ -83,12 +83,15 @@ class PipelineLock:
         with _registry_lock:
             if self.is_held:
                 return
+            # Each try already waits up to the busy timeout: retry within that budget, not 20 times over it.
+            give_up_at = time.monotonic() + getattr(self.ledger, "busy_timeout_s", 10.0)
             for attempt in range(_CONTENTION_RETRIES):
                 try:
                     if self._try_acquire():
                         break
                 except OperationalError as exc:
-                    if "locked" not in str(exc).lower() or attempt == _CONTENTION_RETRIES - 1:
+                    last = attempt == _CONTENTION_RETRIES - 1 or time.monotonic() >= give_up_at
+                    if "locked" not in str(exc).lower() or last:
                         raise
                 time.sleep(0.02 * (attempt + 1))
             else:
