@@ -8,9 +8,10 @@ resumes what the killed one left:
 * boundaries and the non-LLM middles are hit with the runner's test hook
   (NEWSDESK_TEST_KILL_AT: "<stage>:after", or "<stage>:commit:<n>" = just before the
   stage's n-th ledger commit);
-* the LLM middles are hit by observation: the fake OpenAI-compatible server answers some
-  requests and holds the rest unanswered, and the test kills the run once the ledger shows
-  the answered ones were recorded and cached.
+* the LLM middles are hit with the fake OpenAI-compatible server answering some requests
+  and holding the rest unanswered: the test kills the run once the ledger shows the answered
+  ones recorded and cached (draft, check), or the hook kills it between the commits that
+  follow the one answer it got (classify).
 
 Then one run finishes everything and a last run over the unchanged feeds must do nothing.
 The chain runs once per module (about 40 s on two cores); the tests below check its record.
@@ -176,6 +177,7 @@ class Outcome:
     calls: list[tuple]    # llm_calls rows of this run: (role, cache_hit, outcome, prompt)
     outbox: list[str]
     requests: list[Request]
+    output: str           # what the run printed
 
 
 @dataclass
@@ -231,8 +233,7 @@ class Chain:
             "select role, cache_hit, outcome, prompt from llm_calls where id > ? order by id", first_call
         )
         outcome = Outcome(step, process.returncode, before, self.ledger.snapshot(), calls, self.outbox(),
-                          self.model.log[first_request:])
-        outcome.output = output  # type: ignore[attr-defined]
+                          self.model.log[first_request:], output)
         self.outcomes.append(outcome)
         return outcome
 
