@@ -45,7 +45,7 @@ def _api_key(config):
     return read_secret(config.llm.api_key_env, key_file)
 
 
-def print_reports(reports, title: str = "Run summary") -> None:
+def print_reports(reports, title: str = "Run summary", links: bool = True) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -58,7 +58,7 @@ def print_reports(reports, title: str = "Run summary") -> None:
         details = {k: v for k, v in r.notes.items() if not str(k).startswith(("link ", "calls ", "edit_rate "))}
         if details:
             console.print(f"{r.stage}: " + ", ".join(f"{k} {v}" for k, v in details.items()), highlight=False, soft_wrap=True)
-        for key, value in r.notes.items():
+        for key, value in r.notes.items() if links else ():
             if str(key).startswith("link "):  # published documents: where editors find them
                 console.print(f"  {value}", highlight=False, soft_wrap=True)
     for r in reports:

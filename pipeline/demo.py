@@ -49,7 +49,7 @@ def run_demo(workspace: Path, console: Console) -> int:
 
     from pipeline.cli import print_reports
 
-    print_reports(reports, title="Demo stages")
+    print_reports(reports, title="Demo stages", links=False)  # the summary lists the drafts
     console.print(demo_summary(run, {r.stage: r for r in reports}, config), highlight=False, soft_wrap=True)
     console.print(f"time taken: {time.perf_counter() - started:.1f}s")
     console.print(f"next: python run.py status --config {workspace / 'config.toml'}", soft_wrap=True, highlight=False)
