@@ -319,7 +319,8 @@ class ModelClassifier:
         self.config = config
         self.gateway = gateway
         self.prompts = prompts
-        self.on_result = on_result or (lambda item, classification: None)
+        # Called once per answered batch with [(item, classification), ...], so a batch is saved whole.
+        self.on_result = on_result or (lambda results: None)
         self.stop_requested = stop_requested
         self.model = gateway.model_for("classifier")
         self.topics = [SimpleNamespace(name=t.name, description=t.description, keywords=t.keywords) for t in config.topics]
@@ -404,6 +405,7 @@ class ModelClassifier:
                 self._fail(self._halted or str(exc), batch)
                 return []
             return batch
+        found = []
         for short_id, r in answered.items():
             item = by_id[short_id]
             classification = to_classification(r)
@@ -415,7 +417,9 @@ class ModelClassifier:
                     "reason": f"{classification.reason}; contains instructions addressed to an AI, ranked low",
                 })
             self.outcome.results[item.id] = classification
-            self.on_result(item, classification)
+            found.append((item, classification))
+        if found:
+            self.on_result(found)
         missing = [by_id[i] for i in ids if i not in answered]
         if len(batch) == 1 and missing:
             self._fail(problem, missing)  # already asked alone: it waits for the next run
@@ -461,16 +465,23 @@ def known_classifications(ledger: Ledger, hashes: list[str], topic_names: list[s
     return known
 
 
-def save(ledger: Ledger, store, item: Item, classification: Classification) -> None:
-    state = ItemState.classified if classification.relevant else ItemState.irrelevant
-    # Chroma first: if it fails the item stays `fetched` and is classified again (from the cache) next run.
-    store.set_classification(item.id, classification)
+def save(ledger: Ledger, store, results: list[tuple[Item, Classification]]) -> None:
+    """Store classifications: Chroma metadata first, then the ledger in ONE transaction.
+
+    If Chroma fails, the items stay `fetched` and are classified again next run (from the
+    cache). One transaction per answered batch means a kill mid-way never leaves half a
+    batch saved, which would make the next run batch differently and miss the cache.
+    """
+    for item, classification in results:
+        store.set_classification(item.id, classification)
     with ledger.begin() as connection:
-        connection.execute(
-            update(schema.items)
-            .where(schema.items.c.id == item.id, schema.items.c.state == ItemState.fetched.value)
-            .values(classification=classification.model_dump(mode="json"), state=state.value, updated=utcnow())
-        )
+        for item, classification in results:
+            state = ItemState.classified if classification.relevant else ItemState.irrelevant
+            connection.execute(
+                update(schema.items)
+                .where(schema.items.c.id == item.id, schema.items.c.state == ItemState.fetched.value)
+                .values(classification=classification.model_dump(mode="json"), state=state.value, updated=utcnow())
+            )
 
 
 # --- the stage ------------------------------------------------------------------------------
@@ -495,16 +506,22 @@ def classify_pending(run) -> StageReport:
     decided: dict[str, Classification] = {}
     saved: set[str] = set()
 
-    def keep(item: Item, classification: Classification) -> None:
-        """Save an item and its twins the moment its classification is known."""
-        for twin in twins[item.content_hash]:
+    def keep_all(results: list[tuple[Item, Classification]]) -> None:
+        """Save items and their twins the moment their classifications are known, a batch at a time."""
+        pairs = [(twin, classification) for item, classification in results for twin in twins[item.content_hash]]
+        for twin, classification in pairs:
             decided[twin.id] = classification
-            try:
-                save(ledger, store, twin, classification)
-            except Exception as exc:  # noqa: BLE001 - one item's storage failure must not stop the rest
-                report.errors.append(f"item {twin.id}: could not store its classification: {type(exc).__name__}: {exc}")
-                continue
-            saved.add(twin.id)
+        try:
+            save(ledger, store, pairs)
+        except Exception as exc:  # noqa: BLE001 - one batch's storage failure must not stop the rest
+            report.errors.append(
+                f"{len(pairs)} item(s) could not store their classification: {type(exc).__name__}: {exc}"
+            )
+            return
+        saved.update(twin.id for twin, _ in pairs)
+
+    def keep(item: Item, classification: Classification) -> None:
+        keep_all([(item, classification)])
 
     for digest in reused:
         keep(twins[digest][0], reused[digest])
@@ -524,7 +541,7 @@ def classify_pending(run) -> StageReport:
     if to_model:
         before = gateway.totals_by_stage.get("classify")
         calls_before = (before.calls, before.tokens, before.cost_usd) if before else (0, 0, 0.0)
-        classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep,
+        classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep_all,
                                      stop_requested=lambda: run.stop_requested)
         outcome = run.run_async(classifier.classify(to_model))
         after = gateway.totals_by_stage.get("classify")

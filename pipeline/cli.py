@@ -70,30 +70,17 @@ def print_reports(reports, title: str = "Run summary", links: bool = True) -> No
 
 def run_locked(config, command: str, stages: list[str]) -> int:
     """Run stages under the single-instance lock; 0 when every stage succeeded, 1 otherwise."""
-    from pipeline.ledger import Ledger
-    from pipeline.lock import LockHeld, PipelineLock
-    from pipeline.runner import Run, install_stop_handlers
+    from pipeline.lock import LockHeld
+    from pipeline.runner import install_stop_handlers, run_locked as locked
 
     install_stop_handlers()  # SIGTERM from cron or systemd: finish the item in hand, release the lock
-    ledger = Ledger.from_config(config)
-    lock = PipelineLock(ledger, holder=f"run.py {command}")
     try:
-        lock.acquire()
+        run = locked(config, f"run.py {command}", stages)
     except LockHeld as exc:
         console.print(f"[yellow]not started:[/] {exc}", highlight=False)
         return 75  # EX_TEMPFAIL: cron may simply try again next time
-    try:
-        run = Run(config, command=command, ledger=ledger)
-        try:
-            reports = run.run_stages(stages)
-        except BaseException as exc:
-            run.finish(error=f"{type(exc).__name__}: {exc}")
-            raise
-        status = run.finish()
-    finally:
-        lock.release()
-    print_reports(reports, title=f"Run {run.id} ({status})")
-    return 0 if status == "ok" else 1
+    print_reports(run.reports, title=f"Run {run.id} ({run.status})")
+    return 0 if run.status == "ok" else 1
 
 
 def cmd_stage(args) -> int:

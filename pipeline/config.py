@@ -111,7 +111,7 @@ class LLM(Section):
     organization: str | None = None
     timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0, le=10)
-    concurrency: int = Field(default=4, ge=1, le=64)
+    concurrency: int = Field(default=8, ge=1, le=64)
     repair_rounds: int = Field(default=1, ge=0, le=5)
     structured_output: Literal["auto", "json_schema", "json_object"] = "auto"
     run_budget_usd: float = Field(default=5.0, ge=0)

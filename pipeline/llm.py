@@ -34,8 +34,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence, TypeVar
 
 from pydantic import BaseModel, RootModel, ValidationError
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, insert, select
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from pipeline import schema as tables
@@ -632,9 +631,9 @@ class Gateway:
                 )
             obj, errors = self._validate(reply.content or "", schema, validators)
             if obj is not None and not errors:
-                self._record(context, request_hash, sent, reply.content, "ok", reply=reply)
-                if use_cache:
-                    self._cache_put(cache_key, model, reply)
+                # The call's row and its cache entry land together: a kill between them would pay twice.
+                self._record(context, request_hash, sent, reply.content, "ok", reply=reply,
+                             cache_key=cache_key if use_cache else None)
                 return obj
             self._record(context, request_hash, sent, reply.content, "invalid", reply=reply, error="; ".join(errors))
             last_errors, last_obj = errors, obj if obj is not None else last_obj
@@ -792,6 +791,7 @@ class Gateway:
         cache_hit: bool = False,
         error: str | None = None,
         latency_ms: float | None = None,
+        cache_key: str | None = None,
     ) -> None:
         prompt_tokens = reply.prompt_tokens if reply else 0
         completion_tokens = reply.completion_tokens if reply else 0
@@ -823,6 +823,8 @@ class Gateway:
         }
         with self.ledger.begin() as connection:
             connection.execute(insert(tables.llm_calls).values(**row))
+            if cache_key is not None and reply is not None:
+                _cache_upsert(connection, cache_key, context.model, reply)
 
     def _spent_in_ledger(self) -> float:
         if self.run_id is None:
@@ -842,22 +844,27 @@ class Gateway:
             ).first()
         return None if row is None else row[0]
 
-    def _cache_put(self, key: str, model: str, reply: ModelReply) -> None:
-        values = {
-            "model": model,
-            "response": reply.content or "",
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "created": utcnow(),
-        }
-        try:
-            with self.ledger.begin() as connection:
-                connection.execute(insert(tables.llm_cache).values(request_hash=key, **values))
-        except IntegrityError:  # the same request finished twice concurrently
-            with self.ledger.begin() as connection:
-                connection.execute(
-                    update(tables.llm_cache).where(tables.llm_cache.c.request_hash == key).values(**values)
-                )
+
+def _cache_upsert(connection, key: str, model: str, reply: ModelReply) -> None:
+    """Insert or refresh a cache entry in one statement (the same request may finish twice concurrently)."""
+    values = {
+        "model": model,
+        "response": reply.content or "",
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "created": utcnow(),
+    }
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        connection.execute(delete(tables.llm_cache).where(tables.llm_cache.c.request_hash == key))
+        connection.execute(insert(tables.llm_cache).values(request_hash=key, **values))
+        return
+    statement = upsert(tables.llm_cache).values(request_hash=key, **values)
+    connection.execute(statement.on_conflict_do_update(index_elements=["request_hash"], set_=values))
 
 
 @dataclass

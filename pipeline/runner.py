@@ -40,6 +40,19 @@ STAGES: dict[str, str] = {name: f"pipeline.stages:{name}" for name in STAGE_ORDE
 STOP = threading.Event()
 
 
+def close_abandoned_runs(ledger: Ledger) -> int:
+    """Mark runs still 'running' as interrupted: their processes were killed or crashed.
+
+    Call only while holding the pipeline lock, when no other run of this ledger can be alive.
+    """
+    with ledger.begin() as connection:
+        return connection.execute(
+            update(schema.runs)
+            .where(schema.runs.c.status == "running")
+            .values(status="interrupted", ended=utcnow(), error="the process ended without finishing this run (killed or crashed)")
+        ).rowcount
+
+
 def install_stop_handlers() -> None:
     """SIGTERM and SIGINT ask the run to stop at the next item boundary; a second signal exits at once."""
 
@@ -102,6 +115,7 @@ class Run:
     ledger: Ledger | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     reports: list[StageReport] = field(default_factory=list)
+    status: str = "running"
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -181,6 +195,10 @@ class Run:
             status = "ok" if all(r.ok for r in self.reports) else "failed"
         self._save(status=status, ended=utcnow(), error=redact(error) if error else None)
         if "gateway" in self.__dict__:
+            if "loop" in self.__dict__:
+                # The provider client was made on the run's loop; close it there, or its
+                # connections are collected later on another loop ("Event loop is closed").
+                self.loop.run_until_complete(self.gateway.aclose())
             self.gateway.close()
         if "loop" in self.__dict__:
             self.loop.close()
@@ -196,3 +214,28 @@ class Run:
             return 0, 0, 0.0
         totals = self.gateway.totals
         return totals.calls, totals.tokens, totals.cost_usd
+
+
+def run_locked(config: Config, command: str, stages: list[str], ledger: Ledger | None = None) -> Run:
+    """Run stages under the pipeline lock (raises LockHeld when another run holds it).
+
+    Taking the lock proves no other run of this ledger is alive, so runs left
+    'running' by killed processes are closed as interrupted first.
+    """
+    from pipeline.lock import PipelineLock
+
+    ledger = ledger or Ledger.from_config(config)
+    lock = PipelineLock(ledger, holder=command)
+    lock.acquire()
+    try:
+        close_abandoned_runs(ledger)
+        run = Run(config, command=command, ledger=ledger)
+        try:
+            run.run_stages(stages)
+        except BaseException as exc:
+            run.status = run.finish(error=f"{type(exc).__name__}: {exc}")
+            raise
+        run.status = run.finish()
+        return run
+    finally:
+        lock.release()

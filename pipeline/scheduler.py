@@ -37,31 +37,18 @@ EX_TEMPFAIL = 75
 
 def run_job(config_path: str, job_name: str) -> str:
     """One scheduled job: load the config afresh, run its stages under the lock, return the run status."""
-    from pipeline.ledger import Ledger
-    from pipeline.lock import LockHeld, PipelineLock
-    from pipeline.runner import Run
+    from pipeline.lock import LockHeld
+    from pipeline.runner import run_locked
 
     config = load_config(config_path)
     job = config.schedule.jobs[job_name]
-    ledger = Ledger.from_config(config)
-    lock = PipelineLock(ledger, holder=f"schedule job {job_name}")
     try:
-        lock.acquire()
+        run = run_locked(config, f"schedule:{job_name}", list(job.stages))
     except LockHeld as exc:
         log.warning("job %s skipped: %s", job_name, exc)
         return "skipped"
-    try:
-        run = Run(config, command=f"schedule:{job_name}", ledger=ledger)
-        try:
-            run.run_stages(list(job.stages))
-        except BaseException as exc:
-            run.finish(error=f"{type(exc).__name__}: {exc}")
-            raise
-        status = run.finish()
-        log.info("job %s finished: %s", job_name, status, extra={"run_id": run.id, "event": "job_done"})
-        return status
-    finally:
-        lock.release()
+    log.info("job %s finished: %s", job_name, run.status, extra={"run_id": run.id, "event": "job_done"})
+    return run.status
 
 
 def trigger(cron: str, timezone: str) -> CronTrigger:

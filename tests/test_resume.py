@@ -461,20 +461,12 @@ def test_paid_answers_are_never_bought_again(chain, role):
     assert max(paid.values()) == 1, f"{sum(n - 1 for n in paid.values())} {role} answer(s) bought twice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bugs, see the test's docstring: the gateway records a paid answer before caching it, "
-    "and the classifier saves a batch's items one transaction at a time",
-)
 def test_paid_classifications_are_never_bought_again(chain):
     """Each item goes to the model in exactly one paid request, whatever the point of a kill.
 
-    Fails today at two kill points of the chain (the fixes are in the lead's report):
-    * pipeline/llm.py Gateway.call writes the llm_calls row and the llm_cache row in two
-      transactions, the row first: killed between them, the rerun pays for the batch again;
-    * agents/classifier.py saves each item of an answered batch in its own transaction: killed
-      half way, the rerun batches the remaining items differently, the cache misses, and the
-      unsaved items of the batch are paid for again.
+    Two kill points of the chain catch what used to pay twice: between the llm_calls row and
+    its cache entry (now one transaction), and half way through saving an answered batch
+    (now one transaction per batch).
     """
     paid = paid_calls(chain, "classifier")
     assert paid and max(Counter(paid).values()) == 1
