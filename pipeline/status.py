@@ -103,6 +103,28 @@ def stories_table(ledger: Ledger, limit: int = 10) -> Table:
     return table
 
 
+def late_sources_table(ledger: Ledger, limit: int = 10) -> Table:
+    """Drafted stories that new sources joined afterwards: the editor decides whether to update the draft."""
+    table = Table(title="New sources since the draft", title_justify="left")
+    for column in ("story", "title", "new sources"):
+        table.add_column(column, overflow="fold")
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.stories.c.key, schema.stories.c.title, schema.stories.c.late_item_ids)
+            .where(schema.stories.c.state != "new")
+            .order_by(schema.stories.c.updated.desc())
+        ).all()
+        late = [(key, title, ids) for key, title, ids in rows if ids][:limit]
+        titles = dict(
+            connection.execute(
+                select(schema.items.c.id, schema.items.c.source).where(schema.items.c.id.in_([i for _, _, ids in late for i in ids]))
+            ).all()
+        ) if late else {}
+    for key, title, ids in late:
+        table.add_row(key, title[:70], ", ".join(titles.get(i, i) for i in ids))
+    return table
+
+
 def publications_table(ledger: Ledger, limit: int = 10) -> Table:
     table = Table(title="Published drafts", title_justify="left")
     for column in ("when", "state", "headline", "link"):
@@ -183,6 +205,7 @@ def show_status(config: Config, console: Console | None = None, runs: int = 10) 
     console.print(classification_table(ledger))
     console.print(stories_table(ledger))
     console.print(state_table(ledger, "Drafts by state", schema.drafts))
+    console.print(late_sources_table(ledger))
     console.print(publications_table(ledger))
     console.print(edit_rate_table(ledger))
     console.print(spend_table(ledger, config))

@@ -98,3 +98,21 @@ def test_more_independent_sources_rank_higher_all_else_equal(classified):
     wide = score_group(Group(key="a", members=members), classified.config, now=when + timedelta(hours=1))
     narrow = score_group(Group(key="b", members=members[:1]), classified.config, now=when + timedelta(hours=1))
     assert wide > narrow
+
+
+def test_status_shows_the_editor_which_drafted_stories_gained_sources(classified):
+    from rich.console import Console
+
+    from pipeline.status import late_sources_table
+
+    with classified.ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.stories.c.key, schema.stories.c.late_item_ids).where(schema.stories.c.state == "drafted")).all()
+    late = [(k, ids) for k, ids in rows if ids]
+    assert late, "the previous test left one drafted story with a late source"
+    console = Console(record=True, width=200)
+    console.print(late_sources_table(classified.ledger))
+    text = console.export_text()
+    assert late[0][0] in text
+    with classified.ledger.engine.connect() as connection:
+        outlet = connection.execute(select(schema.items.c.source).where(schema.items.c.id == late[0][1][0])).scalar_one()
+    assert outlet in text
