@@ -114,10 +114,20 @@ def draft_stories(run) -> StageReport:
         except Exception as exc:
             report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
 
-    async def write_all():
-        return await asyncio.gather(*(_write(p, gateway, store.embed) for p in prepared), return_exceptions=True)
+    from pipeline.progress import progress
 
-    results = run.run_async(write_all())
+    with progress(run, "draft: writing stories", total=len(prepared)) as advance:
+
+        async def write_one(item: PreparedStory):
+            try:
+                return await _write(item, gateway, store.embed)
+            finally:
+                advance()
+
+        async def write_all():
+            return await asyncio.gather(*(write_one(p) for p in prepared), return_exceptions=True)
+
+        results = run.run_async(write_all())
     states: dict[str, int] = {}
     for item, result in zip(prepared, results):
         if isinstance(result, BaseException):
