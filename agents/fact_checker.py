@@ -4,31 +4,39 @@ The draft's sections (headline, lead, body paragraphs, insights) are rendered
 into one canonical text, joined with a blank line, and split into sentences
 that keep their offsets into it. Then:
 
-1. Claims. With a model (role "claims", several sentences per call) each
-   sentence becomes atomic, self-contained claims pointing back to its span;
-   without one, each sentence is one claim.
-2. Evidence. The story's sources (title + packed text) are indexed as
-   overlapping windows of `factcheck.window_sentences` sentences. A claim's
-   candidate windows are ranked by BM25, exact matches on its figures, dates
-   and names, and (when an embedding function is given) cosine similarity.
-3. Judge. With a model (role "judge", `factcheck.claims_per_call` claims per
-   call), each claim gets supported / contradicted / unverifiable, a source
-   number and a quoted span. A quote that is not verbatim in the cited source
-   does not count. A claim is supported if any finding supports it, and
-   contradicted only if one contradicts it and none supports it. Claims the
-   judge left out are asked again one by one, then fall back to the rules.
-4. Rules always run (pipeline.factrules: number, date, quote, entity,
-   negation) plus citation checks on the sentence (an [n] that is no source, a
+1. Evidence. The story's sources (title + packed text) are indexed as
+   overlapping windows of `factcheck.window_sentences` sentences. A
+   sentence's candidate windows are ranked by BM25, exact matches on its
+   figures, dates and names, and (when an embedding function is given) cosine
+   similarity.
+2. One check call per draft (role "judge"). The model gets the numbered
+   sentences, each with its candidate windows, and returns per sentence its
+   atomic, self-contained claims, each with supported / contradicted /
+   unverifiable, a source number and a verbatim quote. The whole draft goes
+   in one call when prompt plus reply fit the judge model's window; only a
+   draft that does not fit is split, by tokens. A quote that is not verbatim
+   in the cited source does not count. A claim is supported if any finding
+   supports it, and contradicted only if one contradicts it and none
+   supports it. Unknown ids and claims that change their sentence's figures
+   get one repair round; a sentence with a figure, date, quotation or name
+   that the reply left out is asked again alone; a sentence still without an
+   answer is checked whole by the rules, never dropped.
+3. Rules always run on every claim (pipeline.factrules: number, date, quote,
+   entity, negation) plus checks on the sentence (an [n] that is no source, a
    URL that is no source's, "officially confirmed" with no source saying so).
    A rule failure can only make a verdict worse, never better.
-5. Revise. With a model, flagged claims go to the writer's reviser, which
-   changes only the flagged spans; the draft is checked again, at most
-   `factcheck.revise_rounds` times. A revision that breaks the template is not
-   kept. What still fails stays in the draft, flagged. Each round records how
-   much text changed.
+4. Revise. With a model, flagged claims go to the writer's reviser (at most
+   `factcheck.revise_rounds` calls), which changes only the flagged spans.
+   Sentences it left alone keep their verdicts; changed sentences are checked
+   again by the rules only, so they count as supported only when the rules
+   find them in a source. A revision that breaks the template is not kept.
+   What still fails stays in the draft, flagged. Each round records how much
+   text changed.
 
-Offline, steps 1, 3 and 5 fall away: every sentence is checked by the rules
-with embedding retrieval, and the report says `method = "rules"`.
+So a draft costs one check call plus at most `revise_rounds` reviser calls
+when the model answers well; the extra calls above happen only on failures.
+Offline, steps 2 and 4 fall away: every sentence is one claim checked by the
+rules with embedding retrieval, and the report says `method = "rules"`.
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -62,6 +72,7 @@ from pipeline.factrules import (
     verify_offline,
 )
 from pipeline.ledger import Ledger, as_utc, utcnow
+from pipeline.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
 from pipeline.models import (
     Article,
     Claim,
@@ -79,6 +90,7 @@ from pipeline.models import (
 from pipeline.prompts import PromptLibrary
 from pipeline.templates import TemplateSpec, as_article, find_urls, load_templates, normalize_url, validate_article
 from pipeline.text import split_sentences
+from pipeline.tokens import count_messages, count_tokens
 
 log = logging.getLogger("newsdesk.fact_checker")
 
@@ -87,7 +99,7 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 Reviser = Callable[[Draft, list[ClaimVerdict], ResearchPack, TemplateSpec, Any], Awaitable[Article]]
 
 SECTION_GAP = "\n\n"
-# Candidate windows shown to the judge per claim; the rules look at their own best five.
+# Candidate windows shown to the judge per sentence; the rules look at their own best five.
 EVIDENCE_WINDOWS = 3
 # Same weights as pipeline.factrules ranks with, so judge and rules see similar windows.
 EXACT_WEIGHT = 0.3
@@ -213,6 +225,7 @@ class EvidenceIndex:
         self._window_vectors: np.ndarray | None = None
         self._text_vectors: dict[str, np.ndarray] = {}
         self._window_facts = [self._facts(w) for w in self.index.windows]
+        self._verdicts: dict[tuple[str, bool], OfflineVerdict] = {}
 
     def _facts(self, w) -> tuple[list, list, str]:
         doc = self.index.docs[w.source]
@@ -322,8 +335,12 @@ class EvidenceIndex:
         return w.source == source_index and w.start <= start and end <= w.end
 
     def verify(self, text: str) -> OfflineVerdict:
-        scorer = self.semantic_scorer if self.semantic else None
-        return verify_offline(text, self.index, semantic_scorer=scorer)
+        """The rules' verdict; remembered, since a sentence is verified for its evidence and again as a claim."""
+        key = (text, self.semantic)
+        if key not in self._verdicts:
+            scorer = self.semantic_scorer if self.semantic else None
+            self._verdicts[key] = verify_offline(text, self.index, semantic_scorer=scorer)
+        return self._verdicts[key]
 
     def url_for(self, n: int | None) -> str | None:
         src = self.by_n.get(n) if n is not None else None
@@ -335,110 +352,16 @@ def _same_date(a, b) -> bool:
     return any(x is not None and y is not None for x, y in pairs) and all(x is None or y is None or x == y for x, y in pairs)
 
 
-# --- claims ---------------------------------------------------------------------------------------
-
-
-class ExtractedClaim(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sentence_id: str
-    text: str
-
-
-class ClaimExtraction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    claims: list[ExtractedClaim]
-
-
-@dataclass(frozen=True)
-class CheckItem:
-    claim: Claim
-    sentence: DraftSentence
-
-
-def _claim(idx: int, text: str, sentence: DraftSentence) -> Claim:
-    return Claim(id=f"c{idx}", text=text, start=sentence.start, end=sentence.end, section=sentence.section)
-
-
-def sentence_claims(sentences: Sequence[DraftSentence]) -> list[CheckItem]:
-    """The offline decomposition: each sentence is one claim."""
-    return [CheckItem(_claim(i, s.text, s), s) for i, s in enumerate(sentences, 1)]
-
-
-def _has_checkable_content(text: str) -> bool:
-    return bool(extract_numbers(text) or extract_dates(text) or extract_quotes(text) or extract_entities(text))
-
-
-def claims_validator(batch: Sequence[DraftSentence]) -> Callable[[ClaimExtraction], list[str]]:
-    """Claims must point at a given sentence and keep its figures and quotations exactly."""
-    by_id = {s.id: s for s in batch}
-
-    def check(out: ClaimExtraction) -> list[str]:
-        problems: list[str] = []
-        for i, c in enumerate(out.claims):
-            sentence = by_id.get(c.sentence_id)
-            if sentence is None:
-                problems.append(f"claims[{i}].sentence_id {c.sentence_id!r} is not one of the given sentence ids ({', '.join(by_id)})")
-                continue
-            if not c.text.strip():
-                problems.append(f"claims[{i}].text is empty")
-                continue
-            figures = extract_numbers(sentence.text)
-            for q in extract_numbers(c.text):
-                if not any(numbers_match(q, s) for s in figures):
-                    problems.append(f"claims[{i}] has the figure {q.raw!r}, which sentence {sentence.id} does not contain; keep figures exactly as written")
-            for quote in extract_quotes(c.text):
-                if not quote_appears_verbatim(quote, sentence.text):
-                    problems.append(f"claims[{i}] quotes {quote!r}, which is not word for word in sentence {sentence.id}")
-        return problems
-
-    return check
-
-
-async def extract_claims(
-    sentences: Sequence[DraftSentence], gateway, prompts: PromptLibrary, per_call: int, headline: str = ""
-) -> list[CheckItem]:
-    """Atomic claims from the model, batched; a failed batch falls back to one claim per sentence.
-
-    A sentence the model returned no claim for is still checked whole when it
-    holds a figure, date, quotation or name: skipping it would leave a fact unchecked.
-    """
-    from pipeline.llm import LLMError
-
-    batches = [list(sentences[i:i + per_call]) for i in range(0, len(sentences), per_call)]
-
-    async def one(batch: list[DraftSentence]) -> list[tuple[DraftSentence, str]]:
-        prompt = prompts.render("claims", sentences=[{"id": s.id, "section": s.section, "text": s.text} for s in batch], headline=headline)
-        try:
-            out = await gateway.call("claims", prompt, ClaimExtraction, validators=(claims_validator(batch),), stage="check")
-        except LLMError as exc:
-            log.warning("claim extraction failed for %d sentence(s), checking them whole: %s", len(batch), exc)
-            return [(s, s.text) for s in batch]
-        by_id = {s.id: s for s in batch}
-        found: dict[str, list[str]] = {}
-        for c in out.claims:
-            text = " ".join(c.text.split())
-            if text and text not in found.setdefault(c.sentence_id, []):
-                found[c.sentence_id].append(text)
-        pairs: list[tuple[DraftSentence, str]] = []
-        for s in batch:
-            texts = found.get(s.id) or ([s.text] if _has_checkable_content(s.text) else [])
-            pairs += [(by_id[s.id], t) for t in texts]
-        return pairs
-
-    results = await asyncio.gather(*(one(b) for b in batches))
-    pairs = [p for r in results for p in r]
-    return [CheckItem(_claim(i, text, s), s) for i, (s, text) in enumerate(pairs, 1)]
-
-
-# --- judge ------------------------------------------------------------------------------------------
+# --- the check call: claims and verdicts in one reply ----------------------------------------------
 
 
 class JudgeFinding(BaseModel):
+    """One atomic claim of a checked statement, with its verdict. Several findings may share a claim (several windows)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    claim_id: str
+    claim_id: str          # the id of the statement (draft sentence or standalone claim) the claim comes from
+    claim: str = ""        # the atomic, self-contained claim; "" means the statement as a whole
     verdict: Verdict
     source_n: int | None
     quote: str
@@ -452,10 +375,15 @@ class JudgeReply(BaseModel):
 
 @dataclass(frozen=True)
 class JudgeItem:
+    """A statement to check: a draft sentence (id "s1", ...) or a standalone claim, with its candidate windows."""
+
     id: str
     text: str
     passages: list[Passage]
     sources: Mapping[int, EvidenceSource]   # where the cited quote must appear verbatim
+    # The model must return a claim for it: it holds a figure, date, quotation or name. A statement
+    # without any may be left out by the model (opinion, a transition) and then has no claim.
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -466,16 +394,59 @@ class Judgement:
     rejected_quotes: int = 0   # findings dropped because their quote is not in the cited source
 
 
+@dataclass(frozen=True)
+class JudgedClaim:
+    text: str                        # the atomic claim as the rules check it
+    judgement: Judgement | None      # None: no usable model verdict, the rules decide
+
+
 @dataclass
 class JudgeStats:
-    calls: int = 0
-    retried_alone: int = 0
-    unanswered: int = 0
+    calls: int = 0            # check requests sent (repair rounds inside the gateway not counted)
+    split: int = 0            # unusable replies asked again in two halves
+    retried_alone: int = 0    # statements the reply left out, asked again on their own
+    unanswered: int = 0       # statements the rules checked whole because the model gave no usable answer
     rejected_quotes: int = 0
+    dropped_claims: int = 0   # findings under an unknown id or with figures/quotations their statement lacks
+
+
+def _has_checkable_content(text: str) -> bool:
+    return bool(extract_numbers(text) or extract_dates(text) or extract_quotes(text) or extract_entities(text))
+
+
+def claim_problems(claim: str, statement: str) -> list[str]:
+    """A claim must keep its statement's figures and quotations exactly: the rules check the claim, not the statement."""
+    problems = []
+    figures = extract_numbers(statement)
+    for q in extract_numbers(claim):
+        if not any(numbers_match(q, s) for s in figures):
+            problems.append(f"has the figure {q.raw!r}, which its statement does not contain; keep figures exactly as written")
+    for quote in extract_quotes(claim):
+        if not quote_appears_verbatim(quote, statement):
+            problems.append(f"quotes {quote!r}, which is not word for word in its statement")
+    return problems
+
+
+def check_validator(batch: Sequence[JudgeItem]) -> Callable[[JudgeReply], list[str]]:
+    """Ids must be the given ones and claims must keep their statement's figures and quotations (one repair round)."""
+    by_id = {it.id: it for it in batch}
+    shown = ", ".join(list(by_id)[:40]) + (", ..." if len(by_id) > 40 else "")
+
+    def check(out: JudgeReply) -> list[str]:
+        problems: list[str] = []
+        for i, f in enumerate(out.verdicts):
+            item = by_id.get(f.claim_id)
+            if item is None:
+                problems.append(f"verdicts[{i}].claim_id {f.claim_id!r} is not one of the given ids ({shown})")
+                continue
+            problems += [f"verdicts[{i}] (claim_id {f.claim_id}) {p}" for p in claim_problems(f.claim, item.text)]
+        return problems
+
+    return check
 
 
 def settle(findings: Sequence[JudgeFinding], sources: Mapping[int, EvidenceSource]) -> Judgement:
-    """One verdict from the judge's findings for a claim.
+    """One verdict from the findings for a claim.
 
     Only a finding whose quote appears verbatim in the cited source counts; then
     supported if any finding supports, contradicted if one contradicts and none
@@ -503,68 +474,205 @@ def settle(findings: Sequence[JudgeFinding], sources: Mapping[int, EvidenceSourc
     return Judgement(best.verdict, best.source_n, best.quote, rejected)
 
 
-def render_judge_prompt(items: Sequence[JudgeItem], prompts: PromptLibrary):
+def render_check_prompt(items: Sequence[JudgeItem], prompts: PromptLibrary, context: str = ""):
     claims = [
         {"id": it.id, "text": it.text,
          "evidence": [{"source_n": p.source_n, "outlet": p.outlet, "text": p.text} for p in it.passages]}
         for it in items
     ]
-    return prompts.render("judge", claims=claims)
+    return prompts.render("judge", claims=claims, context=context)
 
 
-async def judge_claims(
-    items: Sequence[JudgeItem], gateway, prompts: PromptLibrary, per_call: int, stats: JudgeStats | None = None
-) -> dict[str, Judgement]:
-    """Judgements by claim id, `per_call` claims per call, batches in parallel (the gateway caps concurrency).
+# --- token budget: the whole draft in one call when it fits ------------------------------------------
 
-    A claim the reply does not answer (missing or mismatched id), or a batch
-    whose reply is unusable, is asked again alone. A claim still unanswered is
-    absent from the result: the caller falls back to the rules, never drops it.
-    A provider outage, spent budget or open circuit is not retried here.
+# The reply's JSON frame ({"verdicts": [...]}) before any claim.
+REPLY_BASE_TOKENS = 20
+# json_object mode appends the schema to the system prompt with a sentence around it; json_schema
+# mode sends it as response_format, which the provider counts as input too.
+SCHEMA_WRAPPER_TOKENS = 40
+
+
+@dataclass(frozen=True)
+class CallBudget:
+    model: str
+    limit: int          # prompt + reply tokens one call may use: the window minus the schema
+    per_item: int       # reply tokens kept free per statement
+    max_output: int     # the model's reply limit
+
+    def reply_tokens(self, n: int) -> int:
+        return REPLY_BASE_TOKENS + n * self.per_item
+
+    def fits(self, prompt_tokens: int, n: int) -> bool:
+        reply = self.reply_tokens(n)
+        return reply <= self.max_output and prompt_tokens + reply <= self.limit
+
+
+def call_budget(gateway, settings: FactCheck) -> CallBudget:
+    """The judge model's window (capped by factcheck.max_context_tokens) minus the reply schema."""
+    model = gateway.model_for("judge")
+    window = gateway.config.llm.context_window(model)
+    if settings.max_context_tokens:
+        window = min(window, settings.max_context_tokens)
+    schema_tokens = count_tokens(json.dumps(plain_json_schema(JudgeReply), ensure_ascii=False), model) + SCHEMA_WRAPPER_TOKENS
+    return CallBudget(model, window - schema_tokens, settings.output_tokens_per_sentence, settings.max_output_tokens)
+
+
+def plan_batches(
+    items: Sequence[JudgeItem], render: Callable[[Sequence[JudgeItem]], Any], budget: CallBudget
+) -> list[list[JudgeItem]]:
+    """All items in one call when the prompt plus the reply fits the window; else consecutive runs that each fit.
+
+    Runs are packed greedily from per-item token counts, then any run whose whole
+    prompt still does not fit (token counts of parts do not add up exactly) is
+    halved. An item too large on its own is sent with fewer candidate windows.
     """
-    from pipeline.llm import InvalidOutput, LLMError, OutputTruncated, Refused
+    def tokens(batch: Sequence[JudgeItem]) -> int:
+        return count_messages(render(batch).messages, budget.model)
 
+    items = list(items)
+    if not items or budget.fits(tokens(items), len(items)):
+        return [items] if items else []
+    base = tokens([])
+    batches: list[list[JudgeItem]] = []
+    current: list[JudgeItem] = []
+    used = base
+    for it in items:
+        size = tokens([it]) - base
+        if current and not budget.fits(used + size, len(current) + 1):
+            batches.append(current)
+            current, used = [], base
+        current.append(it)
+        used += size
+    batches.append(current)
+
+    def fitted(batch: list[JudgeItem]) -> list[list[JudgeItem]]:
+        if budget.fits(tokens(batch), len(batch)):
+            return [batch]
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            return fitted(batch[:middle]) + fitted(batch[middle:])
+        return [[_shrunk(batch[0], tokens, budget)]]
+
+    return [b for batch in batches for b in fitted(batch)]
+
+
+def _shrunk(item: JudgeItem, tokens: Callable[[Sequence[JudgeItem]], int], budget: CallBudget) -> JudgeItem:
+    passages = list(item.passages)
+    while passages and not budget.fits(tokens([replace(item, passages=passages)]), 1):
+        passages.pop()
+    if len(passages) < len(item.passages):
+        log.warning("statement %s does not fit the judge's window with all its evidence; sent with %d of %d windows",
+                    item.id, len(passages), len(item.passages))
+    return replace(item, passages=passages)
+
+
+async def judge_items(
+    items: Sequence[JudgeItem],
+    gateway,
+    prompts: PromptLibrary,
+    settings: FactCheck,
+    *,
+    context: str = "",
+    stats: JudgeStats | None = None,
+) -> dict[str, list[JudgedClaim]]:
+    """Atomic claims with verdicts by statement id: one call when everything fits, batches in parallel otherwise.
+
+    An entry is the statement's claims ([] when the model found nothing to check
+    in a statement that is not `required`). A required statement the reply left
+    out (missing or mismatched id) is asked again alone; of a reply still flawed
+    after the gateway's repair round, the valid findings are kept. A reply that
+    is cut off, refused or no JSON of the schema at all is asked again in two
+    halves. A statement still without an answer is absent: the caller checks
+    it whole with the rules, never drops it. A provider outage, spent budget or
+    open circuit is not retried here.
+    """
     stats = stats if stats is not None else JudgeStats()
-    results: dict[str, Judgement] = {}
+    budget = call_budget(gateway, settings)
 
-    async def ask(batch: Sequence[JudgeItem]) -> dict[str, list[JudgeFinding]] | None:
+    def render(batch: Sequence[JudgeItem]):
+        return render_check_prompt(batch, prompts, context)
+
+    results: dict[str, list[JudgedClaim]] = {}
+
+    async def ask(batch: Sequence[JudgeItem]) -> tuple[str, list[JudgeFinding]]:
         stats.calls += 1
         try:
-            reply = await gateway.call("judge", render_judge_prompt(batch, prompts), JudgeReply, stage="check")
-        except (InvalidOutput, OutputTruncated, Refused) as exc:
-            log.warning("judge reply unusable for %d claim(s): %s", len(batch), exc)
-            return {}
+            reply = await gateway.call(
+                "judge", render(batch), JudgeReply, validators=(check_validator(batch),), stage="check",
+                max_tokens=min(budget.max_output, budget.reply_tokens(len(batch))),
+            )
+        except InvalidOutput as exc:
+            if isinstance(exc.output, JudgeReply):
+                return "ok", exc.output.verdicts  # still flawed after repair: the valid findings are kept below
+            log.warning("check reply unusable for %d statement(s): %s", len(batch), exc)
+            return "unusable", []
+        except (OutputTruncated, Refused) as exc:
+            log.warning("check reply unusable for %d statement(s): %s", len(batch), exc)
+            return "unusable", []
         except LLMError as exc:
-            log.warning("judge unavailable for %d claim(s), the rules decide: %s", len(batch), exc)
-            return None
-        wanted = {it.id for it in batch}
-        found: dict[str, list[JudgeFinding]] = {}
-        for f in reply.verdicts:
-            if f.claim_id in wanted:
-                found.setdefault(f.claim_id, []).append(f)
+            log.warning("judge unavailable for %d statement(s), the rules decide: %s", len(batch), exc)
+            return "outage", []
+        return "ok", reply.verdicts
+
+    def collect(batch: Sequence[JudgeItem], findings: Sequence[JudgeFinding]) -> dict[str, list[JudgedClaim]]:
+        by_id = {it.id: it for it in batch}
+        grouped: dict[str, dict[str, list[JudgeFinding]]] = {}
+        flawed: set[str] = set()
+        for f in findings:
+            item = by_id.get(f.claim_id)
+            if item is None:
+                stats.dropped_claims += 1
+                continue
+            text = " ".join(f.claim.split()) or item.text
+            if claim_problems(text, item.text):
+                stats.dropped_claims += 1
+                flawed.add(item.id)
+                continue
+            grouped.setdefault(item.id, {}).setdefault(text, []).append(f)
+        found: dict[str, list[JudgedClaim]] = {}
+        for item in batch:
+            claims = []
+            for text, group in grouped.get(item.id, {}).items():
+                judgement = settle(group, item.sources)
+                stats.rejected_quotes += judgement.rejected_quotes
+                claims.append(JudgedClaim(text, judgement))
+            # A claim that misquoted its statement is not checked in its place: the rules check the statement.
+            if item.id in flawed and all(c.text != item.text for c in claims):
+                claims.append(JudgedClaim(item.text, None))
+            if claims:
+                found[item.id] = claims
         return found
 
     async def run_batch(batch: list[JudgeItem]) -> None:
-        found = await ask(batch)
-        if found is None:
+        status, findings = await ask(batch)
+        if status == "outage":
             stats.unanswered += len(batch)
             return
-        missing = [it for it in batch if it.id not in found]
+        if status == "unusable":
+            if len(batch) > 1:
+                stats.split += 1
+                middle = len(batch) // 2
+                await asyncio.gather(run_batch(batch[:middle]), run_batch(batch[middle:]))
+            else:
+                stats.unanswered += 1
+            return
+        found = collect(batch, findings)
+        missing = [it for it in batch if it.id not in found and it.required]
         if len(batch) > 1 and missing:
             stats.retried_alone += len(missing)
             retries = await asyncio.gather(*(ask([it]) for it in missing))
-            for it, again in zip(missing, retries):
-                if again and it.id in again:
-                    found[it.id] = again[it.id]
+            for it, (again, again_findings) in zip(missing, retries):
+                if again == "ok":
+                    found.update(collect([it], again_findings))
         for it in batch:
             if it.id in found:
-                judgement = settle(found[it.id], it.sources)
-                stats.rejected_quotes += judgement.rejected_quotes
-                results[it.id] = judgement
+                results[it.id] = found[it.id]
+            elif not it.required:
+                results[it.id] = []   # nothing checkable in it, and the model said so by leaving it out
             else:
                 stats.unanswered += 1
 
-    batches = [list(items[i:i + per_call]) for i in range(0, len(items), per_call)]
+    batches = plan_batches(items, render, budget)
     await asyncio.gather(*(run_batch(b) for b in batches))
     return results
 
@@ -675,6 +783,81 @@ def model_available(gateway, config: Config | None = None) -> bool:
     return not (config is not None and config.llm.offline)
 
 
+# --- a draft's claims --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentenceClaims:
+    sentence: DraftSentence
+    claims: tuple[JudgedClaim, ...]   # () when the model found nothing to check in it
+
+
+def _claim(idx: int, text: str, sentence: DraftSentence) -> Claim:
+    return Claim(id=f"c{idx}", text=text, start=sentence.start, end=sentence.end, section=sentence.section)
+
+
+def _whole(sentence: DraftSentence) -> SentenceClaims:
+    return SentenceClaims(sentence, (JudgedClaim(sentence.text, None),))
+
+
+def statements_of(rendered: RenderedDraft, evidence: EvidenceIndex) -> list[JudgeItem]:
+    """The draft's sentences as statements for the check call, each with its candidate windows (no model call)."""
+    evidence.prepare([s.text for s in rendered.sentences])
+    return [
+        JudgeItem(s.id, s.text, evidence.candidates(s.text, anchor=evidence.verify(s.text)), evidence.by_n,
+                  required=_has_checkable_content(s.text))
+        for s in rendered.sentences
+    ]
+
+
+async def claims_of(
+    rendered: RenderedDraft,
+    evidence: EvidenceIndex,
+    *,
+    settings: FactCheck,
+    gateway=None,
+    prompts: PromptLibrary | None = None,
+    context: str = "",
+    stats: JudgeStats | None = None,
+    statements: list[JudgeItem] | None = None,
+) -> list[SentenceClaims]:
+    """Every sentence's claims: with a model, one check call for the draft (split only by tokens); offline, each
+    sentence is one claim for the rules. `statements`: from `statements_of`, when already built."""
+    sentences = rendered.sentences
+    if gateway is None or not sentences:
+        evidence.prepare([s.text for s in sentences])
+        return [_whole(s) for s in sentences]
+    prompts = prompts or PromptLibrary(gateway.config.prompts_dir)
+    statements = statements if statements is not None else statements_of(rendered, evidence)
+    judged = await judge_items(statements, gateway, prompts, settings, context=context, stats=stats)
+    # A sentence the model gave no usable answer for is checked whole by the rules.
+    return [SentenceClaims(s, tuple(judged[s.id])) if s.id in judged else _whole(s) for s in sentences]
+
+
+def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evidence: EvidenceIndex) -> list[ClaimVerdict]:
+    """Rules on every claim, the sentence's own rule failures with its first claim, then `decide`.
+
+    A sentence the model found nothing to check in still becomes a claim when it
+    has a citation, URL or confirmation problem: those are never dropped.
+    """
+    evidence.prepare([c.text for sc in checked for c in sc.claims])
+    first_of_part: dict[tuple[str, int], str] = {}
+    for s in rendered.sentences:
+        first_of_part.setdefault((s.section, s.part), s.id)
+    verdicts: list[ClaimVerdict] = []
+    for sc in checked:
+        s = sc.sentence
+        extras = sentence_failures(
+            s, rendered.text[s.start:s.end], rendered.declared.get((s.section, s.part), []),
+            first_of_part[(s.section, s.part)] == s.id, evidence,
+        )
+        claims = list(sc.claims) or ([JudgedClaim(s.text, None)] if extras else [])
+        for k, c in enumerate(claims):
+            claim = _claim(len(verdicts) + 1, c.text, s)
+            verdicts.append(decide(claim, c.judgement, evidence.verify(c.text), extras if k == 0 else [], evidence))
+    return verdicts
+
+
 async def check_article(
     article: Article,
     evidence: EvidenceIndex,
@@ -685,54 +868,21 @@ async def check_article(
     draft_id: str = "",
     stats: JudgeStats | None = None,
 ) -> FactCheckReport:
-    """Claims, evidence, judge (when `gateway` is given and available) and rules for one article."""
+    """Claims, evidence, judge (when `gateway` is given and available) and rules for one article, without revision."""
     settings = settings or FactCheck()
-    rendered = render_draft(article)
     use_model = gateway is not None and getattr(gateway, "available", False)
-    if use_model:
-        prompts = prompts or PromptLibrary(gateway.config.prompts_dir)
-        items = await extract_claims(rendered.sentences, gateway, prompts, settings.claims_per_call, headline=article.headline)
-    else:
-        items = sentence_claims(rendered.sentences)
-    evidence.prepare([it.claim.text for it in items] + [s.text for s in rendered.sentences])
-
-    rules = {it.claim.id: evidence.verify(it.claim.text) for it in items}
-    judged: dict[str, Judgement] = {}
-    if use_model and items:
-        judge_items = [
-            JudgeItem(it.claim.id, it.claim.text, evidence.candidates(it.claim.text, anchor=rules[it.claim.id]), evidence.by_n)
-            for it in items
-        ]
-        judged = await judge_claims(judge_items, gateway, prompts, settings.claims_per_call, stats)
-
-    # Sentence-level problems go with the sentence's first claim, so they are counted once.
-    first_claim: dict[str, str] = {}
-    for it in items:
-        first_claim.setdefault(it.sentence.id, it.claim.id)
-    first_sentence_of_part: dict[tuple[str, int], str] = {}
-    for s in rendered.sentences:
-        if s.id in first_claim:  # a paragraph's citations list is checked once, with its first checked sentence
-            first_sentence_of_part.setdefault((s.section, s.part), s.id)
-    extras: dict[str, list[RuleFailure]] = {}
-    for s in rendered.sentences:
-        if s.id not in first_claim:
-            continue
-        failures = sentence_failures(
-            s, rendered.text[s.start:s.end], rendered.declared.get((s.section, s.part), []),
-            first_sentence_of_part[(s.section, s.part)] == s.id, evidence,
-        )
-        extras[first_claim[s.id]] = failures
-
-    verdicts = [
-        decide(it.claim, judged.get(it.claim.id), rules[it.claim.id], extras.get(it.claim.id, []), evidence)
-        for it in items
-    ]
-    return FactCheckReport(
-        draft_id=draft_id, verdicts=verdicts, method="llm" if use_model else "rules", totals=totals(verdicts)
-    )
+    rendered = render_draft(article)
+    checked = await claims_of(rendered, evidence, settings=settings, gateway=gateway if use_model else None,
+                              prompts=prompts, context=article.headline, stats=stats)
+    verdicts = verdicts_for(rendered, checked, evidence)
+    return FactCheckReport(draft_id=draft_id, verdicts=verdicts, method="llm" if use_model else "rules", totals=totals(verdicts))
 
 
 # --- revision -----------------------------------------------------------------------------------------
+
+
+def _raw_sentences(rendered: RenderedDraft) -> list[str]:
+    return [rendered.text[s.start:s.end] for s in rendered.sentences]
 
 
 def measure_revision(before: Article, after: Article, round_number: int) -> Revision:
@@ -743,8 +893,7 @@ def measure_revision(before: Article, after: Article, round_number: int) -> Revi
     long article costs little to measure. change_ratio = chars_changed / len(before text), at most 1.
     """
     old, new = render_draft(before), render_draft(after)
-    a = [old.text[s.start:s.end] for s in old.sentences]
-    b = [new.text[s.start:s.end] for s in new.sentences]
+    a, b = _raw_sentences(old), _raw_sentences(new)
     spans = chars = 0
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag == "equal":
@@ -763,12 +912,57 @@ def measure_revision(before: Article, after: Article, round_number: int) -> Revi
     return Revision(round=round_number, spans_revised=spans, chars_changed=chars, change_ratio=round(ratio, 4))
 
 
+def carry_over(old: RenderedDraft, checked: Sequence[SentenceClaims], new: RenderedDraft) -> list[SentenceClaims]:
+    """The revised draft's claims without a model call.
+
+    A sentence the revision left as it was (same text, citation markers
+    included) keeps its claims and the model's verdicts. A changed or new
+    sentence is one claim with no model verdict: the rules decide, so it counts
+    as supported only when they find it in a source; otherwise it stays flagged.
+    """
+    by_id = {sc.sentence.id: sc for sc in checked}
+    kept: dict[int, SentenceClaims] = {}
+    matcher = difflib.SequenceMatcher(None, _raw_sentences(old), _raw_sentences(new), autojunk=False)
+    for tag, i1, i2, j1, _j2 in matcher.get_opcodes():
+        if tag == "equal":
+            for k in range(i2 - i1):
+                before = by_id.get(old.sentences[i1 + k].id)
+                if before is not None:
+                    kept[j1 + k] = before
+    return [
+        SentenceClaims(s, kept[j].claims) if j in kept else _whole(s)
+        for j, s in enumerate(new.sentences)
+    ]
+
+
 @dataclass
 class CheckOutcome:
     article: Article            # the article as it should be stored (revised or as drafted)
     report: FactCheckReport
     revised: bool = False       # the stored article must be replaced
     stats: JudgeStats = field(default_factory=JudgeStats)
+
+
+@dataclass
+class PreparedCheck:
+    """What a check needs before its first model call; building it costs CPU (embeddings, rules), no money."""
+
+    draft: Draft
+    pack: ResearchPack
+    article: Article
+    rendered: RenderedDraft
+    evidence: EvidenceIndex
+    statements: list[JudgeItem] | None   # None on the offline path
+
+
+def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Embed | None = None,
+                  with_model: bool = True) -> PreparedCheck:
+    """The evidence windows (embedded), the rendered draft and, for the model path, its statements with their windows."""
+    evidence = EvidenceIndex(sources_from_pack(pack.sources), config.factcheck.window_sentences, embed)
+    article = as_article(draft.article)
+    rendered = render_draft(article)
+    statements = statements_of(rendered, evidence) if with_model else None
+    return PreparedCheck(draft, pack, article, rendered, evidence, statements)
 
 
 async def check_draft(
@@ -781,26 +975,37 @@ async def check_draft(
     embed: Embed | None = None,
     reviser: Reviser | None = None,
 ) -> CheckOutcome:
-    """Check a draft and, with a model, revise its flagged claims at most `factcheck.revise_rounds` times.
+    """Check a draft with one check call and, with a model, revise its flagged claims at most
+    `factcheck.revise_rounds` times.
 
-    A revision that breaks the template (or changes nothing) ends the loop and
-    the last good version is kept. Claims that still fail stay in the article,
-    flagged in the report.
+    After a revision only the changed sentences are checked again, by the rules
+    (see `carry_over`): no second check call. A revision that breaks the template
+    (or changes nothing) ends the loop and the last good version is kept. Claims
+    that still fail stay in the article, flagged in the report.
     """
+    prepared = prepare_check(draft, pack, config, embed=embed, with_model=model_available(gateway, config))
+    return await check_prepared(prepared, spec, config=config, gateway=gateway, reviser=reviser)
+
+
+async def check_prepared(
+    prepared: PreparedCheck, spec: TemplateSpec | None, *, config: Config, gateway=None, reviser: Reviser | None = None
+) -> CheckOutcome:
+    """`check_draft` from its prepared part on: the check call, the rules, the revise loop."""
     settings = config.factcheck
+    draft, pack, evidence = prepared.draft, prepared.pack, prepared.evidence
     use_model = model_available(gateway, config)
-    model = gateway if use_model else None
-    prompts = PromptLibrary(config.prompts_dir)
-    evidence = EvidenceIndex(sources_from_pack(pack.sources), settings.window_sentences, embed)
     stats = JudgeStats()
-    current = as_article(draft.article)
-    report = await check_article(current, evidence, settings=settings, gateway=model, prompts=prompts, draft_id=draft.id, stats=stats)
+    current, rendered = prepared.article, prepared.rendered
+    checked = await claims_of(rendered, evidence, settings=settings, gateway=gateway if use_model else None,
+                              prompts=PromptLibrary(config.prompts_dir), context=current.headline, stats=stats,
+                              statements=prepared.statements)
+    verdicts = verdicts_for(rendered, checked, evidence)
     revisions: list[Revision] = []
     if use_model and spec is not None:
         if reviser is None:
             from agents.writer import revise_draft as reviser  # type: ignore[no-redef]
         for round_number in range(1, settings.revise_rounds + 1):
-            flagged = report.flagged()
+            flagged = [v for v in verdicts if v.verdict != "supported"]
             if not flagged:
                 break
             candidate = as_article(await reviser(draft.model_copy(update={"article": current}), flagged, pack, spec, gateway))
@@ -814,10 +1019,17 @@ async def check_draft(
                 revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
                 break
             revisions.append(measure_revision(current, candidate, round_number))
-            current = candidate
-            report = await check_article(current, evidence, settings=settings, gateway=model, prompts=prompts, draft_id=draft.id, stats=stats)
-    report = report.model_copy(update={"revisions": revisions})
-    return CheckOutcome(article=current, report=report, revised=current != as_article(draft.article), stats=stats)
+            revised = render_draft(candidate)
+            checked = carry_over(rendered, checked, revised)
+            current, rendered = candidate, revised
+            verdicts = verdicts_for(rendered, checked, evidence)
+    report = FactCheckReport(draft_id=draft.id, verdicts=verdicts, revisions=revisions,
+                             method="llm" if use_model else "rules", totals=totals(verdicts))
+    if use_model:
+        log.info("draft %s: %d sentence(s) checked in %d call(s) (%d split, %d retried alone, %d left to the rules), %d revision(s)",
+                 draft.id, len(rendered.sentences), stats.calls, stats.split, stats.retried_alone, stats.unanswered,
+                 sum(1 for r in revisions if r.spans_revised))
+    return CheckOutcome(article=current, report=report, revised=current != prepared.article, stats=stats)
 
 
 # --- the stage ---------------------------------------------------------------------------------------------
@@ -857,8 +1069,12 @@ def save_check(ledger: Ledger, draft: Draft, outcome: CheckOutcome) -> bool:
 def check_drafts(run) -> StageReport:
     """Fact-check every `drafted` draft; `needs_attention` drafts are left for editors to fix first.
 
-    One draft's failure is an error line in the report; the others still run.
-    The run can stop between drafts.
+    Drafts are checked concurrently: each is prepared (evidence, embeddings,
+    rules; no model call), then up to `llm.concurrency` drafts at a time go to
+    the model, and each is saved in its own transaction as soon as its check is
+    done, so a killed run keeps every draft it finished. After a stop request no
+    further draft goes to the model; those in hand are finished. One draft's
+    failure is an error line in the report; the others still run.
     """
     config, ledger = run.config, run.ledger
     report = StageReport(stage="check")
@@ -885,30 +1101,56 @@ def check_drafts(run) -> StageReport:
             report.errors.append(f"the LLM gateway could not be set up, checking with rules only: {type(exc).__name__}: {exc}")
     embed = _store_embed(run)
 
-    method = set()
-    for row in rows:
-        if run.stop_requested:
-            log.warning("stop requested; %d draft(s) left unchecked", report.items_in - report.items_out)
-            break
+    methods: set[str] = set()
+    with_model = model_available(gateway, config)
+    left = [0]
+
+    # Preparing is CPU work (embeddings, rules). Done in a worker thread, it does not hold up the event loop, which
+    # keeps sending the prepared drafts' calls; one worker, since the embedding model already uses every core and
+    # drafts prepared one after another reach the model soonest. A draft is prepared before it waits for a slot.
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factcheck-prepare")
+
+    async def check_one(row, gate: asyncio.Semaphore) -> None:
         try:
             draft, pack = draft_from_row(row)
-            spec = templates.get(draft.template)
-            outcome = run.run_async(check_draft(draft, pack, spec, config=config, gateway=gateway, embed=embed))
-            if not save_check(ledger, draft, outcome):
-                log.info("draft %s changed state while it was checked; left as it is", draft.id)
-                continue
+            prepared = None if run.stop_requested else await asyncio.get_running_loop().run_in_executor(
+                preparer, partial(prepare_check, draft, pack, config, embed=embed, with_model=with_model)
+            )
         except Exception as exc:
             report.errors.append(f"draft {row.id}: fact-check failed: {type(exc).__name__}: {exc}")
-            continue
+            return
+        async with gate:
+            if prepared is None or run.stop_requested:
+                left[0] += 1
+                return
+            try:
+                outcome = await check_prepared(prepared, templates.get(draft.template), config=config, gateway=gateway)
+                if not save_check(ledger, draft, outcome):
+                    log.info("draft %s changed state while it was checked; left as it is", draft.id)
+                    return
+            except Exception as exc:
+                report.errors.append(f"draft {row.id}: fact-check failed: {type(exc).__name__}: {exc}")
+                return
         report.items_out += 1
-        method.add(outcome.report.method)
+        methods.add(outcome.report.method)
         counts["drafts_checked"] += 1
         counts["revised_rounds"] += sum(1 for r in outcome.report.revisions if r.spans_revised)
         for key in ("claims", "supported", "contradicted", "unverifiable"):
             counts[key] += outcome.report.totals.get(key, 0)
+
+    async def check_all() -> None:
+        gate = asyncio.Semaphore(config.llm.concurrency)
+        await asyncio.gather(*(check_one(row, gate) for row in rows))
+
+    try:
+        run.run_async(check_all())
+    finally:
+        preparer.shutdown(wait=True)
+    if left[0]:
+        log.warning("stop requested; %d draft(s) left unchecked", left[0])
     report.notes.update(counts)
-    if method:
-        report.notes["method"] = "+".join(sorted(method))
+    if methods:
+        report.notes["method"] = "+".join(sorted(methods))
     return report
 
 
@@ -926,11 +1168,14 @@ def _store_embed(run) -> Embed | None:
 
 
 async def check_claims_with_model(cases: Sequence[dict], gateway, *, embed: Embed | None = None) -> list[dict]:
-    """Verdict rows for bench/factcheck.py: judge (batched across cases) plus rules, as in a draft check.
+    """Verdict rows for bench/factcheck.py: the draft check call (each case's claim one statement, batched across
+    cases by tokens) plus the rules.
 
     Each case is {"id", "claim", "sources": [{"id", "text", "title"?, "url"?}]}; a
-    row is {"id", "verdict", "source_id", "evidence"}. Claims are judged as
-    given (no decomposition). A case whose sources are malformed is unverifiable.
+    row is {"id", "verdict", "source_id", "evidence"}. When the model splits a
+    claim into atomic claims, the case gets the worst of their verdicts (one
+    unsupported part makes the claim unsupported). A case whose sources are
+    malformed is unverifiable.
     """
     if not model_available(gateway):
         raise FactCheckError("check_claims_with_model needs an available model; the gateway has none configured")
@@ -958,31 +1203,34 @@ async def check_claims_with_model(cases: Sequence[dict], gateway, *, embed: Embe
         prepared.append((case, indexes[key]))
 
     items: list[JudgeItem] = []
-    rules: dict[str, OfflineVerdict] = {}
     for i, (case, evidence) in enumerate(prepared):
         if evidence is not None:
-            claim_id = f"c{i + 1}"
             evidence.prepare([case["claim"]])
-            rules[claim_id] = evidence.verify(case["claim"])
-            items.append(JudgeItem(claim_id, case["claim"], evidence.candidates(case["claim"], anchor=rules[claim_id]), evidence.by_n))
-    judged = await judge_claims(items, gateway, prompts, settings.claims_per_call)
+            anchor = evidence.verify(case["claim"])
+            items.append(JudgeItem(f"c{i + 1}", case["claim"], evidence.candidates(case["claim"], anchor=anchor), evidence.by_n))
+    judged = await judge_items(items, gateway, prompts, settings)
 
     rows = []
     for i, (case, evidence) in enumerate(prepared):
         if evidence is None:
             rows.append({"id": case.get("id"), "verdict": "unverifiable", "source_id": None, "evidence": ""})
             continue
-        claim = Claim(id=f"c{i + 1}", text=case["claim"], start=0, end=len(case["claim"]))
-        verdict = decide(claim, judged.get(claim.id), rules[claim.id], [], evidence)
-        source = evidence.by_n.get(verdict.source_n) if verdict.source_n is not None else None
-        rows.append({"id": case["id"], "verdict": verdict.verdict, "source_id": source.id if source else None, "evidence": verdict.evidence})
+        claims = judged.get(f"c{i + 1}") or [JudgedClaim(case["claim"], None)]
+        evidence.prepare([c.text for c in claims])
+        verdicts = [
+            decide(Claim(id=f"c{i + 1}.{k}", text=c.text, start=0, end=len(case["claim"])), c.judgement,
+                   evidence.verify(c.text), [], evidence)
+            for k, c in enumerate(claims, 1)
+        ]
+        worst = max(verdicts, key=lambda v: _SEVERITY[v.verdict])  # the first of the worst
+        source = evidence.by_n.get(worst.source_n) if worst.source_n is not None else None
+        rows.append({"id": case["id"], "verdict": worst.verdict, "source_id": source.id if source else None, "evidence": worst.evidence})
     return rows
 
 
 __all__ = [
-    "CheckItem",
+    "CallBudget",
     "CheckOutcome",
-    "ClaimExtraction",
     "DraftSentence",
     "EvidenceIndex",
     "EvidenceSource",
@@ -991,25 +1239,36 @@ __all__ = [
     "JudgeItem",
     "JudgeReply",
     "JudgeStats",
+    "JudgedClaim",
     "Judgement",
     "Passage",
+    "PreparedCheck",
     "RenderedDraft",
+    "SentenceClaims",
+    "call_budget",
+    "carry_over",
     "check_article",
     "check_claims_with_model",
     "check_draft",
     "check_drafts",
-    "claims_validator",
+    "check_prepared",
+    "check_validator",
+    "claim_problems",
+    "claims_of",
     "decide",
     "draft_from_row",
-    "extract_claims",
-    "judge_claims",
+    "judge_items",
     "measure_revision",
+    "plan_batches",
+    "prepare_check",
+    "render_check_prompt",
     "render_draft",
     "save_check",
-    "sentence_claims",
     "sentence_failures",
     "settle",
     "sources_from_pack",
+    "statements_of",
     "strip_citation_markers",
     "totals",
+    "verdicts_for",
 ]

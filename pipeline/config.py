@@ -207,9 +207,12 @@ class Classify(Section):
 
 
 class FactCheck(Section):
-    revise_rounds: int = Field(default=2, ge=0, le=5)
-    claims_per_call: int = Field(default=8, ge=1, le=50)
+    # One check call per draft: claims and verdicts together, split only when the draft does not fit the judge's window.
+    revise_rounds: int = Field(default=1, ge=0, le=5, description="reviser calls per draft at most; revised sentences are re-checked by the rules")
     window_sentences: int = Field(default=4, ge=3, le=5)
+    output_tokens_per_sentence: int = Field(default=300, ge=50, le=4000, description="reply tokens kept free per checked sentence")
+    max_output_tokens: int = Field(default=16_000, ge=500, description="the judge model's reply limit; a longer draft is split")
+    max_context_tokens: int | None = Field(default=None, ge=1000, description="cap below the judge model's window")
 
 
 class Finetune(Section):

@@ -1,20 +1,21 @@
-"""Fact-checker agent: claims, evidence, the batched judge, rules that override it, the revise loop, the stage."""
+"""Fact-checker agent: one check call per draft (claims and verdicts), evidence, rules that override it, the revise
+loop re-checked by the rules, the concurrent stage."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from agents.fact_checker import (
     EvidenceIndex,
     JudgeFinding,
+    JudgeStats,
     check_article,
     check_claims_with_model,
     check_draft,
@@ -127,11 +128,10 @@ def spec(templates_dir):
     return load_templates(templates_dir)["brief"]
 
 
-# --- a scripted model: claims echo the sentences, the judge reads the evidence it was sent ------------------
+# --- a scripted model: the check call answers each statement as one claim, from the evidence it was sent ---------
 
 CLAIM_RE = re.compile(r'<claim id="([^"]+)">\n(.*?)\n</claim>', re.S)
 EVIDENCE_RE = re.compile(r'<evidence claim="([^"]+)" source="(\d+)"[^>]*>\n(.*?)\n</evidence>', re.S)
-SENTENCE_RE = re.compile(r'<sentence id="([^"]+)" section="[^"]+">(.*?)</sentence>', re.S)
 
 
 def user_text(request) -> str:
@@ -158,18 +158,13 @@ def honest_verdict(claim_id: str, text: str, evidence: dict) -> dict:
     return {"claim_id": claim_id, "verdict": "unverifiable", "source_n": None, "quote": ""}
 
 
-def echo_claims(request) -> dict:
-    return {"claims": [{"sentence_id": sid, "text": text} for sid, text in SENTENCE_RE.findall(user_text(request))]}
-
-
 def scripted_model(judge=None, revised: Article | None = None) -> TestModel:
-    """`judge(claims, evidence) -> list of findings`; the default judge is honest. `revised`: the reviser's answer."""
+    """`judge(statements, evidence) -> list of findings`, statements as (id, text); the default judge is honest and
+    answers each statement as one claim (no "claim" field). `revised`: the reviser's answer."""
 
     def respond(request):
         if request.role == "reviser" and revised is not None:
             return revised.model_dump(mode="json")
-        if request.role == "claims":
-            return echo_claims(request)
         if request.role == "judge":
             claims, evidence = judge_claims_in(request), evidence_in(request)
             if judge is not None:
@@ -237,75 +232,181 @@ def test_supported_by_any_window_beats_a_contradiction_but_not_an_invalid_quote(
     assert (judged.verdict, judged.source_n, judged.rejected_quotes) == ("contradicted", 1, 1)
 
 
-# --- batched judging ------------------------------------------------------------------------------------------------
+# --- one check call per draft ------------------------------------------------------------------------------------
 
 
-def test_claims_are_judged_in_batches_of_claims_per_call(ledger, tmp_path, templates_dir):
-    config = make_config(tmp_path, templates_dir, claims_per_call=3)
+def requests_statements(model: TestModel) -> list[list[str]]:
+    """The statement ids of each judge request that opened a conversation (repair rounds excluded)."""
+    return [[cid for cid, _ in judge_claims_in(r)] for r in judge_requests(model) if len(r.messages) == 2]
+
+
+def test_a_draft_that_fits_is_checked_in_one_call_with_its_headline_as_context(ledger, tmp_path, templates_dir):
+    config = make_config(tmp_path, templates_dir)
     model = scripted_model()
     gateway = Gateway(config, ledger, backend=model)
     evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
     report = run(check_article(article(), evidence, settings=config.factcheck, gateway=gateway))
-    n = len(report.verdicts)
-    assert n == 7
-    assert len(judge_requests(model)) == math.ceil(n / 3)
-    assert all(len(judge_claims_in(r)) <= 3 for r in judge_requests(model))
-    assert [v.verdict for v in report.verdicts] == ["supported"] * n
+
+    (request,) = model.requests  # no separate claims call, no batches of a fixed size
+    assert request.role == "judge"
+    assert [cid for cid, _ in judge_claims_in(request)] == ["s1", "s2", "s3", "s4", "s5", "s6", "s7"]
+    assert "<context>Lumen Exchange drained of $48 million</context>" in user_text(request)
+    assert [v.verdict for v in report.verdicts] == ["supported"] * 7
     assert all(v.method == "llm" and v.source_url for v in report.verdicts)
     assert report.totals == {"supported": 7, "contradicted": 0, "unverifiable": 0, "claims": 7}
 
 
-def test_claims_the_judge_answers_under_the_wrong_id_are_retried_alone_and_never_dropped(ledger, tmp_path, templates_dir):
-    """Batches answer the last claim under a made-up id; alone, every claim but one is answered."""
-    never_answered = "Security firm Hexagate traced roughly 11,400 ETH to wallets controlled by the attacker."
+def test_a_draft_too_large_for_the_window_is_split_by_tokens(ledger, tmp_path, templates_dir):
+    """A window one token short of the whole draft: two calls, every sentence in exactly one, each call within the window."""
+    from agents.fact_checker import call_budget
+    from pipeline.tokens import count_messages
 
-    def sloppy(claims, evidence):
-        out = []
-        for i, (cid, text) in enumerate(claims):
-            verdict = honest_verdict(cid, text, evidence)
-            if text == never_answered or (len(claims) > 1 and i == len(claims) - 1):
-                verdict["claim_id"] = f"x-{cid}"
-            out.append(verdict)
-        return out
+    config = make_config(tmp_path, templates_dir)
+    whole = scripted_model()
+    gateway = Gateway(config, ledger, backend=whole)
+    evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
+    one_call = run(check_article(article(), evidence, settings=config.factcheck, gateway=gateway))
+    (request,) = whole.requests
+    budget = call_budget(gateway, config.factcheck)
+    schema_tokens = config.llm.context_window("gpt-4o-mini") - budget.limit
+    needed = count_messages(request.messages, "gpt-4o-mini") + budget.reply_tokens(7) + schema_tokens
 
-    config = make_config(tmp_path, templates_dir, claims_per_call=3)
-    model = scripted_model(sloppy)
+    small = make_config(tmp_path, templates_dir, max_context_tokens=needed - 1)
+    split = scripted_model()
+    gateway = Gateway(small, ledger, backend=split)
+    report = run(check_article(article(), evidence, settings=small.factcheck, gateway=gateway))
+
+    batches = requests_statements(split)
+    assert len(split.requests) == 2 and len(batches) == 2
+    assert [cid for batch in batches for cid in batch] == ["s1", "s2", "s3", "s4", "s5", "s6", "s7"]  # in order, none twice
+    small_budget = call_budget(gateway, small.factcheck)
+    for r, batch in zip(split.requests, batches):
+        assert small_budget.fits(count_messages(r.messages, "gpt-4o-mini"), len(batch))
+        assert r.max_tokens == small_budget.reply_tokens(len(batch))
+    assert report.verdicts == one_call.verdicts
+
+
+def test_a_sentence_becomes_atomic_claims_that_point_back_to_it_and_keep_its_figures(ledger, tmp_path, templates_dir):
+    """The first reply invents a figure in a claim; the gateway's repair round gets it right."""
+    lead = "Hackers drained $48 million from Lumen Exchange on Thursday, the company said."
+
+    def respond(request):
+        if request.role != "judge":
+            return None
+        evidence = evidence_in(request)
+        verdicts = [honest_verdict(cid, text, evidence) for cid, text in judge_claims_in(request) if cid != "s2"]
+        repaired = len(request.messages) > 2
+        verdicts[1:1] = [
+            {"claim_id": "s2", "claim": "Hackers drained $48 million from Lumen Exchange" if repaired else
+             "Hackers drained $58 million from Lumen Exchange", "verdict": "supported", "source_n": 1,
+             "quote": "Hackers drained $48 million from Lumen Exchange"},
+            {"claim_id": "s2", "claim": "Lumen Exchange was drained on Thursday", "verdict": "supported", "source_n": 1,
+             "quote": "Hackers drained $48 million from Lumen Exchange on Thursday"},
+        ]
+        return {"verdicts": verdicts}
+
+    config = make_config(tmp_path, templates_dir)
+    model = TestModel(function=respond)
     gateway = Gateway(config, ledger, backend=model)
     evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
     report = run(check_article(article(), evidence, settings=config.factcheck, gateway=gateway))
 
-    batches = math.ceil(7 / 3)
-    alone = [r for r in judge_requests(model) if len(judge_claims_in(r)) == 1]
-    retried = {judge_claims_in(r)[0][1] for r in alone}
-    # Batches c1-c3, c4-c6, c7: c3 and c6 (last of a full batch) and c5 (never answered) are retried alone;
-    # the single-claim batch is not retried: it already was alone.
-    assert len(judge_requests(model)) == batches + 3
-    assert never_answered in retried
+    _first, repair = judge_requests(model)
+    assert "'$58 million', which its statement does not contain" in repair.messages[-1]["content"]
+    rendered = render_draft(article())
+    s2 = next(s for s in rendered.sentences if s.text == lead)
+    from_lead = [v for v in report.verdicts if v.claim.start == s2.start]
+    assert [v.claim.text for v in from_lead] == ["Hackers drained $48 million from Lumen Exchange", "Lumen Exchange was drained on Thursday"]
+    assert all(v.claim.end == s2.end and v.claim.section == "lead" and v.verdict == "supported" for v in from_lead)
+    assert report.totals == {"supported": 8, "contradicted": 0, "unverifiable": 0, "claims": 8}
+    assert [v.claim.id for v in report.verdicts] == [f"c{i}" for i in range(1, 9)]
+
+
+def test_statements_answered_under_the_wrong_id_are_retried_alone_and_never_dropped(ledger, tmp_path, templates_dir):
+    """The whole-draft reply puts two sentences under made-up ids (and repeats it when asked to repair);
+    alone, one of them is answered and the other never is, so the rules check it."""
+    never_answered = "Security firm Hexagate traced roughly 11,400 ETH to wallets controlled by the attacker."
+    lost_in_the_crowd = "Lumen's native token, LUM, fell 23% after the announcement."
+
+    def sloppy(claims, evidence):
+        out = []
+        for cid, text in claims:
+            verdict = honest_verdict(cid, text, evidence)
+            if text == never_answered or (len(claims) > 1 and text == lost_in_the_crowd):
+                verdict["claim_id"] = f"x-{cid}"
+            out.append(verdict)
+        return out
+
+    config = make_config(tmp_path, templates_dir)
+    model = scripted_model(sloppy)
+    gateway = Gateway(config, ledger, backend=model)
+    evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
+    stats = JudgeStats()
+    report = run(check_article(article(), evidence, settings=config.factcheck, gateway=gateway, stats=stats))
+
+    # The draft (and its repair round), then each left-out sentence alone (the still-wrong one repaired once more).
+    assert [len(judge_claims_in(r)) for r in judge_requests(model)] == [7, 7, 1, 1, 1]
+    assert sorted(batch[0] for batch in requests_statements(model)[1:]) == ["s5", "s7"]
+    assert (stats.calls, stats.retried_alone, stats.unanswered) == (3, 2, 1)
     assert len(report.verdicts) == 7
     by_text = {v.claim.text: v for v in report.verdicts}
     assert by_text[never_answered].method == "rules"       # fell back, marked
     assert by_text[never_answered].verdict == "supported"  # the rules find it verbatim in source 2
-    by_id = {v.claim.id: v.claim.text for v in report.verdicts}
-    assert by_id["c5"] == never_answered
-    assert retried == {by_id["c3"], by_id["c5"], by_id["c6"], by_id["c7"]}  # c7: the one-claim third batch
+    assert by_text[lost_in_the_crowd].method == "llm"
     assert sum(v.method == "llm" for v in report.verdicts) == 6
 
 
-def test_an_unusable_claims_reply_falls_back_to_whole_sentences(ledger, tmp_path, templates_dir):
-    def respond(request):
-        if request.role == "claims":
-            return {"claims": [{"sentence_id": "s999", "text": "invented"}]}
-        if request.role == "judge":
-            evidence = evidence_in(request)
-            return {"verdicts": [honest_verdict(cid, text, evidence) for cid, text in judge_claims_in(request)]}
-        return None
+def test_a_left_out_sentence_is_asked_again_only_when_it_holds_something_checkable(ledger, tmp_path, templates_dir):
+    """s3 ("The exchange halted all withdrawals ...") has no figure, date, quotation or name; s5 has figures."""
+
+    def skipping(claims, evidence):
+        return [honest_verdict(cid, text, evidence) for cid, text in claims if len(claims) == 1 or cid not in ("s3", "s5")]
 
     config = make_config(tmp_path, templates_dir)
-    gateway = Gateway(config, ledger, backend=TestModel(function=respond))
+    model = scripted_model(skipping)
+    gateway = Gateway(config, ledger, backend=model)
     evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
     report = run(check_article(article(), evidence, settings=config.factcheck, gateway=gateway))
-    assert [v.claim.text for v in report.verdicts] == [s.text for s in render_draft(article()).sentences]
-    assert report.totals["supported"] == 7
+
+    assert requests_statements(model) == [["s1", "s2", "s3", "s4", "s5", "s6", "s7"], ["s5"]]
+    texts = [v.claim.text for v in report.verdicts]
+    assert "The exchange halted all withdrawals while it investigates the breach." not in texts  # nothing the model could check
+    assert len(texts) == 6 and all(v.method == "llm" and v.verdict == "supported" for v in report.verdicts)
+
+
+def test_an_unusable_reply_is_asked_again_in_halves(ledger, tmp_path, templates_dir):
+    """A reply cut off at the token limit: the draft is asked again in two halves, the halves answer."""
+    from pipeline.llm import ModelReply
+
+    def respond(request):
+        if request.role != "judge":
+            return None
+        claims, evidence = judge_claims_in(request), evidence_in(request)
+        if len(claims) == 7:
+            return ModelReply(content='{"verdicts": [', finish_reason="length")
+        return {"verdicts": [honest_verdict(cid, text, evidence) for cid, text in claims]}
+
+    config = make_config(tmp_path, templates_dir)
+    model = TestModel(function=respond)
+    gateway = Gateway(config, ledger, backend=model)
+    evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
+    stats = JudgeStats()
+    report = run(check_article(article(), evidence, settings=config.factcheck, gateway=gateway, stats=stats))
+    assert requests_statements(model) == [["s1", "s2", "s3", "s4", "s5", "s6", "s7"], ["s1", "s2", "s3"], ["s4", "s5", "s6", "s7"]]
+    assert stats.split == 1 and report.totals["supported"] == 7 and {v.method for v in report.verdicts} == {"llm"}
+
+
+def test_a_provider_outage_leaves_every_sentence_to_the_rules(ledger, tmp_path, templates_dir):
+    from pipeline.llm import RequestRejected
+
+    config = make_config(tmp_path, templates_dir)
+    model = TestModel(function=lambda request: RequestRejected("400 bad request") if request.role == "judge" else None)
+    gateway = Gateway(config, ledger, backend=model)
+    evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
+    report = run(check_article(article("$52 million"), evidence, settings=config.factcheck, gateway=gateway))
+    assert len(model.requests) == 1  # no retries of a call the provider refused
+    assert len(report.verdicts) == 7 and {v.method for v in report.verdicts} == {"rules"}
+    assert report.totals["contradicted"] == 1 and report.totals["supported"] == 6
 
 
 # --- rules override the judge ------------------------------------------------------------------------------------
@@ -401,35 +502,76 @@ def test_the_revise_loop_stops_at_the_limit_and_keeps_the_flags(ledger, tmp_path
         return art.model_copy(update={"lead": art.lead.replace(old, new)})
 
     config = make_config(tmp_path, templates_dir, revise_rounds=2)
-    gateway = Gateway(config, ledger, backend=scripted_model())
+    model = scripted_model()
+    gateway = Gateway(config, ledger, backend=model)
     reviser = ScriptedReviser(reword_only)
     outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config, gateway=gateway, reviser=reviser))
 
     assert len(reviser.calls) == 2
     assert all(any("$52 million" in text for text in flagged) for flagged in reviser.calls)
+    assert len(judge_requests(model)) == 1  # revised sentences are checked again by the rules, not by another call
     assert [r.round for r in outcome.report.revisions] == [1, 2]
     assert all(r.spans_revised == 1 and r.chars_changed > 0 for r in outcome.report.revisions)
     assert "$52 million" in outcome.article.lead  # nothing deleted
     lead = next(v for v in outcome.report.verdicts if v.claim.section == "lead")
     assert lead.verdict == "contradicted" and [f.type for f in lead.failures] == ["number"]
+    assert lead.claim.text.startswith("Hackers drained $52 million")
 
 
-def test_a_revision_that_fixes_the_number_makes_the_claim_supported(ledger, tmp_path, templates_dir, spec):
+def test_by_default_a_draft_gets_one_revision_at_most(ledger, tmp_path, templates_dir, spec):
+    def reword_only(art: Article, round_number: int) -> Article:
+        return art.model_copy(update={"lead": art.lead.replace("Hackers", "Attackers")})
+
+    config = make_config(tmp_path, templates_dir)
+    model = scripted_model()
+    reviser = ScriptedReviser(reword_only)
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=reviser))
+    assert len(reviser.calls) == 1 and len(model.requests) == 1
+    assert outcome.revised and outcome.article.lead.startswith("Attackers drained $52 million")
+    assert outcome.report.totals["contradicted"] == 1  # still wrong, still flagged
+
+
+def test_a_revision_that_fixes_the_number_is_rechecked_by_the_rules_and_becomes_supported(ledger, tmp_path, templates_dir, spec):
     def fix(art: Article, round_number: int) -> Article:
         return art.model_copy(update={"lead": art.lead.replace("$52 million", "$48 million")})
 
     config = make_config(tmp_path, templates_dir, revise_rounds=2)
-    gateway = Gateway(config, ledger, backend=scripted_model())
+    model = scripted_model()
+    gateway = Gateway(config, ledger, backend=model)
     reviser = ScriptedReviser(fix)
     outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config, gateway=gateway, reviser=reviser))
 
     assert len(reviser.calls) == 1  # nothing left to revise after round 1
+    assert len(judge_requests(model)) == 1
     assert outcome.revised and outcome.article.lead == article().lead
     assert outcome.report.totals == {"supported": 7, "contradicted": 0, "unverifiable": 0, "claims": 7}
+    lead = next(v for v in outcome.report.verdicts if v.claim.section == "lead")
+    assert lead.method == "rules" and lead.source_n == 1 and "$48 million" in lead.evidence
+    lead_span = next(s for s in render_draft(article()).sentences if s.section == "lead")
+    assert (lead.claim.start, lead.claim.end) == (lead_span.start, lead_span.end)
+    # The sentences the revision left alone keep the model's verdicts.
+    assert sum(v.method == "llm" for v in outcome.report.verdicts) == 6
     (revision,) = outcome.report.revisions
     assert revision.spans_revised == 1
     assert revision.chars_changed == 2  # "52" -> "48"
     assert revision.change_ratio == round(2 / len(render_draft(article("$52 million")).text), 4)
+
+
+def test_a_revised_sentence_the_rules_cannot_find_in_a_source_stays_flagged(ledger, tmp_path, templates_dir, spec):
+    """New wording has no model verdict: it is accepted only when the rules find it supported."""
+    def vague(art: Article, round_number: int) -> Article:
+        return art.model_copy(update={"lead": "Hackers stole a fortune from the exchange, insiders whispered [1]."})
+
+    config = make_config(tmp_path, templates_dir)
+    model = scripted_model()
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=ScriptedReviser(vague)))
+    assert outcome.revised and len(model.requests) == 1
+    lead = next(v for v in outcome.report.verdicts if v.claim.section == "lead")
+    assert lead.claim.text == "Hackers stole a fortune from the exchange, insiders whispered."
+    assert lead.verdict != "supported" and lead.method == "rules"
+    assert outcome.report.flagged() == [lead]
 
 
 def test_the_writers_reviser_is_asked_through_the_gateway_with_the_flags(ledger, tmp_path, templates_dir, spec):
@@ -468,20 +610,27 @@ def test_measure_revision_counts_changed_sentences_and_characters():
 
 
 class FakeRun:
-    """What check_drafts uses of pipeline.runner.Run, over a real SQLite ledger."""
+    """What check_drafts uses of pipeline.runner.Run, over a real SQLite ledger.
+
+    `stop_after`: a stop is requested once that many drafts are checked (as SIGTERM would, mid-stage).
+    """
 
     def __init__(self, config, ledger, gateway=None, stop_after: int | None = None):
         self.config, self.ledger, self.store, self.gateway = config, ledger, None, gateway
         self.loop = asyncio.new_event_loop()
-        self.coroutines = 0
         self.stop_after = stop_after
 
     @property
     def stop_requested(self) -> bool:
-        return self.stop_after is not None and self.coroutines >= self.stop_after
+        if self.stop_after is None:
+            return False
+        with self.ledger.engine.connect() as connection:
+            checked = connection.execute(
+                select(func.count()).select_from(schema.drafts).where(schema.drafts.c.state == DraftState.checked.value)
+            ).scalar()
+        return checked >= self.stop_after
 
     def run_async(self, coroutine):
-        self.coroutines += 1
         return self.loop.run_until_complete(coroutine)
 
     def close(self):
@@ -524,12 +673,15 @@ def test_the_stage_checks_drafted_drafts_and_leaves_needs_attention_alone(ledger
     assert report.notes["claims"] == 7 and report.notes["contradicted"] == 1 and report.notes["revised_rounds"] == 0
 
 
-def test_the_stage_stores_a_revised_article_with_its_report(ledger, tmp_path, templates_dir, monkeypatch):
+def test_the_stage_stores_a_revised_article_with_its_report_and_stops_starting_drafts_on_request(
+    ledger, tmp_path, templates_dir, monkeypatch
+):
     async def fixing_reviser(draft, flagged, pack, spec, gateway):
         return draft.article.model_copy(update={"lead": draft.article.lead.replace("$52 million", "$48 million")})
 
     monkeypatch.setattr("agents.writer.revise_draft", fixing_reviser)
-    config = make_config(tmp_path, templates_dir)
+    # One draft at a time, so the stop request lands between two drafts.
+    config = make_config(tmp_path, templates_dir).model_copy(update={"llm": parse_config({"llm": {"concurrency": 1}}, root=tmp_path).llm})
     save_draft(ledger, make_draft(article("$52 million"), "d-fix", "story-a"), pack())
     save_draft(ledger, make_draft(article(), "d-later", "story-b"), pack())
     fake = FakeRun(config, ledger, gateway=Gateway(config, ledger, backend=scripted_model()), stop_after=1)
@@ -545,8 +697,55 @@ def test_the_stage_stores_a_revised_article_with_its_report(ledger, tmp_path, te
     assert stored.method == "llm" and stored.totals["supported"] == 7 and len(stored.revisions) == 1
     assert validate_article(Article.model_validate(row.article), load_brief(templates_dir), sources()) == []
     assert report.notes["revised_rounds"] == 1
-    # The stop request is honoured between drafts.
+    # The stop request is honoured: the next draft is not started.
     assert draft_row(ledger, "d-later").state == DraftState.drafted.value and report.items_out == 1
+
+
+class CountingBackend:
+    """A TestModel that lets other tasks run while a call is in flight, and counts the calls in flight at once."""
+
+    def __init__(self, inner: TestModel):
+        self.inner = inner
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def complete(self, request):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            for _ in range(20):  # a real provider takes a while; every other ready task gets to run meanwhile
+                await asyncio.sleep(0)
+            return await self.inner.complete(request)
+        finally:
+            self.in_flight -= 1
+
+
+def test_the_stage_checks_drafts_concurrently_with_one_check_call_each(ledger, tmp_path, templates_dir, monkeypatch):
+    revisions = []
+
+    async def fixing_reviser(draft, flagged, pack, spec, gateway):
+        revisions.append(draft.id)
+        return draft.article.model_copy(update={"lead": draft.article.lead.replace("$52 million", "$48 million")})
+
+    monkeypatch.setattr("agents.writer.revise_draft", fixing_reviser)
+    config = make_config(tmp_path, templates_dir)  # llm.concurrency 4 by default or more
+    drafts = [make_draft(article("$52 million" if i % 2 else "$48 million"), f"d-{i}", f"story-{i}") for i in range(4)]
+    for d in drafts:
+        save_draft(ledger, d, pack())
+    backend = CountingBackend(scripted_model())
+    fake = FakeRun(config, ledger, gateway=Gateway(config, ledger, backend=backend))
+    try:
+        report = check_drafts(fake)
+    finally:
+        fake.close()
+
+    assert report.items_out == 4 and not report.errors
+    assert all(draft_row(ledger, d.id).state == DraftState.checked.value for d in drafts)
+    assert backend.most_in_flight == 4  # not one draft after another
+    # One check call per draft (each whole draft in its request), a revision only where a claim failed.
+    assert [len(judge_claims_in(r)) for r in backend.inner.requests] == [7, 7, 7, 7]
+    assert sorted(revisions) == ["d-1", "d-3"]
+    assert report.notes["claims"] == 28 and report.notes["supported"] == 28 and report.notes["revised_rounds"] == 2
 
 
 def load_brief(templates_dir):
@@ -558,8 +757,8 @@ def load_brief(templates_dir):
 # --- the benchmark entry point -------------------------------------------------------------------------------------------
 
 
-def test_benchmark_cases_are_judged_in_batches_with_rules_on_top(ledger, tmp_path, templates_dir):
-    config = make_config(tmp_path, templates_dir, claims_per_call=2)
+def test_benchmark_cases_are_checked_in_one_call_with_rules_on_top(ledger, tmp_path, templates_dir):
+    config = make_config(tmp_path, templates_dir)
     model = scripted_model()
     gateway = Gateway(config, ledger, backend=model)
     src = [{"id": "a1", "title": "t", "url": "https://x.example/a", "text": COINWIRE}]
@@ -573,4 +772,25 @@ def test_benchmark_cases_are_judged_in_batches_with_rules_on_top(ledger, tmp_pat
     assert by_id["faithful"]["verdict"] == "supported" and by_id["faithful"]["source_id"] == "a1"
     assert by_id["number"]["verdict"] == "contradicted" and "$48 million" in by_id["number"]["evidence"]
     assert by_id["broken"] == {"id": "broken", "verdict": "unverifiable", "source_id": None, "evidence": ""}
-    assert len(judge_requests(model)) == 1
+    (request,) = judge_requests(model)
+    assert [text for _, text in judge_claims_in(request)] == [cases[0]["claim"], cases[1]["claim"]]
+
+
+def test_a_benchmark_claim_split_into_atomic_claims_gets_the_worst_of_their_verdicts(ledger, tmp_path, templates_dir):
+    """An injected addition: the first half is in the source, the added half is not."""
+    claim = "The exchange halted all withdrawals while it investigates the breach and hired Mandiant to help."
+
+    def splitting(request):
+        if request.role != "judge":
+            return None
+        return {"verdicts": [
+            {"claim_id": "c1", "claim": "The exchange halted all withdrawals while it investigates the breach.",
+             "verdict": "supported", "source_n": 1, "quote": "The exchange halted all withdrawals while it investigates the breach."},
+            {"claim_id": "c1", "claim": "The exchange hired Mandiant to help.", "verdict": "unverifiable", "source_n": None, "quote": ""},
+        ]}
+
+    config = make_config(tmp_path, templates_dir)
+    gateway = Gateway(config, ledger, backend=TestModel(function=splitting))
+    src = [{"id": "a1", "title": "t", "url": "https://x.example/a", "text": COINWIRE}]
+    (row,) = run(check_claims_with_model([{"id": "added", "claim": claim, "sources": src}], gateway))
+    assert row["verdict"] == "unverifiable"
