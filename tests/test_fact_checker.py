@@ -748,6 +748,27 @@ def test_the_stage_checks_drafts_concurrently_with_one_check_call_each(ledger, t
     assert report.notes["claims"] == 28 and report.notes["supported"] == 28 and report.notes["revised_rounds"] == 2
 
 
+def test_drafts_likely_to_need_a_revision_go_to_the_model_first(ledger, tmp_path, templates_dir, monkeypatch):
+    """A figure no source has means a revision after the check: that draft's calls start first."""
+    async def fixing_reviser(draft, flagged, pack, spec, gateway):
+        return draft.article.model_copy(update={"lead": draft.article.lead.replace("$52 million", "$48 million")})
+
+    monkeypatch.setattr("agents.writer.revise_draft", fixing_reviser)
+    config = make_config(tmp_path, templates_dir).model_copy(update={"llm": parse_config({"llm": {"concurrency": 1}}, root=tmp_path).llm})
+    for i, amount in enumerate(["$48 million", "$48 million", "$52 million"]):
+        save_draft(ledger, make_draft(article(amount), f"d-{i}", f"story-{i}"), pack())
+    model = scripted_model()
+    fake = FakeRun(config, ledger, gateway=Gateway(config, ledger, backend=model))
+    try:
+        report = check_drafts(fake)
+    finally:
+        fake.close()
+    assert report.items_out == 3
+    first = judge_requests(model)[0]
+    assert "$52 million" in user_text(first)
+    assert all("$52 million" not in user_text(r) for r in judge_requests(model)[1:])
+
+
 def load_brief(templates_dir):
     from pipeline.templates import load_templates
 
