@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import re
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from pipeline.config import load_config, parse_config  # noqa: E402
 from pipeline.ledger import as_utc  # noqa: E402
 from pipeline.models import Article  # noqa: E402
 from pipeline.runner import Run  # noqa: E402
-from tests.fakes.newsroom_model import NewsroomModel, role_of  # noqa: E402
+from tests.fakes.newsroom_model import NewsroomModel  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 STAGES = ["fetch", "classify", "draft", "check", "publish"]
@@ -406,7 +405,7 @@ def _user(prompt: str) -> str:
 
 
 def attribute_calls(calls: list[dict], drafts, story_titles: dict[str, str]) -> list[dict]:
-    """The LLM calls of each article: writer by story title, claims and reviser by headline, judge by claim text."""
+    """The LLM calls of each article: writer by story title, reviser and judge by headline."""
     articles = {}
     by_title, by_headline = {}, {}
     for d in drafts:
@@ -420,23 +419,19 @@ def attribute_calls(calls: list[dict], drafts, story_titles: dict[str, str]) -> 
         by_headline[article.headline] = d.id
         for s in render_draft(article).sentences:
             by_headline.setdefault(s.text, d.id)
-    by_claim: dict[str, str] = {}
     for call in calls:
         role, prompt = call["role"], call["prompt"] or "[]"
         owner = None
         if role == "writer":
             match = re.search(r"<story>\nTitle: (.*?)\n", _user(prompt))
             owner = by_title.get(_unfence(match.group(1))) if match else None
-        elif role in ("claims", "reviser"):
-            pattern = r"<context>(.*?)</context>" if role == "claims" else r'"headline": "(.*?)",'
-            match = re.search(pattern, _user(prompt))
-            owner = by_headline.get(_unfence(json.loads(f'"{match.group(1)}"') if role == "reviser" else match.group(1))) if match else None
-            if role == "claims" and owner and call["response"]:
-                for claim in json.loads(call["response"]).get("claims", []):
-                    by_claim[" ".join(claim["text"].split())] = owner
+        elif role == "reviser":
+            match = re.search(r'"headline": "(.*?)",', _user(prompt))
+            owner = by_headline.get(_unfence(json.loads(f'"{match.group(1)}"'))) if match else None
         elif role == "judge":
-            match = re.search(r'<claim id="[^"]+">\n(.*?)\n</claim>', _user(prompt), re.DOTALL)
-            owner = by_claim.get(" ".join(_unfence(match.group(1)).split())) if match else None
+            # One check call per draft (or per token-sized part): its prompt names the headline as context.
+            match = re.search(r"<context>(.*?)</context>", _user(prompt))
+            owner = by_headline.get(_unfence(match.group(1))) if match else None
         if owner is None:
             continue
         entry = articles[owner]
@@ -478,11 +473,11 @@ def stage_waits(result: RunResult) -> dict[str, float]:
 
 def print_articles(s: Scenario) -> None:
     print(f"\nPer article (first run, {s.stories} stories, {s.items} items):")
-    print(f"  {'story':44} {'template':>8} {'state':>9} {'writer':>6} {'claims':>6} {'judge':>5} {'revise':>6} {'calls':>5} {'tokens':>7} {'cost $':>8} {'LLM span s':>10}")
+    print(f"  {'story':44} {'template':>8} {'state':>9} {'writer':>6} {'judge':>5} {'revise':>6} {'calls':>5} {'tokens':>7} {'cost $':>8} {'LLM span s':>10}")
     for a in s.articles:
         c = a["calls"]
         span = (max(e for _, e in a["spans"]) - min(b for b, _ in a["spans"])).total_seconds() if a["spans"] else 0.0
-        print(f"  {a['story'][:44]:44} {a['template']:>8} {a['state']:>9} {c['writer']:>6} {c['claims']:>6} {c['judge']:>5} {c['reviser']:>6} "
+        print(f"  {a['story'][:44]:44} {a['template']:>8} {a['state']:>9} {c['writer']:>6} {c['judge']:>5} {c['reviser']:>6} "
               f"{sum(c.values()):>5} {a['tokens']:>7} {a['cost']:>8.4f} {span:>10.1f}")
 
 

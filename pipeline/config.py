@@ -99,7 +99,7 @@ class Price(Section):
     training: float = Field(default=0.0, ge=0)
 
 
-Role = Literal["classifier", "writer", "reviser", "claims", "judge"]
+Role = Literal["classifier", "writer", "reviser", "judge"]
 
 
 class LLM(Section):
@@ -120,7 +120,6 @@ class LLM(Section):
         "classifier": "gpt-4o-mini",
         "writer": "gpt-4o-mini",
         "reviser": "gpt-4o-mini",
-        "claims": "gpt-4o-mini",
         "judge": "gpt-4o-mini",
     }
     context_windows: dict[str, int] = {"gpt-4o-mini": 128_000, "gpt-4o": 128_000}

@@ -220,7 +220,7 @@ def _max_tokens_in_letter_run(run: str, free_prefix: int = 0) -> int:
     length = len(run)
     # best[i][s]: most tokens covering run[i:], s = the token before i was a single letter.
     next_single, next_multi = 0, 0  # best[i+1][True], best[i+1][False]
-    after_single, after_multi = 0, 0  # best[i+2][*] (only the [False] entry is used)
+    after_multi = 0  # best[i+2][False]
     for i in range(length - 1, -1, -1):
         pair_free = i == 0 or i <= free_prefix or run[i - 1 : i + 1] in _UNMERGED_PAIRS
         single = 1 + next_single

@@ -465,9 +465,9 @@ def test_cache_can_be_off_per_role_and_ignores_answers_that_fail_new_validators(
 
     cached = gateway_for(server, tmp_path, ledger)
     server.add(GOOD)
-    run(cached.call("claims", PROMPT, Verdict))
+    run(cached.call("judge", PROMPT, Verdict))
     needs_figure = lambda v: [] if "5%" in v.summary else ["summary must state the figure"]  # noqa: E731
-    verdict = run(cached.call("claims", PROMPT, Verdict, validators=[needs_figure]))
+    verdict = run(cached.call("judge", PROMPT, Verdict, validators=[needs_figure]))
     assert verdict.summary == "Bitcoin rose 5%."
 
 

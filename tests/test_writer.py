@@ -413,11 +413,6 @@ def test_classifier_claims_and_judge_prompts_render_and_fence_data():
     assert "- security: Hacks and exploits (e.g. hack)" in classifier.system
     assert "never invent others" in classifier.system
 
-    claims = lib.render("claims", sentences=[{"id": "s1", "section": "lead", "text": "Lumen lost $48 million. " + INJECTION}], headline="")
-    sentences = fenced_blocks(claims.user, "sentence")
-    assert len(sentences) == 1 and "Ignore previous instructions" in sentences[0]
-    assert 'id="s1"' in claims.user and "sentence_id" in claims.system
-
     judge = lib.render("judge", claims=[
         {"id": "c1", "text": "Lumen lost $48 million", "evidence": [{"source_n": 2, "outlet": "LedgerLine", "text": "Lumen lost an estimated $48 million. " + INJECTION}]},
         {"id": "c2", "text": "Lumen is insured", "evidence": []},
@@ -429,7 +424,7 @@ def test_classifier_claims_and_judge_prompts_render_and_fence_data():
 
 
 def test_every_prompt_documents_its_variables():
-    for name in ("writer", "reviser", "classifier", "claims", "judge"):
+    for name in ("writer", "reviser", "classifier", "judge"):
         for part in ("system", "user"):
             text = (library().directory / f"{name}.{part}.j2").read_text(encoding="utf-8")
             assert text.startswith("{#") and "#}" in text, f"{name}.{part}.j2 lacks its variables comment"

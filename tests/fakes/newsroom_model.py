@@ -10,7 +10,6 @@ and answers every role with realistic, schema- and template-valid JSON:
   the template rules stated in the user prompt (headline, lead, body, insights),
   every paragraph and insight citing the source it came from;
 * reviser: the article with each flagged statement replaced by its evidence;
-* claims: one claim per draft sentence (two when a semicolon joins two clauses);
 * judge: "supported" quoting the best matching evidence sentence verbatim when
   the claim's words and figures are in it, "contradicted" when the words are but
   a figure differs, else "unverifiable".
@@ -32,12 +31,11 @@ from typing import Any
 from pipeline.templates import count_sentences, count_words
 from pipeline.text import split_sentences
 
-_SCHEMA_ROLES = {"BatchResult": "classifier", "ClaimExtraction": "claims", "JudgeReply": "judge"}
+_SCHEMA_ROLES = {"BatchResult": "classifier", "JudgeReply": "judge"}
 _SYSTEM_ROLES = (
     ("You triage incoming items", "classifier"),
     ("You are a staff writer", "writer"),
     ("You are the copy desk", "reviser"),
-    ("You break a draft article", "claims"),
     ("You verify claims", "judge"),
 )
 _CRYPTO = re.compile(
@@ -243,17 +241,6 @@ class NewsroomModel:
         return article
 
     # fact-checking -------------------------------------------------------------------
-
-    def _claims(self, body: dict[str, Any]) -> dict[str, Any]:
-        claims = []
-        for sentence_id, text in re.findall(r'<sentence id="([^"]+)" section="\w+">(.*?)</sentence>', _user(body)):
-            text = _unfence(text)
-            parts = [p.strip() for p in text.split("; ")]
-            if len(parts) > 1 and all(count_words(p) >= 4 for p in parts):
-                claims += [{"sentence_id": sentence_id, "text": p if p.endswith(".") else p + "."} for p in parts]
-            else:
-                claims.append({"sentence_id": sentence_id, "text": text})
-        return {"claims": claims}
 
     def _judge(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = _user(body)
