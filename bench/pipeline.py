@@ -7,7 +7,7 @@ through the real openai SDK with a fixed delay per call; its replies come from
 tests/fakes/newsroom_model.py (template-valid articles, verbatim judge quotes,
 one article in `--mistake-every` misstating a figure so revisions happen).
 
-    python bench/pipeline.py [--stories 10] [--sources 3] [--delay 2.0] [--concurrency 4]
+    python bench/pipeline.py [--stories 10] [--sources 3] [--delay 2.0] [--concurrency 8]
 
 Reports per article: LLM calls by role, tokens, estimated cost (config prices)
 and the time its calls spanned; per stage: wall time, time waiting on the
@@ -498,7 +498,7 @@ def main() -> int:
     parser.add_argument("--stories", type=int, default=10, help="stories in the feeds (default 10)")
     parser.add_argument("--sources", type=int, default=3, help="outlets reporting each story (default 3)")
     parser.add_argument("--delay", type=float, default=2.0, help="seconds the fake model takes per call (default 2.0)")
-    parser.add_argument("--concurrency", type=int, default=4, help="llm.concurrency: calls in flight at once (default 4, as config.toml)")
+    parser.add_argument("--concurrency", type=int, default=8, help="llm.concurrency: calls in flight at once (default 8, as config.toml)")
     parser.add_argument("--mistake-every", type=int, default=3, help="every k-th article misstates a figure (0: none)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-story run (no 2x check)")
     args = parser.parse_args()
