@@ -38,3 +38,13 @@ def allow_model_requests():
     """For tests that point the real SDK at respx or tests/fakes/openai_server.py."""
     with _allow_model_requests():
         yield
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    """A real SQLite ledger file in the test's temp folder, migrated."""
+    from pipeline.ledger import Ledger
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    yield ledger
+    ledger.close()

@@ -114,12 +114,6 @@ def make_config(tmp_path: Path, templates_dir: Path, **factcheck) -> Config:
     return parse_config({"newsroom": {"templates_dir": str(templates_dir)}, "factcheck": factcheck}, root=tmp_path)
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    yield ledger
-    ledger.close()
-
 
 @pytest.fixture
 def spec(templates_dir):

@@ -21,7 +21,6 @@ Cases covered elsewhere (not repeated here):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re

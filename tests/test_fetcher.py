@@ -21,7 +21,7 @@ from agents.fetcher import fetch_all, plain_text, run_fetch
 from pipeline import schema
 from pipeline.config import parse_config
 from pipeline.http import Fetcher, FetchError, make_client
-from pipeline.ledger import Ledger, as_utc
+from pipeline.ledger import as_utc
 from pipeline.urls import ResolveError, UnsafeUrlError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
@@ -73,12 +73,6 @@ def make_config(tmp_path: Path, feeds: list[dict], **limits):
     }
     return parse_config(raw, root=tmp_path)
 
-
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    yield led
-    led.close()
 
 
 def fetch(config, ledger, **kw):

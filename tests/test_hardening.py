@@ -23,12 +23,10 @@ Cases covered elsewhere (not repeated here):
 from __future__ import annotations
 
 import asyncio
-import html
 import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +35,6 @@ import unicodedata
 import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import unquote
 from xml.sax.saxutils import escape, quoteattr
 
@@ -90,12 +87,6 @@ XSS = json.loads((HOSTILE / "xss.json").read_text(encoding="utf-8"))["payloads"]
 PUBLIC_IP = "93.184.216.34"
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 
-
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    yield led
-    led.close()
 
 
 def stored_items(ledger: Ledger) -> list[Item]:

@@ -75,12 +75,6 @@ class Sleeps:
         self.waits.append(seconds)
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    yield ledger
-    ledger.close()
-
 
 @pytest.fixture
 def server(allow_model_requests):

@@ -1,6 +1,6 @@
 """The research pack never exceeds its budget, keeps the story's sources first and drops the lowest-ranked first."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 from hypothesis import given, settings

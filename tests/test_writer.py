@@ -14,7 +14,6 @@ import pytest
 
 from agents.writer import draft_id, extractive_draft, render_reviser_prompt, render_writer_prompt, revise_draft, write_draft
 from pipeline.config import Config
-from pipeline.ledger import Ledger
 import pipeline.llm as llm
 from pipeline.llm import Gateway
 from pipeline.models import (
@@ -23,7 +22,6 @@ from pipeline.models import (
     ClaimVerdict,
     DraftState,
     Insight,
-    Paragraph,
     ResearchPack,
     RuleFailure,
     SourceDoc,
@@ -196,10 +194,6 @@ def test_write_draft_without_model_is_extractive(specs):
 
 # --- model path: gateway, repair, needs_attention ----------------------------------------
 
-
-@pytest.fixture
-def ledger(tmp_path):
-    return Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
 
 
 def gateway_with(ledger, function):
