@@ -539,16 +539,9 @@ def classify_pending(run) -> StageReport:
 
     outcome = ModelOutcome()
     if to_model:
-        before = gateway.totals_by_stage.get("classify")
-        calls_before = (before.calls, before.tokens, before.cost_usd) if before else (0, 0, 0.0)
         classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep_all,
                                      stop_requested=lambda: run.stop_requested)
-        outcome = run.run_async(classifier.classify(to_model))
-        after = gateway.totals_by_stage.get("classify")
-        if after is not None:
-            report.llm_calls = after.calls - calls_before[0]
-            report.tokens = after.tokens - calls_before[1]
-            report.cost_usd = round(after.cost_usd - calls_before[2], 6)
+        outcome = run.run_async(classifier.classify(to_model))  # the runner books the calls, tokens and cost
         for cause, ids in outcome.errors.items():
             failed = set(ids)
             count = sum(len(twins[i.content_hash]) for i in to_model if i.id in failed)

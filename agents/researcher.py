@@ -208,12 +208,15 @@ def background_materials(store, config: Config, story: Story, own: list[Material
     return materials
 
 
-def context_budget(config: Config, model: str, prompt_overhead_tokens: int) -> int:
-    """Tokens left for sources: the writer's window (or the configured cap) minus the prompt and the output reserve."""
+def context_window(config: Config, model: str) -> int:
+    """The writer's window, or the configured cap when that is smaller."""
     window = config.llm.context_window(model)
-    if config.research.max_context_tokens:
-        window = min(window, config.research.max_context_tokens)
-    return max(0, window - config.research.output_reserve_tokens - prompt_overhead_tokens)
+    return min(window, config.research.max_context_tokens) if config.research.max_context_tokens else window
+
+
+def context_budget(config: Config, model: str, prompt_overhead_tokens: int) -> int:
+    """Tokens left for sources: the window minus the prompt and the output reserve."""
+    return max(0, context_window(config, model) - config.research.output_reserve_tokens - prompt_overhead_tokens)
 
 
 def research(

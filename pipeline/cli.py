@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from pipeline.config import DEFAULT_CONFIG, ConfigError, load_config
 from pipeline.ledger import LedgerError
-from pipeline.logs import register_credentials_file, register_secret, setup_logging
+from pipeline.logs import register_credentials_file, register_env_secrets, register_secret, setup_logging
 
 console = Console()
 log = logging.getLogger("newsdesk.cli")
@@ -28,21 +28,15 @@ def _config(args):
 
 def _register_secrets(config) -> None:
     """Every credential this run can read is masked in logs, messages and the ledger from here on."""
-    for name in {config.llm.api_key_env, "OPENAI_API_KEY"}:  # the gateway falls back to the SDK's variable
-        register_secret(os.environ.get(name))
-    register_secret(_api_key(config))
+    from pipeline.llm import resolve_endpoint
+
+    register_env_secrets([config.llm.api_key_env, "OPENAI_API_KEY"])  # the gateway falls back to the SDK's variable
+    register_secret(resolve_endpoint(config).api_key)  # covers llm.api_key_file too
     google = config.publishing.google
     for path in (google.credentials_file, google.token_file):
         if path is not None:
             register_credentials_file(config.path(path))
     register_credentials_file(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
-
-
-def _api_key(config):
-    from pipeline.config import read_secret
-
-    key_file = config.path(config.llm.api_key_file) if config.llm.api_key_file else None
-    return read_secret(config.llm.api_key_env, key_file)
 
 
 def print_reports(reports, title: str = "Run summary", links: bool = True) -> None:

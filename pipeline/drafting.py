@@ -46,7 +46,7 @@ def writer_model(gateway) -> str:
 
 def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templates: dict[str, TemplateSpec]) -> PreparedStory:
     """Research a story and render its writer prompt, guaranteed to fit the model's window."""
-    from agents.researcher import context_budget, research
+    from agents.researcher import context_budget, context_window, research
     from agents.writer import prompt_library, render_writer_prompt
 
     prompts = prompt_library(gateway)
@@ -55,9 +55,7 @@ def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templa
     count = lambda text: count_tokens(text, model)  # noqa: E731
     empty = ResearchPack(story_key=story.key, sources=[], budget_tokens=0, used_tokens=0)
     overhead = count_messages(render_writer_prompt(story, empty, spec, prompts=prompts).messages, model)
-    window = config.llm.context_window(model)
-    if config.research.max_context_tokens:
-        window = min(window, config.research.max_context_tokens)
+    window = context_window(config, model)
     limit = window - config.research.output_reserve_tokens
     budget = context_budget(config, model, overhead)
     while True:
@@ -79,7 +77,7 @@ async def _write(prepared: PreparedStory, gateway, embed) -> Draft:
 
 def save_draft(ledger: Ledger, draft: Draft, pack: ResearchPack) -> None:
     now = utcnow()
-    values = draft.model_dump(mode="json", exclude={"created", "new_sources_since_draft"})
+    values = draft.model_dump(mode="json", exclude={"created"})
     values.update(research=pack.model_dump(mode="json"), created=draft.created, updated=now)
     with ledger.begin() as connection:
         exists = connection.execute(select(schema.drafts.c.id).where(schema.drafts.c.story_key == draft.story_key)).first()

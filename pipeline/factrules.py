@@ -1016,8 +1016,3 @@ def verify_offline(
             if not any(parts.surface.get(t, t) in name.split() for name in missing_names)
         ],
     )
-
-
-def check_claim(claim: str, sources: Iterable | SourceIndex) -> list[RuleFailure]:
-    """Just the rule failures for a claim (empty when every rule passes)."""
-    return verify_offline(claim, sources).failures

@@ -169,7 +169,6 @@ class Draft(Record):
     violations: list[str] = []
     state: DraftState = DraftState.drafted
     created: datetime = Field(default_factory=utcnow)
-    new_sources_since_draft: list[str] = []
 
 
 # --- check -----------------------------------------------------------------

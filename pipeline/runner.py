@@ -101,7 +101,7 @@ class StageUnavailable(Exception):
 def stage_function(name: str) -> Callable[["Run"], StageReport]:
     target = STAGES.get(name)
     if target is None:
-        raise StageUnavailable(f"unknown stage '{name}'; stages: {', '.join(s for s in STAGE_ORDER if s in STAGES)}")
+        raise StageUnavailable(f"unknown stage '{name}'; stages: {', '.join(STAGE_ORDER)}")
     module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
 
@@ -167,7 +167,7 @@ class Run:
         report.errors = [redact(error) for error in report.errors]
         report.duration_s = round(time.perf_counter() - started, 3)
         calls, tokens, cost = (after - before for after, before in zip(self._llm_totals(), spend_before))
-        report.llm_calls, report.tokens, report.cost_usd = max(report.llm_calls, calls), max(report.tokens, tokens), max(report.cost_usd, cost)
+        report.llm_calls, report.tokens, report.cost_usd = calls, tokens, round(cost, 6)
         self.reports.append(report)
         self._save(status="running")
         _test_kill_hook(self, name, "after")
