@@ -62,14 +62,30 @@ def print_reports(reports, title: str = "Run summary", links: bool = True) -> No
             console.print(f"[red]{r.stage}:[/] … and {len(r.errors) - 20} more")
 
 
-def run_locked(config, command: str, stages: list[str]) -> int:
+def _clock(args):
+    from pipeline.clock import fixed_clock, system_clock
+
+    as_of = getattr(args, "as_of", None)
+    return fixed_clock(as_of) if as_of else system_clock
+
+
+def _as_of_argument(text: str):
+    from pipeline.clock import parse_as_of
+
+    try:
+        return parse_as_of(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run_locked(config, command: str, stages: list[str], clock=None) -> int:
     """Run stages under the single-instance lock; 0 when every stage succeeded, 1 otherwise."""
     from pipeline.lock import LockHeld
     from pipeline.runner import install_stop_handlers, run_locked as locked
 
     install_stop_handlers()  # SIGTERM from cron or systemd: finish the item in hand, release the lock
     try:
-        run = locked(config, f"run.py {command}", stages)
+        run = locked(config, f"run.py {command}", stages, clock=clock) if clock else locked(config, f"run.py {command}", stages)
     except LockHeld as exc:
         console.print(f"[yellow]not started:[/] {exc}", highlight=False)
         return 75  # EX_TEMPFAIL: cron may simply try again next time
@@ -78,7 +94,7 @@ def run_locked(config, command: str, stages: list[str]) -> int:
 
 
 def cmd_stage(args) -> int:
-    return run_locked(_config(args), args.command, [args.command])
+    return run_locked(_config(args), args.command, [args.command], clock=_clock(args))
 
 
 def cmd_once(args) -> int:
@@ -89,7 +105,7 @@ def cmd_once(args) -> int:
     if unknown:
         console.print(f"[red]unknown stage(s)[/] {', '.join(unknown)}; stages: {','.join(STAGE_ORDER)}")
         return 2
-    return run_locked(_config(args), "once", stages)
+    return run_locked(_config(args), "once", stages, clock=_clock(args))
 
 
 def cmd_preview(args) -> int:
@@ -98,7 +114,7 @@ def cmd_preview(args) -> int:
     from pipeline.runner import Run
 
     config = _config(args)
-    run = Run(config, command="preview", ledger=Ledger.from_config(config))
+    run = Run(config, command="preview", ledger=Ledger.from_config(config), clock=_clock(args))
     try:
         return show_preview(run, args.story_key, console)
     finally:
@@ -140,10 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    def as_of(sub) -> None:
+        sub.add_argument(
+            "--as-of", metavar="WHEN", type=_as_of_argument,
+            help="treat this ISO 8601 time as now for story windows, ranking and research (replaying dated news); default: the clock",
+        )
+
     command("fetch", "fetch feeds and pages, store new items, index them in Chroma", cmd_stage)
     command("classify", "classify new items once, in batches (embedding prefilter, then the model)", cmd_stage)
-    command("draft", "group items into stories, research and draft the top stories", cmd_stage)
+    as_of(command("draft", "group items into stories, research and draft the top stories", cmd_stage))
     preview = command("preview", "print exactly what the writer would be sent for a story, without calling a model", cmd_preview)
+    as_of(preview)
     preview.add_argument("story_key", help="a story key (or a unique prefix); `status` lists waiting stories")
     command("check", "fact-check drafts claim by claim, revise flagged spans, store the report", cmd_stage)
     command("publish", "publish checked drafts to Google Docs or the local outbox", cmd_stage)
@@ -156,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(try again later)",
         cmd_once,
     )
+    as_of(once)
     once.add_argument("--stages", default="fetch,classify,draft,check,publish,sync", help="comma-separated stages, run in pipeline order")
     command("schedule", "run the scheduler daemon: the [schedule] jobs from config, until SIGTERM", cmd_schedule)
     status = command("status", "show sources, items, drafts and recent runs", cmd_status)

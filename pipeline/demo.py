@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from pipeline import schema
 from pipeline.config import load_config
+from pipeline.ledger import as_utc
 from pipeline.runner import STAGE_ORDER, Run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -43,6 +44,7 @@ def run_demo(workspace: Path, console: Console) -> int:
     config = load_config(workspace / "config.toml")
     console.print(f"[bold]Newsdesk demo[/] in {workspace} (sample data, no network, no model)")
     run = Run(config, command="demo")
+    run.clock = newest_item_clock(run.ledger)  # the sample news is dated: replay it as of its newest item
     stages = [s for s in STAGE_ORDER if s != "sync"]  # nothing to sync: no editor has approved anything yet
     reports = run.run_stages(stages)
     status = run.finish()
@@ -54,6 +56,18 @@ def run_demo(workspace: Path, console: Console) -> int:
     console.print(f"time taken: {time.perf_counter() - started:.1f}s")
     console.print(f"next: python run.py status --config {workspace / 'config.toml'}", soft_wrap=True, highlight=False)
     return 0 if status == "ok" else 1
+
+
+def newest_item_clock(ledger):
+    """A clock reading the publication time of the newest stored item (the wall clock while there is none)."""
+    from pipeline.clock import system_clock
+
+    def now():
+        with ledger.engine.connect() as connection:
+            newest = connection.execute(select(func.max(schema.items.c.published))).scalar_one_or_none()
+        return as_utc(newest) if newest is not None else system_clock()
+
+    return now
 
 
 def demo_summary(run, by_stage: dict, config) -> str:

@@ -44,7 +44,7 @@ def writer_model(gateway) -> str:
     return gateway.model_for("writer") if gateway.available else "extractive"
 
 
-def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templates: dict[str, TemplateSpec]) -> PreparedStory:
+def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templates: dict[str, TemplateSpec], now=None) -> PreparedStory:
     """Research a story and render its writer prompt, guaranteed to fit the model's window."""
     from agents.researcher import context_budget, context_window, research
     from agents.writer import prompt_library, render_writer_prompt
@@ -59,7 +59,7 @@ def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templa
     limit = window - config.research.output_reserve_tokens
     budget = context_budget(config, model, overhead)
     while True:
-        pack = research(story, ledger, store, config, budget, count)
+        pack = research(story, ledger, store, config, budget, count, now)
         prompt = render_writer_prompt(story, pack, spec, prompts=prompts)
         total = count_messages(prompt.messages, model)
         if total <= limit or budget == 0:
@@ -93,7 +93,7 @@ def draft_stories(run) -> StageReport:
     config, ledger = run.config, run.ledger
     report = StageReport(stage="draft")
     store = run.store
-    touched, late = assign_stories(config, ledger, store.embed)
+    touched, late = assign_stories(config, ledger, store.embed, now=run.now())
     report.notes["stories_updated"] = len(touched)
     report.notes["late_sources_recorded"] = late
     waiting = waiting_stories(ledger)
@@ -108,7 +108,7 @@ def draft_stories(run) -> StageReport:
     prepared: list[PreparedStory] = []
     for story in selected:
         try:
-            prepared.append(prepare(story, config, ledger, store, gateway, templates))
+            prepared.append(prepare(story, config, ledger, store, gateway, templates, now=run.now()))
         except Exception as exc:
             report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
 
@@ -138,7 +138,7 @@ def draft_stories(run) -> StageReport:
     return report
 
 
-def preview(config: Config, ledger: Ledger, store, gateway, key: str) -> PreparedStory:
+def preview(config: Config, ledger: Ledger, store, gateway, key: str, now=None) -> PreparedStory:
     with ledger.engine.connect() as connection:
         keys = connection.execute(select(schema.stories.c.key).where(schema.stories.c.key.startswith(key, autoescape=True))).scalars().all()
     if len(keys) != 1:
@@ -147,4 +147,4 @@ def preview(config: Config, ledger: Ledger, store, gateway, key: str) -> Prepare
         raise PreviewError(f"{problem} match '{key}'; waiting stories: {waiting}")
     story = load_story(ledger, keys[0])
     templates = load_templates(config.templates_dir, config.topic_names)
-    return prepare(story, config, ledger, store, gateway, templates)
+    return prepare(story, config, ledger, store, gateway, templates, now=now)

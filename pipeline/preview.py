@@ -12,7 +12,7 @@ from pipeline.tokens import count_messages, count_tokens
 
 def show_preview(run, key: str, console: Console) -> int:
     try:
-        prepared = preview(run.config, run.ledger, run.store, run.gateway, key)
+        prepared = preview(run.config, run.ledger, run.store, run.gateway, key, now=run.now())
     except PreviewError as exc:
         console.print(f"[red]preview:[/] {exc}", highlight=False)
         return 2

@@ -23,6 +23,7 @@ from typing import Callable
 from sqlalchemy import insert, update
 
 from pipeline import schema
+from pipeline.clock import Clock, system_clock
 from pipeline.config import Config
 from pipeline.ledger import Ledger, utcnow
 from pipeline.logs import redact
@@ -117,6 +118,11 @@ class Run:
     reports: list[StageReport] = field(default_factory=list)
     status: str = "running"
     progress: Callable[[str], None] | None = None
+    # The editorial "now" (story windows, ranking, research recency); see pipeline/clock.py.
+    clock: Clock = system_clock
+
+    def now(self):
+        return self.clock()
 
     def __post_init__(self) -> None:
         if self.ledger is None:
@@ -216,7 +222,7 @@ class Run:
         return totals.calls, totals.tokens, totals.cost_usd
 
 
-def run_locked(config: Config, command: str, stages: list[str], ledger: Ledger | None = None) -> Run:
+def run_locked(config: Config, command: str, stages: list[str], ledger: Ledger | None = None, clock: Clock = system_clock) -> Run:
     """Run stages under the pipeline lock (raises LockHeld when another run holds it).
 
     Taking the lock proves no other run of this ledger is alive, so runs left
@@ -229,7 +235,7 @@ def run_locked(config: Config, command: str, stages: list[str], ledger: Ledger |
     lock.acquire()
     try:
         close_abandoned_runs(ledger)
-        run = Run(config, command=command, ledger=ledger)
+        run = Run(config, command=command, ledger=ledger, clock=clock)
         try:
             run.run_stages(stages)
         except BaseException as exc:

@@ -5,10 +5,17 @@ Kept small on purpose; add shared fixtures below the guards.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
 import pipeline.llm
 from pipeline.testing import NetworkGuard, allow_model_requests as _allow_model_requests
+
+
+# The bundled sample feeds (examples/feeds) end on 2026-11-22 at 20:00 UTC. Tests that
+# draft from them read the editorial clock at this moment, never the machine's clock.
+SAMPLE_AS_OF = datetime(2026, 11, 22, 21, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture(autouse=True)

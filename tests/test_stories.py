@@ -7,10 +7,12 @@ import pytest
 from sqlalchemy import select, update
 
 from pipeline import schema
+from pipeline.clock import fixed_clock
 from pipeline.config import load_config
 from pipeline.demo import prepare_workspace
 from pipeline.runner import Run
 from pipeline.stories import assign_stories, select_top, story_key, waiting_stories
+from tests.conftest import SAMPLE_AS_OF
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def classified(tmp_path_factory):
     workspace = prepare_workspace(tmp_path_factory.mktemp("stories") / "ws")
-    run = Run(load_config(workspace / "config.toml"), command="test")
+    run = Run(load_config(workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
     run.run_stages(["fetch", "classify"])
     assert all(r.ok for r in run.reports), [r.errors for r in run.reports]
     return run
@@ -31,7 +33,7 @@ def groups_by_url(ledger):
 
 def test_sample_feeds_cluster_into_the_documented_stories(classified):
     run = classified
-    stories, late = assign_stories(run.config, run.ledger, run.store.embed)
+    stories, late = assign_stories(run.config, run.ledger, run.store.embed, now=run.now())
     assert late == 0
     story_of = groups_by_url(run.ledger)
     expected = json.loads((ROOT / "examples" / "story_groups.json").read_text())
@@ -53,7 +55,7 @@ def test_sample_feeds_cluster_into_the_documented_stories(classified):
     assert len(widest.sources) == 4 and widest.key in {s.key for s in top}
 
     # Running selection again assigns nothing twice.
-    again, _ = assign_stories(run.config, run.ledger, run.store.embed)
+    again, _ = assign_stories(run.config, run.ledger, run.store.embed, now=run.now())
     assert again == []
 
 
@@ -73,7 +75,7 @@ def test_a_late_source_joining_a_drafted_story_is_recorded_not_redrafted(classif
             .values(state="drafted", item_ids=[i for i in story.item_ids if i != late_id])
         )
         connection.execute(update(schema.items).where(schema.items.c.id == late_id).values(state="classified", story_key=None))
-    stories, late = assign_stories(run.config, run.ledger, run.store.embed)
+    stories, late = assign_stories(run.config, run.ledger, run.store.embed, now=run.now())
     assert late == 1
     with run.ledger.engine.connect() as connection:
         row = connection.execute(select(schema.stories).where(schema.stories.c.key == key)).one()
