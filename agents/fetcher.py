@@ -46,7 +46,7 @@ from tenacity.wait import wait_base
 from pipeline import schema
 from pipeline.config import Config, Feed
 from pipeline.http import FetchError, Fetcher, make_client, read_local_file
-from pipeline.ledger import Ledger
+from pipeline.ledger import Ledger, as_utc
 from pipeline.logs import redact
 from pipeline.models import FeedEntry, Item, ItemState, StageReport, utcnow
 from pipeline.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
@@ -232,7 +232,7 @@ def to_feed_entry(source: str, entry: Any, *, base: str | None, fetched: datetim
         summary=truncate(summary, limits.max_text_chars),
         content=truncate(content, limits.max_text_chars),
         author=truncate(author, MAX_AUTHOR_CHARS) if author else None,
-        published=entry_published(entry, fetched) or fetched,
+        published=entry_published(entry, fetched),
     )
 
 
@@ -509,7 +509,8 @@ class FeedJob:
             text=feed_text,
         )
         mode = self.feed.full_text
-        wants_page = mode == "page" or (mode == "auto" and len(feed_text) < self.limits.min_full_text_chars)
+        # An undated entry is worth a page fetch: the page usually says when it was published.
+        wants_page = mode == "page" or (mode == "auto" and (len(feed_text) < self.limits.min_full_text_chars or entry.published is None))
         if wants_page:
             await self._add_page(candidate, feed_text)
         if not candidate.title:
@@ -548,6 +549,8 @@ class FeedJob:
             for key, value in list(page.og.items())[:20]
             if isinstance(value, str) and value.strip()
         }
+        if page.published is not None:
+            candidate.published = as_utc(page.published)
         if not candidate.title and page.title:
             candidate.title = truncate(plain_text(page.title, single_line=True), self.limits.max_title_chars)
         candidate.canonical_url = self._refined_canonical(candidate, page.canonical_url, result.url)
@@ -585,6 +588,9 @@ class FeedJob:
                 continue
             self.run.claimed_hashes.setdefault(digest, self.feed.name)
             entry = candidate.entry
+            published = entry.published or candidate.published
+            if published is not None and published > fetched + FUTURE_TOLERANCE:
+                published = None   # a date in the future is a broken date, not news from tomorrow
             item = Item(
                 id=candidate.item_id,
                 source=self.feed.name,
@@ -594,7 +600,8 @@ class FeedJob:
                 text=candidate.text,
                 summary=entry.summary,
                 author=entry.author,
-                published=entry.published,
+                published=published or fetched,
+                dated=published is not None,
                 fetched=fetched,
                 content_hash=digest,
                 og=candidate.og,

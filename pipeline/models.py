@@ -57,7 +57,7 @@ class FeedEntry(Record):
     summary: str = ""
     content: str = ""              # content:encoded / atom content, as plain text
     author: str | None = None
-    published: datetime
+    published: datetime | None = None   # None: the feed gave no date
 
 
 class Item(Record):
@@ -70,6 +70,9 @@ class Item(Record):
     summary: str = ""
     author: str | None = None
     published: datetime
+    # False when neither the feed nor the page gave a date: `published` then holds the
+    # fetch time for windows, and ranking treats the item as the oldest, never as news of "now".
+    dated: bool = True
     fetched: datetime = Field(default_factory=utcnow)
     content_hash: str
     og: dict[str, str] = {}
@@ -102,6 +105,7 @@ class Story(Record):
     score: float
     first_published: datetime
     last_published: datetime
+    dated: bool = True             # False when no member item carries a date: ranked after dated stories
     state: StoryState = StoryState.new
 
 

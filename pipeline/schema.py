@@ -7,6 +7,7 @@ test checks that the migrated database matches this metadata.
 
 from __future__ import annotations
 
+from sqlalchemy import true
 from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
@@ -43,6 +44,7 @@ items = Table(
     Column("text", Text, nullable=False),
     Column("author", Text),
     _ts("published", nullable=False, index=True),
+    Column("dated", Boolean, nullable=False, default=True, server_default=true()),
     _ts("fetched", nullable=False),
     Column("content_hash", String(64), nullable=False, index=True),
     Column("og", JSON, nullable=False, default=dict),
@@ -113,6 +115,7 @@ stories = Table(
     Column("score", Float, nullable=False),
     _ts("first_published", nullable=False),
     _ts("last_published", nullable=False),
+    Column("dated", Boolean, nullable=False, default=True, server_default=true()),
     Column("state", String(32), nullable=False, index=True),
     Column("late_item_ids", JSON, nullable=False, default=list),
     _ts("created", nullable=False),

@@ -124,8 +124,9 @@ def score_group(group: Group, config: Config, now: datetime | None = None) -> fl
     """Newsworthiness, recency, independent sources and topic weight, each in [0, 1], weighted."""
     now = now or utcnow()
     newsworthiness = max(m.classification.newsworthiness for m in group.members)
-    age_hours = max(0.0, (now - max(group.published)).total_seconds() / 3600)
-    recency = math.exp(-age_hours / 24)
+    dated = [m.item.published for m in group.members if m.item.dated]
+    # An undated item is as old as it could be: its fetch time says nothing about the news.
+    recency = math.exp(-max(0.0, (now - max(dated)).total_seconds() / 3600) / 24) if dated else 0.0
     outlets = len({m.item.source for m in group.members})
     breadth = min(1.0, math.log1p(outlets - 1) / math.log1p(3))  # 0 for one outlet, 1 from four
     weights = {t.name: t.weight for t in config.topics}
@@ -146,6 +147,7 @@ def to_story(group: Group, config: Config, now: datetime | None = None) -> Story
         score=score_group(group, config, now),
         first_published=members[0].item.published,
         last_published=members[-1].item.published,
+        dated=any(m.item.dated for m in members),
         state=group.state,
     )
 
@@ -163,7 +165,8 @@ def embed_candidates(candidates: Iterable[Candidate], embed: Embed) -> None:
 
 def select_top(stories: list[Story], k: int, min_score: float = 0.0) -> list[Story]:
     waiting = [s for s in stories if s.state == StoryState.new and s.score >= min_score]
-    return sorted(waiting, key=lambda s: (-s.score, s.key))[:k]
+    # Undated stories come after every dated one, whatever their score.
+    return sorted(waiting, key=lambda s: (not s.dated, -s.score, s.key))[:k]
 
 
 # --- ledger side ---------------------------------------------------------------

@@ -191,19 +191,44 @@ def test_titles_and_texts_are_cut_to_the_configured_limits(tmp_path, ledger):
 
 
 @respx.mock
-def test_missing_date_falls_back_to_fetch_time(tmp_path, ledger):
+def test_an_undated_entry_is_marked_undated_not_dated_now(tmp_path, ledger):
     respx.get("https://news.example.com/feed").respond(
         200, content=rss({"title": "Undated", "link": "https://news.example.com/undated", "description": "text"}), headers=XML
     )
     config = make_config(tmp_path, [{"name": "n", "url": "https://news.example.com/feed"}])
 
-    before = datetime.now(timezone.utc)
     fetch(config, ledger)
-    after = datetime.now(timezone.utc)
 
     (row,) = items(ledger)
-    assert before <= as_utc(row["published"]) <= after
+    assert row["dated"] is False, "no date in the feed and no page read: the item says it is undated"
+    # windows still need a time: the fetch time stands in, and only for that
     assert as_utc(row["published"]) == as_utc(row["fetched"])
+
+
+@respx.mock
+def test_an_undated_entry_takes_the_date_its_page_declares(tmp_path, ledger):
+    long_text = "Miners sold a record share of their output this week. " * 20
+    respx.get("https://news.example.com/feed").respond(
+        200, content=rss({"title": "Undated", "link": "https://news.example.com/undated", "description": long_text}), headers=XML
+    )
+    page = respx.get("https://news.example.com/undated").respond(
+        200,
+        content=(
+            "<html><head><title>Miners</title>"
+            '<meta property="article:published_time" content="2026-11-19T08:15:00Z"></head>'
+            f"<body><article><p>{long_text}</p></article></body></html>"
+        ).encode(),
+        headers={"content-type": "text/html; charset=utf-8"},
+    )
+    # The feed text is long enough that "auto" would not read the page, but a missing date is reason enough.
+    config = make_config(tmp_path, [{"name": "n", "url": "https://news.example.com/feed", "full_text": "auto"}])
+
+    fetch(config, ledger)
+
+    assert page.call_count == 1
+    (row,) = items(ledger)
+    assert row["dated"] is True
+    assert as_utc(row["published"]) == datetime(2026, 11, 19, 8, 15, tzinfo=timezone.utc)
 
 
 @respx.mock

@@ -118,3 +118,32 @@ def test_status_shows_the_editor_which_drafted_stories_gained_sources(classified
     with classified.ledger.engine.connect() as connection:
         outlet = connection.execute(select(schema.items.c.source).where(schema.items.c.id == late[0][1][0])).scalar_one()
     assert outlet in text
+
+
+def test_an_undated_story_ranks_after_every_dated_one_never_as_news_of_now():
+    from pipeline.models import Story
+
+    def story(key, score, dated):
+        return Story(key=key, title=key, item_ids=[key], sources=["a"], topics=[], score=score,
+                     first_published=SAMPLE_AS_OF, last_published=SAMPLE_AS_OF, dated=dated)
+
+    ranked = select_top([story("undated", 0.9, False), story("old-but-dated", 0.2, True), story("dated", 0.6, True)], 3)
+    assert [s.key for s in ranked] == ["dated", "old-but-dated", "undated"]
+
+
+def test_an_undated_item_gets_no_recency_credit_from_its_fetch_time(classified):
+    from datetime import timedelta
+
+    from pipeline.models import Classification
+    from pipeline.stages import row_to_item
+    from pipeline.stories import Candidate, Group, score_group
+
+    with classified.ledger.engine.connect() as connection:
+        row = connection.execute(select(schema.items).limit(1)).one()
+    item = row_to_item(row)
+    same = Classification(relevant=True, topics=["security"], newsworthiness=0.5, summary="s", entities=[], reason="r")
+    now = item.published + timedelta(minutes=5)
+    dated = score_group(Group(key="a", members=[Candidate(item=item, classification=same)]), classified.config, now=now)
+    undated_item = item.model_copy(update={"dated": False})
+    undated = score_group(Group(key="b", members=[Candidate(item=undated_item, classification=same)]), classified.config, now=now)
+    assert undated < dated
