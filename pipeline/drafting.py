@@ -114,26 +114,26 @@ def draft_stories(run) -> StageReport:
 
     from pipeline.progress import progress
 
+    states: dict[str, int] = {}
     with progress(run, "draft: writing stories", total=len(prepared)) as advance:
 
-        async def write_one(item: PreparedStory):
+        async def write_one(item: PreparedStory) -> None:
             try:
-                return await _write(item, gateway, store.embed)
+                draft = await _write(item, gateway, store.embed)
+            except Exception as exc:
+                report.errors.append(f"story {item.story.key} ({item.story.title[:60]}): writing failed: {type(exc).__name__}: {exc}")
+                return
             finally:
                 advance()
+            # Saved the moment it is written: a kill loses only the drafts still being written, never paid answers.
+            save_draft(ledger, draft, item.pack)  # on the loop thread: a short transaction, in order
+            states[draft.state] = states.get(draft.state, 0) + 1
+            report.items_out += 1
 
         async def write_all():
-            return await asyncio.gather(*(write_one(p) for p in prepared), return_exceptions=True)
+            await asyncio.gather(*(write_one(p) for p in prepared))
 
-        results = run.run_async(write_all())
-    states: dict[str, int] = {}
-    for item, result in zip(prepared, results):
-        if isinstance(result, BaseException):
-            report.errors.append(f"story {item.story.key} ({item.story.title[:60]}): writing failed: {type(result).__name__}: {result}")
-            continue
-        save_draft(ledger, result, item.pack)
-        states[result.state] = states.get(result.state, 0) + 1
-        report.items_out += 1
+        run.run_async(write_all())
     report.notes.update({f"drafts_{state}": n for state, n in states.items()})
     return report
 
