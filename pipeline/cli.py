@@ -7,15 +7,14 @@ import logging
 import os
 from pathlib import Path
 
-from rich.console import Console
-
 from sqlalchemy.exc import OperationalError
 
 from pipeline.config import DEFAULT_CONFIG, ConfigError, load_config
+from pipeline.console import make_console, say
 from pipeline.ledger import LedgerError
 from pipeline.logs import register_credentials_file, register_env_secrets, register_secret, setup_logging
 
-console = Console()
+console = make_console()  # plain full-width text when stdout is not a terminal (pipeline/console.py)
 log = logging.getLogger("newsdesk.cli")
 
 
@@ -51,15 +50,15 @@ def print_reports(reports, title: str = "Run summary", links: bool = True) -> No
     for r in reports:
         details = {k: v for k, v in r.notes.items() if not str(k).startswith(("link ", "calls ", "edit_rate "))}
         if details:
-            console.print(f"{r.stage}: " + ", ".join(f"{k} {v}" for k, v in details.items()), highlight=False, soft_wrap=True)
+            say(console, f"{r.stage}: " + ", ".join(f"{k} {v}" for k, v in details.items()))
         for key, value in r.notes.items() if links else ():
             if str(key).startswith("link "):  # published documents: where editors find them
-                console.print(f"  {value}", highlight=False, soft_wrap=True)
+                say(console, f"  {value}")
     for r in reports:
         for error in r.errors[:20]:
-            console.print(f"[red]{r.stage}:[/] {error}", markup=True, highlight=False, soft_wrap=True)
+            say(console, error, label=f"{r.stage}:", style="red")
         if len(r.errors) > 20:
-            console.print(f"[red]{r.stage}:[/] … and {len(r.errors) - 20} more")
+            say(console, f"… and {len(r.errors) - 20} more", label=f"{r.stage}:", style="red")
 
 
 def _clock(args):
@@ -87,7 +86,7 @@ def run_locked(config, command: str, stages: list[str], clock=None) -> int:
     try:
         run = locked(config, f"run.py {command}", stages, clock=clock) if clock else locked(config, f"run.py {command}", stages)
     except LockHeld as exc:
-        console.print(f"[yellow]not started:[/] {exc}", highlight=False)
+        say(console, exc, label="not started:", style="yellow")
         return 75  # EX_TEMPFAIL: cron may simply try again next time
     print_reports(run.reports, title=f"Run {run.id} ({run.status})")
     return 0 if run.status == "ok" else 1
@@ -103,22 +102,54 @@ def cmd_once(args) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGE_ORDER]
     if unknown:
-        console.print(f"[red]unknown stage(s)[/] {', '.join(unknown)}; stages: {','.join(STAGE_ORDER)}")
+        say(console, f"{', '.join(unknown)}; stages: {','.join(STAGE_ORDER)}", label="unknown stage(s)", style="red")
         return 2
     return run_locked(_config(args), "once", stages, clock=_clock(args))
 
 
+def open_ledger_read_only(config, config_path: str, command: str):
+    """The configured ledger for a command that only reads it (status, preview): never created here.
+
+    A missing SQLite file, or a database without Newsdesk's tables, is a LedgerError (exit 3)
+    naming the ledger and the config it came from; nothing is created, not even a folder.
+    An existing ledger is brought up to this version's schema, as every command does.
+    """
+    from sqlalchemy import inspect
+
+    from pipeline.ledger import Ledger, redact_url
+
+    url = config.ledger_url
+    origin = f"ledger.url in {Path(config_path).resolve()}"
+    hint = (
+        f"`run.py {command}` only reads the ledger and creates nothing. Pass --config with your newsroom's config.toml, "
+        f"or run the pipeline with this config first (run.py once --config {config_path})"
+    )
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise LedgerError(f"no ledger at {path} ({origin}). {hint}")
+    ledger = Ledger(url, config.ledger.busy_timeout_s, migrate=False)
+    try:
+        made = inspect(ledger.engine).has_table("alembic_version")
+    except OperationalError as exc:
+        ledger.close()
+        raise LedgerError(f"cannot open the ledger at {redact_url(url)} ({origin}): {exc.orig}") from None
+    if not made:
+        ledger.close()
+        raise LedgerError(f"the database at {redact_url(url)} ({origin}) holds no Newsdesk ledger yet. {hint}")
+    ledger.migrate()
+    return ledger
+
+
 def cmd_preview(args) -> int:
-    from pipeline.ledger import Ledger
-    from pipeline.preview import show_preview
-    from pipeline.runner import Run
+    from pipeline.preview import PreviewContext, show_preview
 
     config = _config(args)
-    run = Run(config, command="preview", ledger=Ledger.from_config(config), clock=_clock(args))
+    context = PreviewContext(config, open_ledger_read_only(config, args.config, "preview"), clock=_clock(args))
     try:
-        return show_preview(run, args.story_key, console)
+        return show_preview(context, args.story_key, console)
     finally:
-        run.finish()
+        context.close()
 
 
 def cmd_schedule(args) -> int:
@@ -131,7 +162,8 @@ def cmd_schedule(args) -> int:
 def cmd_status(args) -> int:
     from pipeline.status import show_status
 
-    show_status(_config(args), console, runs=args.runs)
+    config = _config(args)
+    show_status(config, console, runs=args.runs, ledger=open_ledger_read_only(config, args.config, "status"))
     return 0
 
 
@@ -198,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        console.print(f"[red]config error[/] {exc}", highlight=False)
+        say(console, exc, label="config error", style="red")
         return 2
     except LedgerError as exc:
-        console.print(f"[red]ledger error[/] {exc}", highlight=False)
+        say(console, exc, label="ledger error", style="red")
         return 3
     except OperationalError as exc:   # the ledger was busy or the disk full outside any stage
         from pipeline.ledger import describe_operational_error
@@ -209,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         config = getattr(args, "_loaded_config", None)
         url = config.ledger_url if config is not None else "the configured ledger"
         busy = config.ledger.busy_timeout_s if config is not None else None
-        console.print(f"[red]ledger error[/] {describe_operational_error(exc, url, busy)}", highlight=False)
+        say(console, describe_operational_error(exc, url, busy), label="ledger error", style="red")
         return 3
     except KeyboardInterrupt:
         console.print("interrupted")

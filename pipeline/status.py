@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Integer, cast, func, select
 
@@ -36,10 +37,10 @@ def source_table(ledger: Ledger) -> Table:
         for row in connection.execute(select(schema.sources).order_by(schema.sources.c.name)):
             healthy = row.last_error_at is None or (row.last_success and as_utc(row.last_success) >= as_utc(row.last_error_at))
             table.add_row(
-                f"[green]{row.name}[/]" if healthy else f"[red]{row.name}[/]",
+                f"[green]{escape(row.name)}[/]" if healthy else f"[red]{escape(row.name)}[/]",
                 _when(row.last_success),
                 _when(row.last_error_at),
-                (row.last_error or "")[:120] if not healthy else "",
+                escape((row.last_error or "")[:120]) if not healthy else "",
                 str(counts.get(row.name, 0)),
             )
     return table
@@ -63,12 +64,12 @@ def runs_table(ledger: Ledger, limit: int = 10) -> Table:
         rows = connection.execute(select(schema.runs).order_by(schema.runs.c.started.desc()).limit(limit)).all()
     for row in rows:
         stages = ", ".join(
-            f"{s['stage']} {s['items_in']}→{s['items_out']}" + (f" [red]{len(s['errors'])} err[/]" if s["errors"] else "")
+            f"{escape(s['stage'])} {s['items_in']}→{s['items_out']}" + (f" [red]{len(s['errors'])} err[/]" if s["errors"] else "")
             for s in row.stages
         )
         duration = f"{(as_utc(row.ended) - as_utc(row.started)).total_seconds():.1f}s" if row.ended else "-"
         colour = {"ok": "green", "failed": "red", "running": "yellow"}.get(row.status, "white")
-        table.add_row(as_utc(row.started).strftime("%Y-%m-%d %H:%M:%S"), row.command, f"[{colour}]{row.status}[/]", stages or "-", duration)
+        table.add_row(as_utc(row.started).strftime("%Y-%m-%d %H:%M:%S"), escape(row.command), f"[{colour}]{escape(row.status)}[/]", stages or "-", duration)
     return table
 
 
@@ -99,7 +100,7 @@ def stories_table(ledger: Ledger, limit: int = 10) -> Table:
             select(schema.stories).where(schema.stories.c.state == "new").order_by(schema.stories.c.score.desc()).limit(limit)
         ).all()
     for row in rows:
-        table.add_row(row.key, f"{row.score:.2f}", str(len(row.sources)), ", ".join(row.topics), row.title[:80])
+        table.add_row(row.key, f"{row.score:.2f}", str(len(row.sources)), escape(", ".join(row.topics)), escape(row.title[:80]))
     return table
 
 
@@ -121,7 +122,7 @@ def late_sources_table(ledger: Ledger, limit: int = 10) -> Table:
             ).all()
         ) if late else {}
     for key, title, ids in late:
-        table.add_row(key, title[:70], ", ".join(titles.get(i, i) for i in ids))
+        table.add_row(key, escape(title[:70]), escape(", ".join(titles.get(i, i) for i in ids)))
     return table
 
 
@@ -137,7 +138,7 @@ def publications_table(ledger: Ledger, limit: int = 10) -> Table:
             .limit(limit)
         ).all()
     for row in rows:
-        table.add_row(_when(row.updated), row.draft_state, (row.article or {}).get("headline", "")[:70], row.url or row.doc_id or "-")
+        table.add_row(_when(row.updated), row.draft_state, escape((row.article or {}).get("headline", "")[:70]), escape(row.url or row.doc_id or "-"))
     return table
 
 
@@ -173,7 +174,7 @@ def edit_rate_table(ledger: Ledger) -> Table:
         week = as_utc(approved_at).strftime("%G-W%V")
         groups.setdefault((week, model), []).append(rate)
     for (week, model), rates in sorted(groups.items(), reverse=True)[:12]:
-        table.add_row(week, model, str(len(rates)), f"{sum(rates) / len(rates):.1%}")
+        table.add_row(week, escape(model), str(len(rates)), f"{sum(rates) / len(rates):.1%}")
     return table
 
 
@@ -189,17 +190,52 @@ def schedule_table(config: Config) -> Table:
     return table
 
 
-def writer_line(ledger: Ledger, config: Config) -> str:
+def writer_lines(ledger: Ledger, config: Config) -> list[str]:
+    """What actually wrote the drafts (from the drafts and llm_calls recorded), then what config would use next."""
+    from pipeline.finetune import active_writer_model
+    from pipeline.llm import resolve_endpoint
+
+    d, c = schema.drafts.c, schema.llm_calls.c
+    with ledger.engine.connect() as connection:
+        drafted = connection.execute(
+            select(d.writer_model, d.method, func.count()).group_by(d.writer_model, d.method).order_by(func.count().desc(), d.writer_model)
+        ).all()
+        calls = connection.execute(
+            select(c.model, func.count(), func.coalesce(func.sum(cast(c.outcome == "ok", Integer)), 0))
+            .where(c.role == "writer").group_by(c.model).order_by(c.model)
+        ).all()
+    lines = []
+    if drafted:
+        kinds = {"extractive": "offline", "llm": "model"}
+        lines.append("writer: " + "; ".join(
+            f"{model} ({kinds.get(method, method)}) for {n} draft{'s' if n != 1 else ''}" for model, method, n in drafted
+        ))
+    else:
+        lines.append("writer: no drafts yet")
+    if calls:
+        lines.append("writer model calls: " + "; ".join(
+            f"{model}: {n}, {answered} answered" for model, n, answered in calls
+        ))
     active = ledger.get_setting("writer_model")
-    if not active:
-        return f"writer model: {config.llm.models['writer']} (from config)"
+    model = active_writer_model(config, ledger)
+    origin = "fine-tuned, active in the ledger" if active else "llm.models.writer"
+    if config.llm.offline:
+        use = "; not used while llm.offline = true (drafts are extractive)"
+    elif not resolve_endpoint(config).configured:
+        use = "; not used: no API key or llm.base_url, so drafts are extractive"
+    else:
+        use = ""
     evaluation = ledger.get_setting("writer_model_eval")
-    return f"writer model: {active} (fine-tuned, active)" + (f"; eval: {evaluation}" if evaluation else "")
+    lines.append(f"configured writer model: {model} ({origin}){use}" + (f"; eval: {evaluation}" if evaluation and active else ""))
+    return lines
 
 
-def show_status(config: Config, console: Console | None = None, runs: int = 10) -> None:
-    console = console or Console()
-    ledger = Ledger.from_config(config)
+def show_status(config: Config, console: Console | None = None, runs: int = 10, ledger: Ledger | None = None) -> None:
+    """Print the status tables. The CLI passes a ledger it opened without creating anything (see cli.open_ledger_read_only)."""
+    from pipeline.console import make_console, say
+
+    console = console or make_console()
+    ledger = ledger or Ledger.from_config(config)
     console.print(source_table(ledger))
     console.print(state_table(ledger, "Items by state", schema.items))
     console.print(classification_table(ledger))
@@ -210,5 +246,6 @@ def show_status(config: Config, console: Console | None = None, runs: int = 10) 
     console.print(edit_rate_table(ledger))
     console.print(spend_table(ledger, config))
     console.print(schedule_table(config))
-    console.print(writer_line(ledger, config), highlight=False)
+    for line in writer_lines(ledger, config):
+        say(console, line)
     console.print(runs_table(ledger, runs))
