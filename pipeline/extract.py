@@ -6,7 +6,9 @@ Trafilatura does most of the work. Around it we add what it cannot know:
     turned back into plain quotes, nested teaser <article>s removed;
   * a consensus between trafilatura's precision and default modes at
     paragraph level: the default run gives the article its full paragraphs,
-    the precision run decides where the article starts and ends;
+    the precision run decides where the article starts and ends, unless it
+    only found a notice (reprints, rights); a body the page repeats (print,
+    AMP copies) is kept once;
   * same-class sibling containers appended when a story is split into
     chunks with ads between them (trafilatura keeps only the first chunk);
   * edge trimming of lines that are about the page rather than the story
@@ -540,38 +542,194 @@ def _supported(paragraph: str, reference: list[str], reference_keys: set[str]) -
     key = _token_key(paragraph)
     if key in reference_keys:
         return True
+    words = set(key.split())
+    return any(_same_paragraph(words, set(_token_key(other).split())) for other in reference)
+
+
+def _same_paragraph(words: set[str], other_words: set[str]) -> bool:
     # The precision run sometimes keeps a paragraph minus its link texts, or
     # splits it: count it as the same paragraph when most of its words match.
-    words = set(key.split())
-    if not words:
-        return False
-    for other in reference:
-        other_words = set(_token_key(other).split())
-        if other_words and len(words & other_words) >= 0.8 * min(len(words), len(other_words)) and len(other_words) >= 0.5 * len(words):
-            return True
-    return False
+    return (
+        bool(words)
+        and bool(other_words)
+        and len(words & other_words) >= 0.8 * min(len(words), len(other_words))
+        and len(other_words) >= 0.5 * len(words)
+    )
+
+
+# A precise run this much shorter than the rest of the default run, made of
+# notice lines, has found a notice, not the story.
+_NOTICE_BODY_RATIO = 3
+_MIN_BODY_TOKENS = 100
+# Page notices are written as sentences (rights, reprints, terms), so the
+# call-to-action rules alone miss them.
+_NOTICE_RE = re.compile(
+    r"\b(personal|non-?commercial|private) use\b|\breprints?\b|\ball rights reserved\b|©"
+    r"|\bcopyright (\(c\)|\d{4}\b|law\b)|\bmay not be (re)?published\b"
+    r"|\bsubscriber agreement\b|\bterms (of|and) (use|service|conditions)\b|\bprivacy (policy|notice)\b"
+    r"|\bwe use cookies\b|\balready a subscriber\b|\bsubscribers? only\b",
+    re.I,
+)
+_MAX_NOTICE_TOKENS = 80
+# Share of a span's words in notice lines for the span to read as a notice.
+_NOTICE_SHARE = 0.6
+
+
+def _reads_as_notice(paragraphs: list[str]) -> bool:
+    total = notice = 0
+    for paragraph in paragraphs:
+        size = len(tokens(paragraph))
+        total += size
+        if size <= _MAX_NOTICE_TOKENS and (_NOTICE_RE.search(paragraph) or _BOILERPLATE_RE.search(paragraph)):
+            notice += size
+    return total > 0 and notice >= _NOTICE_SHARE * total
 
 
 def consensus(precise: list[str], broad: list[str]) -> list[str]:
     """Paragraphs of the broad run, cut to the span the precise run agrees on.
     Inside the span, a line only the broad run kept is dropped when it reads
-    as a call to action (two independent signals that it is not story)."""
+    as a call to action (two independent signals that it is not story).
+
+    Two guards keep the cut honest. A precise run that is a short notice
+    (reprint, rights, terms) next to a much longer broad run has missed the
+    story: the broad run minus the notice is kept. A span holding the precise
+    paragraphs more than once (the body repeated as print/AMP/teaser copies)
+    is narrowed to one copy. Whatever is returned holds no repeated copy of
+    its own body (`collapse_copies`)."""
     if not broad:
-        return precise
+        return collapse_copies(precise)
     if not precise:
-        return broad
+        return collapse_copies(broad)
     keys = {_token_key(p) for p in precise}
     flags = [_supported(p, precise, keys) for p in broad]
+    rest = [p for p, supported in zip(broad, flags) if not supported and not _is_boilerplate_line(p)]
+    n_precise, n_rest = len(tokens(" ".join(precise))), len(tokens(" ".join(rest)))
+    if n_rest >= max(_MIN_BODY_TOKENS, _NOTICE_BODY_RATIO * n_precise) and _reads_as_notice(precise):
+        # The precise run kept a notice and lost the story: never trust it
+        # over a long body.
+        return collapse_copies(rest)
     if sum(flags) < 0.5 * len(precise):
         # The runs picked different parts of the page: trust the precise one.
-        return precise
+        return collapse_copies(precise)
     first = flags.index(True)
     last = len(flags) - 1 - flags[::-1].index(True)
-    return [
+    first, last = _one_copy(precise, broad, flags, first, last)
+    return collapse_copies([
         paragraph
         for paragraph, supported in zip(broad[first:last + 1], flags[first:last + 1])
         if supported or not _is_boilerplate_line(paragraph)
-    ]
+    ])
+
+
+# Supported text this many times the precise run's means the span holds the
+# precise paragraphs more than once.
+_COPY_RATIO = 1.5
+
+
+def _one_copy(precise: list[str], broad: list[str], flags: list[bool], first: int, last: int) -> tuple[int, int]:
+    """The shortest part of broad[first:last+1] that holds every precise
+    paragraph the span holds, as many times as the precise run has it; the
+    span itself unless it holds the precise text more than once."""
+    n_precise = len(tokens(" ".join(precise)))
+    sizes = [len(tokens(p)) for p in broad]
+    supported_size = sum(size for size, flag in zip(sizes[first:last + 1], flags[first:last + 1]) if flag)
+    if supported_size <= _COPY_RATIO * n_precise:
+        return first, last
+    need: dict[str, int] = {}
+    for paragraph in precise:
+        key = _token_key(paragraph)
+        need[key] = need.get(key, 0) + 1
+    key_words = {key: set(key.split()) for key in need}
+    stands_for: list[set[str]] = []
+    exact: list[bool] = []
+    for index, paragraph in enumerate(broad):
+        if not flags[index] or not first <= index <= last:
+            stands_for.append(set())
+            exact.append(False)
+            continue
+        key = _token_key(paragraph)
+        words = set(key.split())
+        # Only a paragraph of about the same size stands for a precise one
+        # here: a headline or a teaser line shares most of its words with the
+        # lead paragraph without being a copy of it.
+        stands_for.append({other for other, other_words in key_words.items()
+                           if other == key or (_same_paragraph(words, other_words) and len(words) >= 0.5 * len(other_words))})
+        exact.append(key in need)
+    available: dict[str, int] = {}
+    for found in stands_for:
+        for key in found:
+            available[key] = available.get(key, 0) + 1
+    wanted = {key: min(need[key], count) for key, count in available.items()}
+    if not wanted:
+        return first, last
+    # Prefix sums: words, and paragraphs that are not word for word precise ones.
+    words_before, loose_before = [0], [0]
+    for size, is_exact in zip(sizes, exact):
+        words_before.append(words_before[-1] + size)
+        loose_before.append(loose_before[-1] + (not is_exact))
+
+    def rank(left: int, right: int) -> tuple[int, int, int]:
+        # Fewest loose paragraphs, then fewest words, then the first copy.
+        return loose_before[right + 1] - loose_before[left], words_before[right + 1] - words_before[left], left
+
+    # The tightest windows covering `wanted`, two pointers over the span.
+    have: dict[str, int] = dict.fromkeys(wanted, 0)
+    missing = len(wanted)
+    best = (first, last)
+    best_rank = rank(first, last)
+    left = first
+    for right in range(first, last + 1):
+        for key in stands_for[right]:
+            have[key] += 1
+            if have[key] == wanted[key]:
+                missing -= 1
+        while missing == 0:
+            if rank(left, right) < best_rank:
+                best, best_rank = (left, right), rank(left, right)
+            for key in stands_for[left]:
+                if have[key] == wanted[key]:
+                    missing += 1
+                have[key] -= 1
+            left += 1
+    return best
+
+
+# A repeated run of paragraphs is a copy of the body (print, AMP, teaser
+# versions on one page) when it is at least this share of the text; repeated
+# lines of a real article (an interview's recurring question, a meal plan's
+# recurring portion line) stay far below it.
+_COPY_SHARE = 0.25
+_MIN_COPY_TOKENS = 50
+
+
+def collapse_copies(paragraphs: list[str]) -> list[str]:
+    """Drop later copies of a run of paragraphs that repeats an earlier run
+    and makes up a large part of the text."""
+    paras = list(paragraphs)
+    while True:
+        keys = [_token_key(p) for p in paras]
+        sizes = [len(key.split()) for key in keys]
+        total = sum(sizes)
+        positions: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            if key:
+                positions.setdefault(key, []).append(index)
+        best_size, best_run = 0, None
+        for places in positions.values():
+            for a, i in enumerate(places):
+                for j in places[a + 1:]:
+                    if i > 0 and keys[i - 1] == keys[j - 1]:
+                        continue  # inside a longer run, counted from its start
+                    length = 0
+                    while j + length < len(keys) and i + length < j and keys[i + length] == keys[j + length]:
+                        length += 1
+                    size = sum(sizes[j:j + length])
+                    if size > best_size:
+                        best_size, best_run = size, (j, length)
+        if best_run is None or best_size < max(_MIN_COPY_TOKENS, _COPY_SHARE * total):
+            return paras
+        start, length = best_run
+        del paras[start:start + length]
 
 
 # A sibling chunk needs about a sentence of prose to count as story.
@@ -704,10 +862,11 @@ def trim_leading(paragraphs: list[str], titles: set[str]) -> list[str]:
     return paras
 
 
-def trim_trailing(paragraphs: list[str]) -> list[str]:
-    """Drop share/follow/subscribe/tags lines after the story."""
+def trim_trailing(paragraphs: list[str], titles: set[str] | None = None) -> list[str]:
+    """Drop share/follow/subscribe/tags lines after the story, and the
+    headline left behind after it (the heading of a dropped copy or teaser)."""
     paras = list(paragraphs)
-    while len(paras) > 1 and _is_boilerplate_line(paras[-1]):
+    while len(paras) > 1 and (_is_boilerplate_line(paras[-1]) or (titles and _is_title_repeat(paras[-1], titles))):
         paras.pop()
     return paras
 
@@ -803,7 +962,7 @@ def _extract(html: str | bytes, url: str | None) -> ExtractedPage:
         merged = add_sibling_chunks(tree, merged)
         fallbacks = {"json-ld": lambda: json_ld_body, "density": lambda: density_candidate(tree)}
         paragraphs, method = choose(merged, fallbacks)
-    paragraphs = trim_trailing(trim_leading(paragraphs, titles))
+    paragraphs = trim_trailing(trim_leading(paragraphs, titles), titles)
     text = "\n\n".join(paragraphs)
     return ExtractedPage(
         title=title,

@@ -18,7 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.extract import ExtractedPage, choose, density_candidate, extract_article, parse_html, prepare_tree
+from pipeline.extract import (
+    ExtractedPage,
+    choose,
+    consensus,
+    density_candidate,
+    extract_article,
+    parse_html,
+    prepare_tree,
+    tokens,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # bench/ is a script folder, not an installed package
@@ -236,6 +245,103 @@ def test_oversized_pages_skip_trafilatura_for_the_linear_density_extractor(monke
     assert paragraphs(page.text)[0].startswith("Entry 0 of a very long listing")
     assert paragraphs(page.text)[-1].startswith("Entry 59 of a very long listing")
     assert "Home" not in page.text
+
+
+# --------------------------------------------------------------------------
+# consensus of the precision and default runs (tracker issue 12)
+
+
+def _story_paragraphs(page: bytes, container: str) -> list[str]:
+    """The <p> texts of the first element with the given class, as the page states them."""
+    root = parse_html(page.decode())
+    node = root.xpath(f'//*[contains(concat(" ", @class, " "), " {container} ")]')[0]
+    return [" ".join(p.text_content().split()) for p in node.iter("p")]
+
+
+def test_a_short_reprint_notice_never_replaces_the_story():
+    # The precision run returns only the two-line reprint notice (the story's
+    # container is one precision mode prunes); the default run has notice + story.
+    html = fixture("reprint_notice.html")
+    story = _story_paragraphs(html, "story-columns")
+    assert len(tokens(" ".join(story))) > 400
+    page = extract_article(html)
+    assert paragraphs(page.text) == story
+    assert "personal, non-commercial use" not in page.text
+    assert "Reprints" not in page.text
+
+
+@pytest.mark.parametrize("name", ["repeated_copies.html", "repeated_copies_both_runs.html"])
+def test_a_body_repeated_three_times_is_returned_once(name):
+    # The story is on the page as article, print copy and AMP copy: the
+    # precision run keeps one copy and the default run all three, or (in the
+    # second page) both runs keep all three.
+    html = fixture(name)
+    story = _story_paragraphs(html, "article-body")
+    page = extract_article(html)
+    assert paragraphs(page.text) == story
+    assert len(tokens(page.text)) == len(tokens(" ".join(story)))
+
+
+_SENTENCES = [
+    "The harbour bridge reopened on Tuesday after eight months of repairs to its corroded deck.",
+    "Engineers replaced forty steel plates and repainted the towers in the original grey.",
+    "Commuters had faced detours of up to an hour while the crossing was closed to cars.",
+    "The council said the work came in slightly under budget despite a wet winter.",
+    "Shopkeepers near the southern ramp reported a quick return of weekend customers.",
+    "A pedestrian walkway on the east side will open next month once railings are fitted.",
+    "Cyclists asked for a separate lane, which the council promised to study this summer.",
+    "The bridge carries about twelve thousand vehicles a day, most of them local traffic.",
+    "Ferry operators, who ran extra crossings during the closure, will return to timetables.",
+    "An inspection every two years is planned so that the decay is caught much earlier.",
+    "Residents thanked the crews at a small ceremony with a brass band on Tuesday evening.",
+    "The mayor said a second phase of work on the approach roads begins next spring.",
+]
+
+
+def _body(n: int) -> list[str]:
+    return _SENTENCES[:n]
+
+
+def test_consensus_keeps_the_long_body_when_the_precise_run_is_only_a_notice():
+    notice = ["This copy is for your personal, non-commercial use only. To order presentation-ready copies, visit our reprints desk."]
+    story = _body(12)
+    assert consensus(notice, notice + story) == story
+    # The precise run found nothing the default run has: still not the notice.
+    assert consensus(notice, story) == story
+    # A short precise run that reads as story keeps its say, even when it
+    # is about rights.
+    short = story[3:5]
+    assert consensus(short, story + ["Read more"]) == short
+    brief = ["The appeals court ruled on Monday that the copyright in the old harbour photographs belongs to the city archive."]
+    assert consensus(brief, brief + story) == brief
+
+
+def test_consensus_never_returns_a_body_copied_over():
+    story = _body(6)
+    # Default run tripled (article, print and AMP copies), precise run right.
+    assert consensus(story, story + ["Harbour bridge reopens"] + story + story) == story
+    # Both runs tripled.
+    assert consensus(story * 3, story * 3) == story
+    # Near-copies: a print copy that lost a word in every paragraph.
+    print_copy = [p.rsplit(" ", 1)[0] + "." for p in story]
+    assert consensus(story, story + print_copy) == story
+
+
+def test_consensus_keeps_lines_an_article_legitimately_repeats():
+    # An interview asks every guest the same question; a meal plan repeats a line per meal.
+    question = "What do you cook at home when nobody is watching and there is no time at all?"
+    interview = []
+    for name in ("Olga", "Daria", "Oksana", "Lena"):
+        interview += [f"{name} is one of the finalists of this year's cooking contest in the city.", question,
+                      f"{name} answers that she mostly makes soup, bread and whatever the market has that week."]
+    assert consensus(interview, interview) == interview
+    plan = []
+    for day in range(4):
+        plan += [f"Day {day} breakfast: oats, berries and one spoon of nut butter with tea.",
+                 "Portion containers: one green, one red, one yellow and one teaspoon of oil.",
+                 "Lunch: asparagus and eggs with a slice of whole-grain toast and lemon.",
+                 "Portion containers: one green, one red, one yellow and one teaspoon of oil."]
+    assert consensus(plan, plan) == plan
 
 
 # --------------------------------------------------------------------------
