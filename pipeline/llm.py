@@ -372,8 +372,18 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
 
 # --- strict schemas ------------------------------------------------------------------------
 
-# Keywords strict structured output does not take everywhere; pydantic still enforces them after
-# the reply, and they are kept as a hint in the description so the model aims for them.
+# OpenAI strict structured output takes these constraint keywords, and a grammar-constrained
+# server (vLLM, llama.cpp) enforces them while decoding: they stay in the schema itself. Only
+# string formats on the provider's list stay; others (uri, …) would be rejected there.
+_STRICT_KEYWORDS = {
+    "string": ("pattern", "format"),
+    "number": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+    "integer": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+    "array": ("minItems", "maxItems"),
+}
+_STRICT_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"})
+# Keywords strict mode does not take (or takes on another type than here); pydantic still enforces
+# them after the reply, and they are kept as a hint in the description so the model aims for them.
 _HINTED_KEYWORDS = (
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "multipleOf", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties",
@@ -389,7 +399,10 @@ def plain_json_schema(model: type[BaseModel]) -> dict[str, Any]:
 def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAI-strict form of a pydantic model's schema: every object closed
     (additionalProperties false) with all properties required (Optional fields stay
-    nullable), unions as anyOf, constraint keywords moved into descriptions."""
+    nullable), unions as anyOf. Constraints strict mode accepts stay in the schema, so a
+    constrained decoder enforces them (enums, patterns, supported formats, number bounds,
+    item counts); the others (string lengths, uniqueItems, property counts) move into the
+    description as a hint."""
     _check_model(model)
     return _strictify(model.model_json_schema(), path=model.__name__)
 
@@ -409,7 +422,7 @@ def _strictify(node: Any, path: str) -> Any:
     for key, value in node.items():
         if key in _DROPPED_KEYWORDS:
             continue
-        if key in _HINTED_KEYWORDS:
+        if key in _HINTED_KEYWORDS and not _strict_accepts(node, key, value):
             hints.append(f"{key} {json.dumps(value)}")
             continue
         if key == "$defs":
@@ -445,6 +458,15 @@ def _strictify(node: Any, path: str) -> Any:
         note = "Constraints: " + ", ".join(hints) + "."
         out["description"] = f"{out['description']} {note}" if out.get("description") else note
     return out
+
+
+def _strict_accepts(node: dict[str, Any], key: str, value: Any) -> bool:
+    """Whether strict mode takes `key` on this node: only on a node of one type that takes it."""
+    kind = node.get("type")
+    kinds = [k for k in kind if k != "null"] if isinstance(kind, list) else [kind]
+    if len(kinds) != 1 or key not in _STRICT_KEYWORDS.get(kinds[0], ()):
+        return False
+    return key != "format" or value in _STRICT_FORMATS
 
 
 # --- accounting -------------------------------------------------------------------------------

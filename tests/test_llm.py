@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Literal
@@ -14,7 +14,7 @@ from typing import Literal
 import httpx
 import pytest
 import respx
-from pydantic import BaseModel, Field
+from pydantic import AnyUrl, BaseModel, Field
 from sqlalchemy import select
 
 import pipeline.llm as llm
@@ -122,6 +122,9 @@ def test_valid_structured_output_uses_a_strict_schema(server, tmp_path, ledger):
     assert claim["required"] == ["text", "confidence", "source_url"]  # Optional stays required, nullable
     assert {"type": "null"} in claim["properties"]["source_url"]["anyOf"]
     assert "\"minLength\":" not in json.dumps(schema) and "minLength 3" in claim["properties"]["text"]["description"]
+    # What strict mode accepts stays a schema keyword, so a constrained decoder enforces it.
+    assert claim["properties"]["confidence"] == {"type": "number", "minimum": 0, "maximum": 1}
+    assert schema["properties"]["label"]["enum"] == ["crypto", "markets", "other"]
     # a base_url without any key works: the SDK gets a placeholder key
     assert sent.headers["authorization"] == f"Bearer {llm.PLACEHOLDER_API_KEY}"
 
@@ -656,6 +659,41 @@ def test_test_model_says_what_to_do_when_it_cannot_guess(tmp_path, ledger):
     with pytest.raises(TestModelError, match="matching pattern"):
         sample(Ticker)
     assert sample(Ticker, {"symbol": "BTCUSDT"}).symbol == "BTCUSDT"
+
+
+class Constrained(BaseModel):
+    ticker: str = Field(pattern=r"^[A-Z]{3,5}$")
+    day: date
+    at: datetime
+    link: AnyUrl
+    count: int = Field(ge=1, lt=10, multiple_of=3)
+    share: float = Field(gt=0, le=1)
+    maybe: float | None = Field(default=None, ge=0)
+    names: list[str] = Field(min_length=1, max_length=3)
+    tags: set[str] = set()
+    title: str = Field(min_length=5, max_length=40)
+    kind: Literal["news", "analysis"]
+
+
+def test_strict_schemas_keep_in_the_schema_what_strict_mode_accepts_and_hint_the_rest():
+    strict = strict_json_schema(Constrained)
+    props = strict["properties"]
+    assert props["ticker"] == {"type": "string", "pattern": "^[A-Z]{3,5}$"}
+    assert props["day"] == {"type": "string", "format": "date"}
+    assert props["at"] == {"type": "string", "format": "date-time"}
+    # "uri" is not among strict mode's formats: a hint only, or the provider would reject the schema.
+    assert "format" not in props["link"] and "format \"uri\"" in props["link"]["description"]
+    assert props["count"] == {"type": "integer", "minimum": 1, "exclusiveMaximum": 10, "multipleOf": 3}
+    assert props["share"] == {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+    assert {"type": "number", "minimum": 0} in props["maybe"]["anyOf"] and {"type": "null"} in props["maybe"]["anyOf"]
+    assert (props["names"]["minItems"], props["names"]["maxItems"]) == (1, 3)
+    assert "uniqueItems" not in props["tags"] and "uniqueItems true" in props["tags"]["description"]
+    assert "minLength" not in props["title"] and props["title"]["description"] == "Constraints: maxLength 40, minLength 5."
+    assert props["kind"] == {"type": "string", "enum": ["news", "analysis"]}
+    assert strict["required"] == list(Constrained.model_fields) and strict["additionalProperties"] is False
+    from pipeline.testing import sample_json
+
+    assert Constrained.model_validate(sample_json(strict))
 
 
 def test_strict_schemas_still_sample_validly_from_their_hints():
