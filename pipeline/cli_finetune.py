@@ -13,9 +13,11 @@ import asyncio
 from typing import Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import Config, load_config, read_secret
+from pipeline.console import make_console, say
 from pipeline.finetune import (
     activate_writer_model,
     active_writer_model,
@@ -47,7 +49,7 @@ from pipeline.logs import register_secret
 from pipeline.prompts import PromptError
 from pipeline.templates import TemplateError
 
-console = Console()
+console = make_console()  # the CLI's console: plain full-width text when stdout is not a terminal
 
 
 def _ledger(config: Config) -> Ledger:
@@ -81,11 +83,11 @@ def cmd_build(args, config: Config) -> int:
     articles = Path(args.articles).resolve() if args.articles else None
     result = build_dataset(config, ledger, articles_dir=articles, skip_title_only=args.skip_title_only, write=not args.dry_run)
     for problem in result.problems:
-        console.print(f"[red]rejected[/] {problem.origin}", highlight=False)
+        say(console, problem.origin, label="rejected", style="red")
         for error in problem.errors:
-            console.print(f"    - {error}", highlight=False, soft_wrap=True)
+            say(console, f"    - {error}")
     for duplicate in result.duplicates:
-        console.print(f"[yellow]duplicate[/] {duplicate} (dropped)", highlight=False)
+        say(console, f"{duplicate} (dropped)", label="duplicate", style="yellow")
     m = result.manifest
     counts, sources, tokens, cost = m["counts"], m["sources"], m["tokens"], m["estimate"]
     table = Table(title=f"Dataset {result.dataset_id}", title_justify="left", show_header=False)
@@ -104,12 +106,12 @@ def cmd_build(args, config: Config) -> int:
     console.print(table)
     problem = min_examples_problem(config, result)
     if problem:
-        console.print(f"[red]not written:[/] {problem}", highlight=False)
+        say(console, problem, label="not written:", style="red")
         return 1
     if result.directory is None:
         console.print("dry run: nothing written")
     else:
-        console.print(f"written to {result.directory}", highlight=False)
+        say(console, f"written to {result.directory}")
     return 0
 
 
@@ -121,10 +123,10 @@ def cmd_start(args, config: Config) -> int:
     manifest = read_manifest(directory)
     ledger = _ledger(config)
     view = asyncio.run(_with_client(config, lambda client: start_job(config, ledger, client, directory, again=args.again)))
-    console.print(
+    say(
+        console,
         f"started job {view.id} ({view.status}) on dataset {manifest['dataset_id']}: {config.finetune.base_model}, "
         f"suffix {config.finetune.suffix!r}, {config.finetune.epochs} epochs; follow it with: run.py finetune status {view.id}",
-        highlight=False,
     )
     return 0
 
@@ -174,10 +176,13 @@ def _final_words(job: JobView, out: Console) -> int:
                   + f"; compare it with: run.py finetune eval {job.fine_tuned_model}", highlight=False)
         return 0
     if job.status == "failed":
-        out.print(f"[red]failed:[/] {job.error or 'the provider gave no reason'}", highlight=False)
+        say(out, job.error or "the provider gave no reason", label="failed:", style="red")
         return 1
     if job.status == "cancelled":
-        out.print(f"[yellow]cancelled[/]{': ' + job.error if job.error else ''}", highlight=False)
+        if job.error:
+            say(out, job.error, label="cancelled:", style="yellow")
+        else:
+            out.print("[yellow]cancelled[/]")
         return 1
     finish = f", estimated finish {job.estimated_finish:%Y-%m-%d %H:%M UTC}" if job.estimated_finish else ""
     out.print(f"job {job.id} is {job.status}{finish}", highlight=False)
@@ -193,7 +198,7 @@ def writer_status(config: Config, ledger: Ledger) -> str:
 
 def cmd_status(args, config: Config) -> int:
     ledger = _ledger(config)
-    console.print(writer_status(config, ledger), highlight=False)
+    say(console, writer_status(config, ledger))
     job_id = args.job_id or latest_job_id(ledger)
     if job_id is None:
         console.print("no fine-tuning job recorded yet; start one with: run.py finetune start")
@@ -201,7 +206,7 @@ def cmd_status(args, config: Config) -> int:
     rows = recorded_jobs(ledger, 10)
     if rows and not args.job_id:
         for row in rows:
-            console.print(f"  {describe_row(row)}", highlight=False, soft_wrap=True)
+            say(console, f"  {describe_row(row)}")
     with JobDisplay(console) as display:
         job = asyncio.run(_with_client(config, lambda client: follow_job(
             ledger, client, job_id, display.update, interval=args.interval, once=args.once)))
@@ -260,19 +265,19 @@ def cmd_eval(args, config: Config) -> int:
     console.print(eval_table(report))
     for result in report.cases:
         if result.error:
-            console.print(f"[red]{result.model}[/] {result.origin}: {result.error}", highlight=False, soft_wrap=True)
+            say(console, f"{result.origin}: {result.error}", label=result.model, style="red")
     path = save_report(config, report)
     record_eval(ledger, args.model, {"file": str(path), "summary": report.summary(), "at_least_as_good": report.verdict.at_least_as_good})
     verdict = "at least as good as" if report.verdict.at_least_as_good else "worse than"
-    console.print(f"{args.model} is {verdict} {against}: {'; '.join(report.verdict.reasons)}", highlight=False, soft_wrap=True)
-    console.print(f"saved {path}", highlight=False)
+    say(console, f"{args.model} is {verdict} {against}: {'; '.join(report.verdict.reasons)}")
+    say(console, f"saved {path}")
     return 0
 
 
 def cmd_use(args, config: Config) -> int:
     outcome = activate_writer_model(config, _ledger(config), args.model, force=args.force)
     colour = "green" if outcome.activated else "yellow"
-    console.print(f"[{colour}]{outcome.message}[/]", highlight=False, soft_wrap=True)
+    console.print(f"[{colour}]{escape(outcome.message)}[/]", highlight=False, soft_wrap=True)
     if outcome.activated or outcome.model == outcome.previous:
         return 0
     return 1
@@ -291,10 +296,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     try:
         return args.finetune_handler(args, config)
     except (DatasetError, JobError, TemplateError, PromptError) as exc:
-        console.print(f"[red]finetune {args.finetune_action}:[/] {exc}", highlight=False, soft_wrap=True)
+        say(console, exc, label=f"finetune {args.finetune_action}:", style="red")
         return 1
     except LLMError as exc:
-        console.print(f"[red]finetune {args.finetune_action}:[/] {exc}", highlight=False, soft_wrap=True)
+        say(console, exc, label=f"finetune {args.finetune_action}:", style="red")
         return 2
 
 

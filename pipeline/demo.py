@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from sqlalchemy import func, select
 
 from pipeline import schema
 from pipeline.config import load_config
+from pipeline.console import say
 from pipeline.ledger import as_utc
 from pipeline.runner import STAGE_ORDER, Run
 
@@ -39,10 +42,10 @@ def run_demo(workspace: Path, console: Console) -> int:
     try:
         workspace = prepare_workspace(workspace)
     except WorkspaceError as exc:
-        console.print(f"[red]demo:[/] {exc}")
+        say(console, exc, label="demo:", style="red")
         return 2
     config = load_config(workspace / "config.toml")
-    console.print(f"[bold]Newsdesk demo[/] in {workspace} (sample data, no network, no model)")
+    say(console, f"in {workspace} (sample data, no network, no model)", label="Newsdesk demo", style="bold")
     run = Run(config, command="demo")
     run.clock = newest_item_clock(run.ledger)  # the sample news is dated: replay it as of its newest item
     stages = [s for s in STAGE_ORDER if s != "sync"]  # nothing to sync: no editor has approved anything yet
@@ -52,10 +55,16 @@ def run_demo(workspace: Path, console: Console) -> int:
     from pipeline.cli import print_reports
 
     print_reports(reports, title="Demo stages", links=False)  # the summary lists the drafts
-    console.print(demo_summary(run, {r.stage: r for r in reports}, config), highlight=False, soft_wrap=True)
-    console.print(f"time taken: {time.perf_counter() - started:.1f}s")
-    console.print(f"next: python run.py status --config {workspace / 'config.toml'}", soft_wrap=True, highlight=False)
+    say(console, demo_summary(run, {r.stage: r for r in reports}, config))
+    say(console, f"time taken: {time.perf_counter() - started:.1f}s")
+    say(console, f"next: {next_command(workspace)}")
     return 0 if status == "ok" else 1
+
+
+def next_command(workspace: Path) -> str:
+    """`status` for the demo's workspace, runnable from any folder: this Python, run.py's absolute path, shell-quoted."""
+    run_py = Path(__file__).resolve().parent.parent / "run.py"
+    return shlex.join([sys.executable, str(run_py), "status", "--config", str(workspace / "config.toml")])
 
 
 def newest_item_clock(ledger):
