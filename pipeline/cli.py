@@ -174,6 +174,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.runner import STAGE_ORDER
+
     parser = argparse.ArgumentParser(
         prog="run.py",
         description="Newsdesk: fetch, classify, research, draft, fact-check and publish news.",
@@ -207,12 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         "once",
         "run the pipeline once and exit, for system cron. Exit codes: 0 every stage ran without errors; "
         "1 a stage failed or reported errors (one unreachable or broken feed counts: its error is in the "
-        "summary); 2 bad config or arguments; 3 the ledger cannot be opened; 75 another run holds the lock "
+        "summary); 2 bad config or arguments; 3 the ledger cannot be opened, or stayed busy (locked by another process) "
+        "longer than ledger.busy_timeout_s; 75 another run holds the lock "
         "(try again later)",
         cmd_once,
     )
     as_of(once)
-    once.add_argument("--stages", default="fetch,classify,draft,check,publish,sync", help="comma-separated stages, run in pipeline order")
+    once.add_argument(
+        "--stages", default=",".join(STAGE_ORDER), metavar="LIST",
+        help=f"comma-separated stages, run in pipeline order whatever the order given; one or more of: {', '.join(STAGE_ORDER)} "
+        "(default: all)",
+    )
     command("schedule", "run the scheduler daemon: the [schedule] jobs from config, until SIGTERM", cmd_schedule)
     status = command("status", "show sources, items, drafts and recent runs", cmd_status)
     status.add_argument("--runs", type=int, default=10, help="how many recent runs to list")

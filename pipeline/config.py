@@ -116,6 +116,8 @@ class LLM(Section):
     structured_output: Literal["auto", "json_schema", "json_object"] = "auto"
     run_budget_usd: float = Field(default=5.0, ge=0)
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
+    # Failed model attempts on one item before the classifier takes its offline path for it, for good.
+    max_classify_attempts: int = Field(default=2, ge=1, le=10)
     models: dict[Role, str] = {
         "classifier": "gpt-4o-mini",
         "writer": "gpt-4o-mini",
@@ -319,7 +321,9 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> Config:
     """Read and validate a config file; raise ConfigError with one clear message."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file not found: {path} (pass --config PATH, or run from the folder that holds config.toml)")
+        raise ConfigError(
+            f"config file not found: {path.absolute()} (pass --config PATH, or run from the folder that holds config.toml)"
+        )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

@@ -175,3 +175,54 @@ def test_status_shows_runs_drafts_spend_links_and_next_runs(tmp_path):
     assert "draft 4→1 1 err" in output and "fetch 3→2" in output
     next_newyear = next_run_times(config)["newyear"]
     assert table_rows(output, "newyear")[0][1:] == ["0 3 1 1 *", "draft", next_newyear.strftime("%Y-%m-%d %H:%M %Z")]
+
+
+def test_once_help_lists_the_valid_stage_names_and_exit_code_3():
+    text = " ".join(run_cli("once", "--help").stdout.split())
+    assert "one or more of: fetch, classify, draft, check, publish, sync" in text
+    assert "3 the ledger cannot be opened, or stayed busy" in text
+
+
+def run_in(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, timeout=120,
+                          cwd=folder, env={**os.environ, "COLUMNS": "40"})
+
+
+def test_read_only_commands_never_create_a_ledger_and_say_which_paths_they_looked_for(tmp_path):
+    # No config.toml where the user stands: status names the file it looked for, creates nothing.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["status"], ["preview", "abc123"]):
+        result = run_in(empty, *args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"config error config file not found: {empty / 'config.toml'}" in result.stdout
+    assert list(empty.iterdir()) == []
+
+    # A config but no ledger yet (say, the repository's own config.toml): exit 3, both paths named, still nothing made.
+    desk = tmp_path / "desk"
+    desk.mkdir()
+    (desk / "config.toml").write_text('[ledger]\nurl = "sqlite:///data/ledger.sqlite"\n[llm]\noffline = true\n', encoding="utf-8")
+    for args in (["status"], ["preview", "abc123"]):
+        result = run_in(desk, *args)
+        output = result.stdout + result.stderr
+        assert result.returncode == 3, output
+        assert f"no ledger at {desk / 'data' / 'ledger.sqlite'} (ledger.url in {desk / 'config.toml'})" in result.stdout
+        assert f"`run.py {args[0]}` only reads the ledger and creates nothing" in result.stdout
+        assert "Traceback" not in output
+    assert [p.name for p in desk.iterdir()] == ["config.toml"], "no data/ folder, no ledger file"
+
+    # Once the pipeline has run, status reads the same ledger.
+    assert run_in(desk, "once", "--stages", "fetch").returncode == 0
+    assert run_in(desk, "status").returncode == 0
+
+
+def test_status_on_a_database_without_newsdesk_tables_adds_none(tmp_path):
+    other = tmp_path / "other.sqlite"
+    import sqlite3
+
+    sqlite3.connect(other).execute("CREATE TABLE unrelated (x)").connection.close()
+    (tmp_path / "config.toml").write_text(f'[ledger]\nurl = "sqlite:///{other}"\n', encoding="utf-8")
+    result = run_in(tmp_path, "status")
+    assert result.returncode == 3 and "holds no Newsdesk ledger yet" in result.stdout, result.stdout + result.stderr
+    tables = sqlite3.connect(other).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == [("unrelated",)]
