@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import stat
 import tomllib
 import warnings
@@ -25,6 +26,27 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 class ConfigError(Exception):
     """A config file that cannot be used. The message is meant for the operator."""
+
+
+def check_http_url(value: str) -> str:
+    """An http(s) URL with a host and, if it names one, a port from 1 to 65535; the message says what is wrong."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https"):
+        got = f"{parts.scheme}://" if "://" in value else "no http:// or https:// in front"
+        raise ValueError(f"must be an http:// or https:// URL, got {got}")
+    host_port = parts.netloc.rpartition("@")[2]
+    if not parts.hostname:
+        raise ValueError("the URL has no host name")
+    port = host_port.rpartition("]")[2].partition(":")[2] if host_port.startswith("[") else host_port.partition(":")[2]
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port must be a number from 1 to 65535, got {port}")
+    return value.strip()
+
+
+def _optional_http_url(value: str | None) -> str | None:
+    return None if value is None else check_http_url(value)
 
 
 class Section(BaseModel):
@@ -59,6 +81,8 @@ class Feed(Section):
     def _url_scheme(cls, value: str) -> str:
         if "://" in value and not value.startswith(("http://", "https://", "file://")):
             raise ValueError(f"only http(s) URLs or local file paths are allowed, got {value.split('://')[0]}://")
+        if value.startswith(("http://", "https://")):
+            return check_http_url(value)
         return value
 
 
@@ -132,6 +156,11 @@ class LLM(Section):
     }
     cache_disabled_roles: list[Role] = []
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return _optional_http_url(value)
+
     @field_validator("models", mode="before")
     @classmethod
     def _roles_default_to_base(cls, value: Any) -> Any:
@@ -152,7 +181,14 @@ class Embedding(Section):
 
 class Store(Section):
     path: Path = Path("data/chroma")
-    host: str | None = None
+    host: str | None = Field(default=None, description="host name of a Chroma server; the port and TLS are separate keys")
+
+    @field_validator("host")
+    @classmethod
+    def _host_only(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or value.count(":") == 1 or not value.strip()):
+            raise ValueError("give only the Chroma server's host name; its port and TLS are store.port and store.ssl")
+        return value
     port: int = Field(default=8000, ge=1, le=65535)
     ssl: bool = False
     collection: str = Field(default="newsdesk_chunks", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{1,61}[A-Za-z0-9]$")
@@ -163,6 +199,22 @@ class Ledger(Section):
     url: str = "sqlite:///data/ledger.sqlite"
     busy_timeout_s: float = Field(default=10.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError) as exc:
+            # A port that is not a number fails here; the message quotes the URL, which may hold a password.
+            raise ValueError("not a database URL such as sqlite:///data/ledger.sqlite or postgresql+psycopg://user@host/db"
+                             + (": the port must be a number from 1 to 65535" if "port" in str(exc).lower() else "")) from None
+        if url.port is not None and not 1 <= url.port <= 65535:
+            raise ValueError(f"the port must be a number from 1 to 65535, got {url.port}")
+        return value
+
 
 class Google(Section):
     credentials_file: Path | None = None
@@ -172,8 +224,14 @@ class Google(Section):
     approved_title_prefix: str = "[APPROVED]"
     editors: list[str] = []
     notify_editors: bool = False
-    api_endpoint: str | None = Field(default=None, description="Docs API root; for tests and proxies")
-    drive_endpoint: str | None = None
+    # Where the Google APIs are reached (default: Google's own). For a proxy, a private endpoint or a local fake in tests.
+    api_endpoint: str | None = Field(default=None, description="Docs API root URL, e.g. https://docs.googleapis.com/")
+    drive_endpoint: str | None = Field(default=None, description="Drive host URL; /drive/v3/ is appended unless present")
+
+    @field_validator("api_endpoint", "drive_endpoint")
+    @classmethod
+    def _endpoints(cls, value: str | None) -> str | None:
+        return _optional_http_url(value)
 
 
 class Publishing(Section):
@@ -359,6 +417,8 @@ def _describe(error: dict[str, Any]) -> str:
     if not error["loc"]:
         return error["msg"].removeprefix("Value error, ")
     given = error.get("input")
+    if isinstance(given, str) and "://" in given and "@" in given:  # a URL with credentials: never echo a password
+        given = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", given)
     shown = repr(given) if not isinstance(given, dict) else "a table"
     message = error["msg"].removeprefix("Value error, ")
     return f"'{location}' = {shown}: {message}"

@@ -136,6 +136,13 @@ class ModelRequestsBlocked(RuntimeError):
     """
 
 
+def first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (possibly nested) exception groups: the one that says what went wrong."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
 # --- the backend interface ----------------------------------------------------------------
 
 
@@ -232,6 +239,11 @@ class OpenAIBackend:
         self._secrets = [s for s in secrets if s]
         self._token_param = "max_tokens"
 
+    def _endpoint(self, client) -> str:
+        """The server a request went to, without any credentials in the URL."""
+        url = str(getattr(client, "base_url", "") or "the provider").rstrip("/")
+        return self._redact(re.sub(r"//[^/@]*@", "//", url))
+
     def _client_for_loop(self):
         # An SDK client's connection pool belongs to one event loop; a factory-made client is
         # rebuilt when called from a new loop (asyncio.run per CLI stage, call_sync).
@@ -281,7 +293,15 @@ class OpenAIBackend:
                 raise ProviderUnavailable(f"request timed out after {client.timeout}s") from None
             except openai.APIConnectionError as exc:
                 cause = exc.__cause__ or exc
-                raise ProviderUnavailable(f"cannot reach the model server: {self._redact(str(cause))}") from None
+                raise ProviderUnavailable(f"cannot reach the model server at {self._endpoint(client)}: {self._redact(str(cause))}") from None
+            except ExceptionGroup as group:
+                # The HTTP stack's task group (anyio's connect) can let errors out unwrapped by the SDK, e.g. a port
+                # out of range: one line naming the endpoint; an address that can never work is not retried.
+                leaf = first_leaf(group)
+                message = f"cannot reach the model server at {self._endpoint(client)}: {type(leaf).__name__}: {self._redact(str(leaf))}"
+                if isinstance(leaf, (OverflowError, ValueError, TypeError)):
+                    raise RequestRejected(message) from None
+                raise ProviderUnavailable(message) from None
             except (ValueError, openai.APIResponseValidationError) as exc:
                 # A 200 whose body is not a chat completion (a proxy error page, a cut-off body).
                 raise ProviderUnavailable(f"malformed response from the provider: {self._redact(str(exc))[:200]}") from None

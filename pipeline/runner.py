@@ -167,6 +167,8 @@ class Run:
             report = stage_function(name)(self)
         except Exception as exc:  # a stage's failure is reported, never a crash of the run
             log.exception("stage %s failed", name, extra={"run_id": self.id, "stage": name, "event": "failed"})
+            while isinstance(exc, ExceptionGroup) and exc.exceptions:  # the cause, not "unhandled errors in a TaskGroup"
+                exc = exc.exceptions[0]
             report = StageReport(stage=name, errors=[redact(f"{type(exc).__name__}: {exc}")])
         report.stage = name
         # Stage errors quote exceptions and provider answers; they reach the ledger, the summary and `status`.

@@ -1,5 +1,6 @@
 """A wrong config key, type or value stops the run with one message naming the key and what is allowed."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,13 @@ def test_good_config_resolves_relative_paths_against_its_folder(tmp_path):
         ("[[feeds]]\nname = 'x'\nurl = 'x.xml'\ntopics = ['sport']", ["'feeds[1].topics'", "unknown topic(s) ['sport']", "markets"]),
         ("[[feeds]]\nname = 'local'\nurl = 'again.xml'", ["feed names must be unique", "local"]),
         ("[embeding]\nprovider = 'local'", ["'embeding' is not a known key", "Did you mean 'embedding'?"]),
+        ("[llm]\nbase_url = 'http://127.0.0.1:188212/v1'", ["'llm.base_url' = 'http://127.0.0.1:188212/v1'", "port must be a number from 1 to 65535, got 188212"]),
+        ("[llm]\nbase_url = 'localhost:11434/v1'", ["'llm.base_url'", "must be an http:// or https:// URL"]),
+        ("[llm]\nbase_url = 'http:///v1'", ["'llm.base_url'", "no host name"]),
+        ("[publishing.google]\napi_endpoint = 'ftp://docs.example/'", ["'publishing.google.api_endpoint'", "http:// or https://"]),
+        ("[publishing.google]\ndrive_endpoint = 'https://drive.example:0'", ["'publishing.google.drive_endpoint'", "got 0"]),
+        ("[[feeds]]\nname = 'far'\nurl = 'https://far.example:99999/rss'", ["'feeds[1].url'", "got 99999"]),
+        ("[store]\nhost = 'http://chroma:8000'", ["'store.host'", "only the Chroma server's host name"]),
     ],
 )
 def test_mistakes_are_named_with_what_is_allowed(tmp_path, snippet, expected):
@@ -64,6 +72,29 @@ def test_mistakes_are_named_with_what_is_allowed(tmp_path, snippet, expected):
     assert "nothing was run" in message
     for fragment in expected:
         assert fragment in message
+
+
+def test_a_port_out_of_range_stops_the_cli_with_one_line_naming_the_key(tmp_path):
+    path = write(tmp_path, GOOD + "\n[llm]\nbase_url = 'http://127.0.0.1:188212/v1'\n")
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "check", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "40"})
+    assert result.returncode == 2
+    assert ("  - 'llm.base_url' = 'http://127.0.0.1:188212/v1': the port must be a number from 1 to 65535, got 188212"
+            in result.stdout.splitlines())
+    assert not (tmp_path / "data").exists()
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ledger": {"url": "postgresql+psycopg://desk:s3cret@db:188212/newsdesk"}}, root=tmp_path)
+    assert "'ledger.url' = 'postgresql+psycopg://desk:***@db:188212/newsdesk'" in str(caught.value)
+    assert "got 188212" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_valid_urls_are_kept(tmp_path):
+    config = parse_config({"llm": {"base_url": "http://[::1]:11434/v1"}, "store": {"host": "chroma.internal", "port": 8000},
+                           "publishing": {"google": {"api_endpoint": "https://docs.googleapis.com/",
+                                                     "drive_endpoint": "https://www.googleapis.com"}},
+                           "ledger": {"url": "postgresql+psycopg://desk@db:5432/newsdesk"}}, root=tmp_path)
+    assert config.llm.base_url == "http://[::1]:11434/v1" and config.ledger.url.endswith(":5432/newsdesk")
 
 
 def test_not_toml_and_missing_file_are_clear(tmp_path):

@@ -238,6 +238,46 @@ def test_a_flaky_provider_costs_each_answer_once_and_leaves_only_the_failed_item
     assert sum(r.cost_usd for r in rows) == pytest.approx(first_run_cost + PRICE * len(server.chat_requests))
 
 
+def closed_port() -> int:
+    """A local port nothing listens on: bound, then closed."""
+    return free_port()
+
+
+@pytest.mark.parametrize("where", ["llm.base_url", "OPENAI_BASE_URL"])
+def test_an_unreachable_model_server_is_one_line_naming_the_endpoint(tmp_path, allow_model_requests, monkeypatch, where):
+    # A closed port from config; from the environment (not checked by config) even a port out of range, which the
+    # HTTP stack reports as an ExceptionGroup from its task group rather than a connection error.
+    endpoint = f"http://127.0.0.1:{closed_port()}/v1" if where == "llm.base_url" else "http://127.0.0.1:188212/v1"
+    if where == "OPENAI_BASE_URL":
+        monkeypatch.setenv("OPENAI_BASE_URL", endpoint)
+    run = classify_desk(tmp_path, endpoint if where == "llm.base_url" else None, [f"Bitcoin note {n}." for n in range(6)])
+    started = time.monotonic()
+    report = run.run_stage("classify")
+    assert time.monotonic() - started < 30
+
+    assert report.items_out == 0 and report.errors
+    for error in report.errors:
+        assert f"cannot reach the model server at {endpoint}" in error, report.errors
+        assert "\n" not in error and "ExceptionGroup" not in error and "TaskGroup" not in error
+    assert all(state == ItemState.fetched for state, _ in item_states(run.ledger).values()), "every item waits for the next run"
+    rows = billed_rows(run.ledger)
+    assert rows and all(endpoint in r.error and "ExceptionGroup" not in r.error for r in rows), "the ledger says the same"
+    run.finish()
+
+
+def test_a_stage_that_raises_an_exception_group_is_reported_by_its_cause(tmp_path, monkeypatch):
+    import pipeline.runner as runner
+
+    def broken(run):
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ConnectionRefusedError("connect to 127.0.0.1:9 refused")])
+
+    monkeypatch.setattr(runner, "stage_function", lambda name: broken)
+    run = Run(parse_config({"ledger": {"url": "sqlite:///ledger.sqlite"}}, root=tmp_path), command="test")
+    report = run.run_stage("check")
+    run.finish()
+    assert report.errors == ["ConnectionRefusedError: connect to 127.0.0.1:9 refused"]
+
+
 # =====================================================================================
 # Google: authentication failures, then recovery without duplicates
 # =====================================================================================
