@@ -86,3 +86,251 @@ def opens_unresolved(text: str) -> bool:
     """The sentence leans on one before it: a pronoun or definite reference opens it, or it is attributed to "she"."""
     text = text.strip()
     return bool(UNRESOLVED_OPENING.match(text) or _ANAPHORIC_ATTRIBUTION.search(text))
+
+
+# --- added for the writer and the draft metrics (issue 13) -------------------------------------------
+
+_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+_MONTH_ABBR = "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+_MONTH_NUMBER = {m.lower(): i for i, m in enumerate(_MONTHS.split("|"), 1)}
+_MONTH_NUMBER.update({m.lower(): _MONTH_NUMBER[full.lower()] for m, full in zip(
+    _MONTH_ABBR.split("|"), "January February March April June July August September September October November December".split())})
+_FIG_DATE = re.compile(rf"\b({_MONTHS}|(?:{_MONTH_ABBR})\.?)\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:,?\s+(\d{{4}}))?|\b({_MONTHS})\s+(\d{{4}})\b")
+_FIG_TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
+_FIG_VERSION = re.compile(r"\b\d+\.\d+\.\d+\b")
+_FIG_RATIO = re.compile(r"(?<![\w.,-])(\d{1,3})-(of-)?(\d{1,3})(?![\w.,-]*\d)")
+_FIG_NUMBER = re.compile(
+    r"(?<![A-Za-z][\-])(?<![A-Za-z0-9.,])([$€£¥]\s?)?(\d+(?:,\d{3})*(?:\.\d+)?)"
+    r"(\s?(?:%|percent\b|per cent\b|million\b|billion\b|trillion\b|bn\b|mn\b|[mbk]\b))?"
+)
+_SCALE = {"million": 1e6, "mn": 1e6, "m": 1e6, "billion": 1e9, "bn": 1e9, "b": 1e9, "trillion": 1e12, "k": 1e3}
+
+
+def key_figures(text: str) -> set[str]:
+    """The figures a sentence states, normalised so two wordings of one figure compare equal.
+
+    Amounts ("$48.2 million" == "48.2 million"), percentages, clock times,
+    ratios and votes ("2-of-3", "3-2"), dates ("November 18", "Nov. 18") and
+    other multi-digit numbers ("24,000", "14 addresses"). Bare years, single
+    digits without a unit, version numbers and "layer-2" style names are not
+    figures: they recur without restating a fact.
+    """
+    out: set[str] = set()
+    masked = text
+
+    def mask(match: re.Match) -> str:
+        return " " * len(match.group(0))
+
+    for m in _FIG_DATE.finditer(masked):
+        if m.group(1):
+            month = _MONTH_NUMBER.get(m.group(1).rstrip(".").lower(), 0)
+            out.add(f"date:{month:02d}-{int(m.group(2)):02d}")
+        else:
+            out.add(f"date:{m.group(5)}-{_MONTH_NUMBER[m.group(4).lower()]:02d}")
+    masked = _FIG_DATE.sub(mask, masked)
+    for m in _FIG_TIME.finditer(masked):
+        out.add(f"time:{int(m.group(1)):02d}:{m.group(2)}")
+    masked = _FIG_VERSION.sub(mask, _FIG_TIME.sub(mask, masked))
+    for m in _FIG_RATIO.finditer(masked):
+        out.add(f"ratio:{m.group(1)}{'-of-' if m.group(2) else '-'}{m.group(3)}")
+    masked = _FIG_RATIO.sub(mask, masked)
+    for m in _FIG_NUMBER.finditer(masked):
+        currency, digits, unit = m.group(1), m.group(2), (m.group(3) or "").strip().lower()
+        value = float(digits.replace(",", ""))
+        if not currency and not unit:
+            if "." not in digits and (value < 10 or (1900 <= value <= 2099 and "," not in digits)):
+                continue
+        if unit in ("%", "percent", "per cent"):
+            out.add(f"pct:{value:g}")
+            continue
+        value *= _SCALE.get(unit, 1)
+        out.add(f"num:{value:.6g}")
+    return out
+
+
+def quotes_balanced(text: str) -> bool:
+    """Every quotation that opens in `text` also closes in it (straight and curly double quotes)."""
+    return text.count('"') % 2 == 0 and text.count("“") == text.count("”")
+
+
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
+_SPEECH = re.compile(
+    r"\b(?:said|says|say|told|tells|wrote|writes|added|adds|noted|notes|warned|warns|argued|argues|according|asked|"
+    r"explained|stated|cautioned|called|calls|described|describes|promised|insisted|replied|continued|posted|tweeted|"
+    r"announced|testified|acknowledged|admitted|conceded|predicted|recalled|urged)\b",
+    re.IGNORECASE,
+)
+
+
+def quotation_words(text: str) -> int:
+    """How many words stand inside quotation marks."""
+    return sum(len(q.split()) for q in _QUOTED.findall(text))
+
+
+def unattributed_quote(text: str) -> bool:
+    """A sentence that is a bare quotation: it opens with quote marks and names no speaker outside them."""
+    text = text.strip()
+    if not text or text[0] not in "\"“":
+        return False
+    return not _SPEECH.search(_QUOTED.sub(" ", text))
+
+
+FRAMING = re.compile(
+    r"^(?:earlier|separately|previously|for context|in earlier coverage|in a separate development|in separate news)\b,?",
+    re.IGNORECASE,
+)
+
+
+def is_framed(text: str) -> bool:
+    """The sentence says it is context, not this story's event ("Earlier, …", "Separately, …")."""
+    return bool(FRAMING.match(text.strip().lstrip("\"“'‘")))
+
+
+_LEANS_OPENER = re.compile(
+    r"^[\"“'‘]?(?:first|second|third|fourth|finally|next|again|likewise|similarly|otherwise|besides|moreover|"
+    r"furthermore|in addition|additionally|as a result|by contrast|in contrast|even so|nonetheless|nevertheless|"
+    r"despite (?:this|that|it)|because of (?:this|that|it)|after (?:that|this)|not everyone|not all|others?|"
+    r"another|the other|the rest|the latter|the former|here|now|too|so|thus|hence|later|afterwards)\b",
+    re.IGNORECASE,
+)
+# "The approved funds …", "The 3-2 vote …", "The Lisbon-based platform …": a definite description
+# that points back, unless a defining clause follows at once ("The hacker who took …").
+_DEFINITE = re.compile(r"^[\"“'‘]?(?:the|this|that|these|those|such)\s+([\w$][\w\-.,$%']*)", re.IGNORECASE)
+_DEFINING = re.compile(r"^(?:\S+\s+){0,4}?(?:who|that|which|whose|issued by|run by|known as)\b(?<!,)|^(?:\S+\s+){0,3}?of\s+[A-Z]")
+_INTRO = re.compile(
+    r"^[\"“]?(?:for|in|on|at|by|after|before|since|once|when|while|as|under|with|until|despite|following|according to|"
+    r"within|during|unlike|like|over|across|through|beyond|from|to)\b[^.;:]*?,\s+(.*)$",
+    re.IGNORECASE,
+)
+_PRONOUN_OPENING = re.compile(r"^[\"“'‘]?(?:he|she|it|they|this|that|these|those|its|his|her|their|there)\b", re.IGNORECASE)
+_INTRO_PRONOUN = re.compile(r"^[\"“]?(?:by|at|on|in|after|before|since|within|once|when|until)\s[^,]{0,40}?\s(?:it|they|he|she)\s+\w+", re.IGNORECASE)
+_POSSESSIVE_IN_INTRO = re.compile(r"^[\"“]?(?:according to|in|on|at|under|with|for)\b[^,]{0,60}?\b(?:its|their|his|her)\b[^,]*,", re.IGNORECASE)
+_COMPARATIVE_PREDICATE = re.compile(r"\b(?:was|were|is|are)\s+(?:different|similar|the same|also)\b(?!\s+(?:from|to|than|as)\b)", re.IGNORECASE)
+_DEFINITE_ATTRIBUTION = re.compile(
+    r"\b(?:the|that|this)\s+(?:judge|company|firm|exchange|regulator|agency|commission|court|analyst|researcher|spokesperson|"
+    r"spokesman|spokeswoman|chief executive|ceo|founder|team|foundation|issuer|attacker|hacker|bank|group|official|lawyer)s?\s+"
+    r"(?:said|says|wrote|writes|added|adds|noted|told|argued|warned|found|held|ruled)\b",
+    re.IGNORECASE,
+)
+_ELLIPTICAL_END = re.compile(r"\b(?:can|will|could|would|did|does|do|has|have|had|may|might|must|should)\.[\"”']?$", re.IGNORECASE)
+
+
+def _definite_opening(text: str) -> bool:
+    m = _DEFINITE.match(text)
+    if not m:
+        return False
+    head = m.group(1)
+    descriptor = bool(re.fullmatch(r"[A-Z][a-z]+-[a-z]+", head))  # "Lisbon-based"
+    if head[:1].isupper() and not descriptor:
+        return False  # "The Federal Digital Markets Commission …": a name, not a reference
+    rest = text[m.start(1):]
+    return not _DEFINING.match(rest)
+
+
+def leans_back(text: str) -> bool:
+    """The sentence cannot open a paragraph: `opens_unresolved`, plus openers that point back in other ways.
+
+    Connectives and enumerations ("Second, …", "Not everyone …"), definite
+    descriptions with no defining clause ("The approved funds …"), a pronoun
+    or possessive right after an introductory phrase ("By 04:05 UTC it had …",
+    "According to a statement posted to its status page, …"), comparisons with
+    nothing to compare to ("… were different, the judge wrote"), attribution to
+    "the judge" before anyone is named, a bare quotation with no speaker, and
+    elliptical endings ("After Halcyon, anyone can.").
+    """
+    text = text.strip()
+    if not text:
+        return False
+    if opens_unresolved(text) or _LEANS_OPENER.match(text) or _definite_opening(text) or unattributed_quote(text):
+        return True
+    if _INTRO_PRONOUN.match(text) or _POSSESSIVE_IN_INTRO.match(text):
+        return True
+    if _INTRO.match(text):  # "For DeFi protocols on Meridian, which …, the upgrade should …"
+        for comma in re.finditer(r",\s+", text):
+            if len(text[: comma.start()].split()) > 25:
+                break
+            rest = text[comma.end():]
+            if _PRONOUN_OPENING.match(rest) or _ANAPHORIC_ATTRIBUTION.search(rest) or _definite_opening(rest):
+                return True
+    if _COMPARATIVE_PREDICATE.search(text) or _ELLIPTICAL_END.search(text):
+        return True
+    attribution = _DEFINITE_ATTRIBUTION.search(text)
+    if attribution and not names(_QUOTED.sub(" ", text[: attribution.start()]).split(" ", 1)[-1]):
+        return True  # "…, the judge wrote": no one named before it
+    return False
+
+
+_PERSON = re.compile(r"\b([A-Z][a-z]+(?:-[A-Z][a-z]+)?)\s+([A-Z][a-z]+(?:-[A-Z][a-z]+)?)\b(?!\s+[A-Z])")
+
+
+def person_names(texts: Iterable[str]) -> dict[str, str]:
+    """Surname -> full name ("Okafor" -> "Dev Okafor") for people the texts name in full and then by surname alone.
+
+    A two-word name counts as a person's when its last word also stands alone
+    elsewhere and is never written in lower case ("Halvane Security" is not:
+    "security" is a common word).
+    """
+    texts = [t for t in texts if t]
+    common = _lowercase_words(texts)
+    full: dict[str, str] = {}
+    for text in texts:
+        for m in _PERSON.finditer(text):
+            first, last = m.group(1), m.group(2)
+            if first.lower() in _NOT_NAMES or last.lower() in _NOT_NAMES or last.lower() in common or first.lower() in common:
+                continue
+            full.setdefault(last, f"{first} {last}")
+    people: dict[str, str] = {}
+    for last, name in full.items():
+        first = name.split()[0]
+        alone = re.compile(rf"(?<!{re.escape(first)} )\b{re.escape(last)}\b")
+        if any(alone.search(text) for text in texts):
+            people[last] = name
+    return people
+
+
+def bare_surnames(text: str, people: dict[str, str], introduced: str) -> list[str]:
+    """Surnames `text` uses alone for people whose full name `introduced` (the article so far) and `text` never give."""
+    out = []
+    for last, name in people.items():
+        if name in introduced or name in text:
+            continue
+        if re.search(rf"\b{re.escape(last)}\b", text):
+            out.append(last)
+    return out
+
+
+def _lowercase_words(texts: Iterable[str]) -> set[str]:
+    return {m.group(0) for text in texts for m in re.finditer(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*", text)}
+
+
+def salient_names(text: str, common: set[str]) -> set[str]:
+    """`names(text)` that are names: multi-word names, and single words never written in lower case in `common`'s texts."""
+    return {n for n in names(text) if " " in n or (n not in common and len(n) > 2)}
+
+
+def story_profile(titles: Iterable[str], texts: Iterable[str]) -> tuple[set[str], set[str], set[str]]:
+    """(core, own, common) for a story from its own items.
+
+    core: the salient names in the story's headlines (who the story is about);
+    own: `story_entities` kept to salient names; common: the words its texts use
+    in lower case, for telling a name from a capitalised sentence opener.
+    """
+    titles, texts = list(titles), list(texts)
+    common = _lowercase_words([*titles, *texts])
+    own = {n for n in story_entities(titles, texts) if " " in n or (n not in common and len(n) > 2)}
+    core = set().union(*(salient_names(t, common) for t in titles)) if titles else set()
+    core -= {"nov", "dec", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct"}
+    return core, own | core, common
+
+
+def concerns_story(text: str, core: set[str], own: set[str], common: set[str]) -> bool:
+    """Whether a passage is about the story's own actors rather than another event that shares a word with it.
+
+    It must name one of the story's headline actors (`core`), or share at
+    least two of its entities while naming no more other actors than shared ones.
+    """
+    found = salient_names(text, common | _lowercase_words([text]))
+    if found & core:
+        return True
+    shared = found & own
+    return len(shared) >= 2 and len(found - own) <= len(shared)
