@@ -10,6 +10,15 @@ Order of the cheap-to-expensive checks for every new item:
 With no model configured, the embedding and keyword signals decide, and the
 result says so (`method = "offline"`).
 
+The response schema is built per batch (`batch_schema`): the batch's ids and the
+configured topics are enums, a relevant result needs a topic, and the result count
+is fixed, so a model decoding under the schema cannot answer outside the project's
+rules; only "each id once" is checked after the reply.
+
+Failed model attempts are counted per item in the ledger (`items.classify_attempts`).
+An item at `llm.max_classify_attempts` takes the offline classifier
+(`method = "offline-fallback"`, the cause in `state_reason`) and is never sent again.
+
 Each batch is saved as soon as it is answered, so a provider failure mid-run
 keeps what was classified and leaves the rest `fetched` for the next run.
 """
@@ -23,14 +32,17 @@ import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from collections import Counter
+from typing import Annotated, Any, Literal, Union
+
 import numpy as np
-from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model
+from sqlalchemy import func, select, update
 
 from pipeline import schema
 from pipeline.config import Config
 from pipeline.ledger import Ledger, utcnow
-from pipeline.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, plain_json_schema
+from pipeline.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, ProviderUnavailable, plain_json_schema
 from pipeline.models import Classification, Item, ItemState, StageReport
 from pipeline.prompts import PromptLibrary
 from pipeline.text import split_sentences
@@ -75,6 +87,9 @@ _INSTRUCTIONS = re.compile(
 
 
 class ItemResult(BaseModel):
+    """One item's verdict as the model returns it. The schema sent for a batch narrows it
+    (see `batch_schema`); stored results are read through this shape."""
+
     id: str = Field(description="the item's id, exactly as given")
     relevant: bool
     topics: list[str] = Field(description="names from the topic list only; [] when not relevant")
@@ -86,6 +101,72 @@ class ItemResult(BaseModel):
 
 class BatchResult(BaseModel):
     results: list[ItemResult]
+
+
+def batch_schema(ids: list[str], topic_names: list[str]) -> type[BatchResult]:
+    """The response schema for one batch, so that a model decoding under it (strict structured
+    output, or a grammar-constrained local server) can only say what the project accepts:
+
+    * `id` is an enum of this batch's ids, `topics` an enum of the configured topic names;
+    * a result is either relevant, with at least one topic, or not relevant, with none
+      (two variants told apart by `relevant`): "relevant without a topic" cannot be written;
+    * `results` holds one entry per item (minItems = maxItems = batch size).
+
+    What a schema cannot say (each id exactly once) is left to `batch_validator`. Item counts
+    whose breach costs nothing are schema keywords for the decoder but not enforced on the
+    reply: a short reply is not worth a repair round (its missing items are asked alone), and
+    `to_classification` trims more than 10 entities and topics on an irrelevant item.
+    The model is named BatchResult whatever the batch, as fakes and logs know it by that name.
+    """
+    id_type = Literal[tuple(ids)]  # type: ignore[valid-type]
+    id_field = (id_type, Field(description="the item's id, exactly as given; one result per id"))
+    shared = dict(
+        id=id_field,
+        newsworthiness=(float, Field(ge=0, le=1, description="0 to 1, see the scale in the instructions")),
+        summary=(str, Field(description="one factual sentence, at most 30 words")),
+        entities=(list[str], Field(
+            description="main named organisations, people, projects, tokens, places; at most 10",
+            json_schema_extra={"maxItems": MAX_ENTITIES},
+        )),
+        reason=(str, Field(description="one short phrase")),
+    )
+    off_beat = create_model(
+        "OffBeatResult", __base__=ItemResult, __module__=__name__,
+        id=id_field,
+        relevant=(Literal[False], Field(description="false: not news on any of our topics")),
+        topics=(list[str], Field(description="always [] for an item that is not relevant",
+                                 json_schema_extra={"maxItems": 0, "items": {"type": "string"}})),
+        **{k: v for k, v in shared.items() if k != "id"},
+    )
+    variants: list[Any] = [Annotated[off_beat, Tag("irrelevant")]]
+    if topic_names:
+        topic_type = Literal[tuple(topic_names)]  # type: ignore[valid-type]
+        on_beat = create_model(
+            "OnBeatResult", __base__=ItemResult, __module__=__name__,
+            id=id_field,
+            relevant=(Literal[True], Field(description="true: news on at least one of our topics")),
+            topics=(list[topic_type], Field(
+                min_length=1, description="the fitting topics, at least one, names from the topic list only",
+                json_schema_extra={"maxItems": len(topic_names)},
+            )),
+            **{k: v for k, v in shared.items() if k != "id"},
+        )
+        variants.insert(0, Annotated[on_beat, Tag("relevant")])
+    result_type = Annotated[Union[tuple(variants)], Discriminator(_relevance_tag)] if len(variants) > 1 else off_beat
+    return create_model(
+        "BatchResult", __base__=BatchResult, __module__=__name__,
+        results=(list[result_type], Field(
+            description=f"exactly {len(ids)} results, one per item id, in the order of the items",
+            json_schema_extra={"minItems": len(ids), "maxItems": len(ids)},
+        )),
+    )
+
+
+def _relevance_tag(value: Any) -> str | None:
+    relevant = value.get("relevant") if isinstance(value, dict) else getattr(value, "relevant", None)
+    if relevant is None:
+        return None
+    return "relevant" if relevant is True else "irrelevant"
 
 
 # --- cheap signals --------------------------------------------------------------------------
@@ -212,41 +293,55 @@ def offline_classification(item: Item, signals: Signals, config: Config, method:
 # --- the model ------------------------------------------------------------------------------
 
 
-def batch_validator(expected_ids: list[str], topic_names: list[str]):
-    """Problems the model can fix in a repair round. Missing ids are not among them:
-    those items are cheaper to retry alone than to resend the whole batch."""
-    allowed = set(topic_names)
+def batch_validator(expected_ids: list[str]):
+    """What the batch schema cannot say: one result per id. Missing ids are not repair
+    material: those items are cheaper to retry alone than to resend the whole batch."""
 
     def validate(result: BatchResult) -> list[str]:
-        problems = []
-        seen: set[str] = set()
-        for r in result.results:
-            unknown = [t for t in r.topics if t not in allowed]
-            if unknown:
-                problems.append(f"item {r.id}: unknown topic(s) {unknown}; use only: {', '.join(topic_names)}")
-            if r.relevant and not r.topics:
-                problems.append(f"item {r.id}: relevant is true but topics is empty; name its topics or set relevant to false")
-            if r.id in seen:
-                problems.append(f"item {r.id}: more than one result; give exactly one per id")
-            seen.add(r.id)
-        extra = [r.id for r in result.results if r.id not in expected_ids]
-        if extra:
-            problems.append(f"results for ids that were not asked for: {extra}; the ids are: {', '.join(expected_ids)}")
-        return problems
+        counts = Counter(r.id for r in result.results)
+        twice = [i for i in expected_ids if counts[i] > 1]
+        missing = [i for i in expected_ids if not counts[i]]
+        if not twice:
+            return []
+        return [
+            f"item {i}: {counts[i]} results; give exactly one result per id" for i in twice
+        ] + ([f"no result for: {', '.join(missing)}"] if missing else [])
 
     return validate
 
 
-def usable_results(result: BatchResult, expected_ids: list[str], topic_names: list[str]) -> dict[str, ItemResult]:
-    """The results that pass every check, by id; used to keep the good part of a batch
-    whose output stayed invalid after repair."""
-    allowed, out, counts = set(topic_names), {}, {}
-    for r in result.results:
-        counts[r.id] = counts.get(r.id, 0) + 1
-    for r in result.results:
-        if r.id in expected_ids and counts[r.id] == 1 and set(r.topics) <= allowed and (r.topics or not r.relevant):
-            out[r.id] = r
-    return out
+def usable_results(results: list[ItemResult], expected_ids: list[str]) -> dict[str, ItemResult]:
+    """The results that can be trusted, by id: an expected id answered exactly once. Used to
+    keep the good part of a batch whose output stayed invalid after repair."""
+    counts = Counter(r.id for r in results)
+    return {r.id: r for r in results if r.id in expected_ids and counts[r.id] == 1}
+
+
+def salvage(raw: str | None, schema: type[BatchResult]) -> list[ItemResult] | None:
+    """The results of a reply that broke the batch schema, each checked on its own against the
+    schema's result type; None when the reply is not a JSON object with a results list."""
+    try:
+        data = json.loads(_strip_code_fence(raw or ""))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        return None
+    adapter = TypeAdapter(schema.model_fields["results"].annotation.__args__[0])
+    kept = []
+    for entry in data["results"]:
+        try:
+            kept.append(adapter.validate_python(entry))
+        except ValidationError:
+            continue
+    return kept
+
+
+def _strip_code_fence(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = re.sub(r"^```[A-Za-z]*\s*", "", stripped)
+        stripped = re.sub(r"\s*```$", "", stripped)
+    return stripped
 
 
 def to_classification(r: ItemResult) -> Classification:
@@ -280,7 +375,9 @@ def plan_batches(config: Config, model: str, system_tokens: int) -> BatchPlan:
     window = config.llm.context_window(model)
     # A repair round resends the prompt with the previous reply and the errors: each round adds a reply.
     replies = 1 + config.llm.repair_rounds
-    schema_tokens = count_tokens(json.dumps(plain_json_schema(BatchResult)), model)  # json_object mode adds it
+    ids = [f"i{n}" for n in range(1, config.classify.batch_size + 1)]
+    # json_object mode puts the schema in the prompt: the largest batch's schema is the most it adds.
+    schema_tokens = count_tokens(json.dumps(plain_json_schema(batch_schema(ids, config.topic_names))), model)
     room = window - system_tokens - schema_tokens - 200  # the user prompt's header and repair wording
     item_tokens = config.classify.item_tokens
     per_item = item_tokens + TITLE_TOKENS + ITEM_FRAME_TOKENS + ITEM_REPLY_TOKENS * replies
@@ -310,17 +407,31 @@ class ModelOutcome:
     batches: int = 0
     retried_alone: int = 0
     quarantined: int = 0
+    failed_attempts: int = 0  # model attempts that failed for one item (counted in the ledger)
+    gave_up: list[str] = field(default_factory=list)  # item ids the model had its last attempt on
 
 
 class ModelClassifier:
-    """Batches items into calls, keeps the good part of every answer, retries the rest alone."""
+    """Batches items into calls, keeps the good part of every answer, retries the rest alone.
 
-    def __init__(self, config: Config, gateway, prompts: PromptLibrary, on_result=None, stop_requested=lambda: False):
+    A model attempt fails for an item when the model was asked about it and gave no usable
+    result for it: asked alone and the call failed (invalid after repair, cut off, refused,
+    rejected), or asked in a batch whose reply answered other items but not this one. A batch
+    reply that is unusable as a whole (not JSON, cut off) is nobody's failure: its items are
+    asked alone. A provider that is down, a spent budget or an open breaker is not the item's
+    failure either. `on_failure(items, cause)` records one failed attempt for each item and
+    returns those that have had their last one (it classifies them offline); they are never
+    asked again.
+    """
+
+    def __init__(self, config: Config, gateway, prompts: PromptLibrary, on_result=None, stop_requested=lambda: False,
+                 on_failure=None):
         self.config = config
         self.gateway = gateway
         self.prompts = prompts
         # Called once per answered batch with [(item, classification), ...], so a batch is saved whole.
         self.on_result = on_result or (lambda results: None)
+        self.on_failure = on_failure or (lambda items, cause: [])
         self.stop_requested = stop_requested
         self.model = gateway.model_for("classifier")
         self.topics = [SimpleNamespace(name=t.name, description=t.description, keywords=t.keywords) for t in config.topics]
@@ -371,27 +482,31 @@ class ModelClassifier:
         return [task.result() for task in tasks]
 
     async def _run_batch(self, batch: list[Item], retry: bool = False) -> list[Item]:
-        """Classify one batch, save what came back; return the items still unclassified."""
+        """Classify one batch, save what came back; return the items to ask again alone."""
         if self._halted is not None or self.stop_requested():
             if self._halted is not None:
                 self._fail(self._halted, batch)
             return []  # not retried either: the run stops here
         prompt, by_id = self.render(batch)
         ids = list(by_id)
+        schema = batch_schema(ids, self.config.topic_names)
         self.outcome.batches += len(batch) > 1
         self.outcome.retried_alone += retry
         problem = "the model's reply held no usable result for the item"
         try:
             result = await self.gateway.call(
-                "classifier", prompt, BatchResult,
-                validators=[batch_validator(ids, self.config.topic_names)],
+                "classifier", prompt, schema, validators=[batch_validator(ids)],
                 stage="classify", max_tokens=self.plan.max_tokens(len(batch)),
             )
-            answered = usable_results(result, ids, self.config.topic_names)
+            answered = usable_results(result.results, ids)
         except InvalidOutput as exc:
-            # Keep the results that were fine; only the broken ones are asked again.
-            answered = usable_results(exc.output, ids, self.config.topic_names) if isinstance(exc.output, BatchResult) else {}
-            log.warning("classifier batch of %d: output still invalid after repair, kept %d: %s", len(batch), len(answered), exc)
+            # Keep the results that were fine; only the others are asked again.
+            results = exc.output.results if isinstance(exc.output, BatchResult) else salvage(exc.raw, schema)
+            log.warning("classifier batch of %d: output still invalid after repair, kept %d: %s",
+                        len(batch), len(usable_results(results or [], ids)), exc)
+            if results is None and len(batch) > 1:
+                return batch  # nothing in the reply to go by: every item is asked alone
+            answered = usable_results(results or [], ids)
             problem = str(exc)
         except (CircuitOpen, BudgetExceeded) as exc:
             self._halted = str(exc)
@@ -401,10 +516,15 @@ class ModelClassifier:
             log.warning("classifier batch of %d failed: %s", len(batch), exc)
             if self.gateway.circuit_open:
                 self._halted = f"LLM circuit open after repeated failures (last: {exc}); no more calls this run"
-            if len(batch) == 1 or self._halted:
-                self._fail(self._halted or str(exc), batch)
+            if self._halted:
+                self._fail(self._halted, batch)
                 return []
-            return batch
+            if len(batch) > 1:
+                return batch
+            if isinstance(exc, ProviderUnavailable):
+                self._fail(str(exc), batch)  # the provider, not the item: no attempt is counted
+                return []
+            answered, problem = {}, str(exc)
         found = []
         for short_id, r in answered.items():
             item = by_id[short_id]
@@ -421,6 +541,12 @@ class ModelClassifier:
         if found:
             self.on_result(found)
         missing = [by_id[i] for i in ids if i not in answered]
+        if not missing:
+            return []
+        self.outcome.failed_attempts += len(missing)
+        done = {item.id for item in self.on_failure(missing, problem)}
+        self.outcome.gave_up.extend(done)
+        missing = [item for item in missing if item.id not in done]
         if len(batch) == 1 and missing:
             self._fail(problem, missing)  # already asked alone: it waits for the next run
             return []
@@ -465,22 +591,47 @@ def known_classifications(ledger: Ledger, hashes: list[str], topic_names: list[s
     return known
 
 
-def save(ledger: Ledger, store, results: list[tuple[Item, Classification]]) -> None:
+def failed_attempts(ledger: Ledger, item_ids: list[str]) -> dict[str, int]:
+    """Model attempts that already failed for each item, from earlier runs."""
+    if not item_ids:
+        return {}
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(
+            select(schema.items.c.id, schema.items.c.classify_attempts).where(schema.items.c.id.in_(item_ids))
+        ).all()
+    return {item_id: attempts or 0 for item_id, attempts in rows}
+
+
+def count_failed_attempt(ledger: Ledger, item_ids: list[str]) -> None:
+    with ledger.begin() as connection:
+        connection.execute(
+            update(schema.items).where(schema.items.c.id.in_(item_ids))
+            .values(classify_attempts=schema.items.c.classify_attempts + 1)
+        )
+
+
+def save(ledger: Ledger, store, results: list[tuple[Item, Classification]], reasons: dict[str, str] | None = None) -> None:
     """Store classifications: Chroma metadata first, then the ledger in ONE transaction.
 
     If Chroma fails, the items stay `fetched` and are classified again next run (from the
     cache). One transaction per answered batch means a kill mid-way never leaves half a
     batch saved, which would make the next run batch differently and miss the cache.
+    `reasons` (by item id) are appended to the items' state_reason.
     """
+    reasons = reasons or {}
     for item, classification in results:
         store.set_classification(item.id, classification)
     with ledger.begin() as connection:
         for item, classification in results:
             state = ItemState.classified if classification.relevant else ItemState.irrelevant
+            values = dict(classification=classification.model_dump(mode="json"), state=state.value, updated=utcnow())
+            if item.id in reasons:
+                earlier = func.coalesce(schema.items.c.state_reason.concat("; "), "")
+                values["state_reason"] = earlier.concat(reasons[item.id])
             connection.execute(
                 update(schema.items)
                 .where(schema.items.c.id == item.id, schema.items.c.state == ItemState.fetched.value)
-                .values(classification=classification.model_dump(mode="json"), state=state.value, updated=utcnow())
+                .values(**values)
             )
 
 
@@ -502,17 +653,23 @@ def classify_pending(run) -> StageReport:
     reused = known_classifications(ledger, list(twins), config.topic_names)
     fresh = [group[0] for digest, group in twins.items() if digest not in reused]
     signals = dict(zip((i.id for i in fresh), topic_signals(fresh, config, store)))
+    limit = config.llm.max_classify_attempts
+    # A group's attempts are its most tried copy's: every copy is counted when the group fails.
+    counts = failed_attempts(ledger, [i.id for i in items])
+    attempts = {item.id: max(counts.get(twin.id, 0) for twin in twins[item.content_hash]) for item in fresh}
 
     decided: dict[str, Classification] = {}
     saved: set[str] = set()
 
-    def keep_all(results: list[tuple[Item, Classification]]) -> None:
+    def keep_all(results: list[tuple[Item, Classification]], reasons: dict[str, str] | None = None) -> None:
         """Save items and their twins the moment their classifications are known, a batch at a time."""
         pairs = [(twin, classification) for item, classification in results for twin in twins[item.content_hash]]
+        twin_reasons = {twin.id: reasons[item.id] for item, _ in results if reasons and item.id in reasons
+                        for twin in twins[item.content_hash]}
         for twin, classification in pairs:
             decided[twin.id] = classification
         try:
-            save(ledger, store, pairs)
+            save(ledger, store, pairs, twin_reasons)
         except Exception as exc:  # noqa: BLE001 - one batch's storage failure must not stop the rest
             report.errors.append(
                 f"{len(pairs)} item(s) could not store their classification: {type(exc).__name__}: {exc}"
@@ -523,9 +680,32 @@ def classify_pending(run) -> StageReport:
     def keep(item: Item, classification: Classification) -> None:
         keep_all([(item, classification)])
 
+    def fall_back(group: list[Item], cause: str) -> None:
+        """The model had its last attempt on these items: the offline classifier decides, for good."""
+        results, reasons = [], {}
+        for item in group:
+            results.append((item, offline_classification(item, signals[item.id], config, method="offline-fallback")))
+            reasons[item.id] = (
+                f"classified offline after {attempts[item.id]} failed model attempt(s) "
+                f"(llm.max_classify_attempts = {limit}); last: {cause}"
+            )[:1000]
+            log.warning("item %s: %s", item.id, reasons[item.id])
+        keep_all(results, reasons)
+
+    def failed(group: list[Item], cause: str) -> list[Item]:
+        """One more failed model attempt for each item (and its copies); those at the limit fall back."""
+        count_failed_attempt(ledger, [twin.id for item in group for twin in twins[item.content_hash]])
+        for item in group:
+            attempts[item.id] += 1
+        spent = [item for item in group if attempts[item.id] >= limit]
+        if spent:
+            fall_back(spent, cause)
+        return spent
+
     for digest in reused:
         keep(twins[digest][0], reused[digest])
     to_model: list[Item] = []
+    exhausted: list[Item] = []
     model_available = gateway.available
     for item in fresh:
         if run.stop_requested:
@@ -534,17 +714,21 @@ def classify_pending(run) -> StageReport:
             keep(item, offline_classification(item, signals[item.id], config))
         elif clearly_off_beat(signals[item.id], config):
             keep(item, offline_classification(item, signals[item.id], config, method="prefilter"))
+        elif attempts[item.id] >= limit:
+            exhausted.append(item)  # its attempts ran out in an earlier run (or the limit was lowered)
         else:
             to_model.append(item)
+    if exhausted:
+        fall_back(exhausted, "no attempts left from earlier runs")
 
     outcome = ModelOutcome()
     if to_model:
         classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep_all,
-                                     stop_requested=lambda: run.stop_requested)
+                                     stop_requested=lambda: run.stop_requested, on_failure=failed)
         outcome = run.run_async(classifier.classify(to_model))  # the runner books the calls, tokens and cost
         for cause, ids in outcome.errors.items():
-            failed = set(ids)
-            count = sum(len(twins[i.content_hash]) for i in to_model if i.id in failed)
+            failed_ids = set(ids)
+            count = sum(len(twins[i.content_hash]) for i in to_model if i.id in failed_ids)
             report.errors.append(f"{count} item(s) not classified, left for the next run: {cause}")
         report.notes.update(batch_size=classifier.plan.size)
 
@@ -558,6 +742,8 @@ def classify_pending(run) -> StageReport:
         reused=sum(len(twins[d]) for d in reused),
         by_model=methods.count("llm"),
         offline=methods.count("offline"),
+        fell_back_offline=methods.count("offline-fallback"),
+        failed_attempts=outcome.failed_attempts,
         batches=outcome.batches,
         retried_alone=outcome.retried_alone,
         quarantined=outcome.quarantined,

@@ -90,7 +90,7 @@ class Classification(Record):
     summary: str
     entities: list[str]
     reason: str
-    method: Literal["llm", "prefilter", "offline"] = "llm"
+    method: Literal["llm", "prefilter", "offline", "offline-fallback"] = "llm"
 
 
 # --- select ----------------------------------------------------------------

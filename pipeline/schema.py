@@ -52,6 +52,8 @@ items = Table(
     Column("state", String(32), nullable=False, index=True),
     Column("state_reason", Text),
     Column("classification", JSON),
+    # Model attempts that failed for this item; at llm.max_classify_attempts it is classified offline.
+    Column("classify_attempts", Integer, nullable=False, default=0, server_default="0"),
     Column("chunk_count", Integer),
     Column("story_key", String(64), index=True),
     _ts("updated", nullable=False),

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, insert, select
 
-from agents.classifier import BatchResult, ITEM_FRAME_TOKENS, TITLE_TOKENS, batch_validator, classify_pending
+from agents.classifier import BatchResult, ITEM_FRAME_TOKENS, TITLE_TOKENS, batch_schema, batch_validator, classify_pending
 from agents.fetcher import run_fetch
 from pipeline import schema
 from pipeline.config import load_config, parse_config
@@ -272,11 +273,13 @@ def test_an_unknown_topic_is_sent_back_with_its_name_and_fixed_in_a_repair_round
 
     assert backend.calls == 2 and report.ok
     repair = backend.requests[1].messages[-1]["content"]
-    assert repair.count("unknown topic(s) ['sports']") == 5
-    assert "use only: markets, regulation, security, defi, infrastructure" in repair
+    # The topic enum of the batch schema refuses the name, for each of the five results.
+    assert repair.count("relevant.topics.0: Input should be 'markets', 'regulation', 'security', 'defi' or 'infrastructure' "
+                        '(got "sports")') == 5
     assert [r.outcome for r in llm_call_rows(run)] == ["invalid", "ok"]
     for state, classification in stored(run).values():
         assert state == ItemState.classified and "sports" not in classification.topics
+    assert report.notes["failed_attempts"] == 0
 
 
 def test_items_missing_from_a_reply_are_retried_alone_and_none_is_dropped(sample_items, tmp_path):
@@ -303,49 +306,195 @@ def test_a_result_under_a_wrong_id_is_repaired_then_retried_alone(sample_items, 
 
     # The batch, its repair round (naming the stray id), then item 2 alone as "i1".
     assert backend.calls == 3
-    assert "ids that were not asked for: ['i99']" in backend.requests[1].messages[-1]["content"]
+    assert "results.1.relevant.id: Input should be 'i1', 'i2', 'i3' or 'i4' (got \"i99\")" in backend.requests[1].messages[-1]["content"]
     assert len(items_asked(backend.requests[2].messages)) == 1
-    assert report.ok and report.notes["by_model"] == 4
+    # The reply broke the schema, yet its three good results were kept.
+    assert report.ok and report.notes["by_model"] == 4 and report.notes["retried_alone"] == 1
+    assert report.notes["failed_attempts"] == 1 and report.notes["fell_back_offline"] == 0
     assert {state for state, _ in stored(run).values()} == {ItemState.classified}
 
 
 def test_model_output_is_stored_as_one_typed_classification(sample_items, tmp_path):
     korvex = next(i for i in sample_items if "korvex-hot-wallet-breach" in i.url)
-    reply = answer([{"role": "user", "content": ""}])  # shape only
     reply = {"results": [{
         "id": "i1", "relevant": True, "topics": ["security", "security"], "newsworthiness": 0.9,
         "summary": "Korvex lost $48.2 million\nfrom its hot wallet.", "entities": [f"E{n}" for n in range(14)] + ["E1"],
         "reason": "major hack",
     }]}
-    run = make_desk(tmp_path, [korvex], backend=TestModel(responses={BatchResult: reply}))
+    run = make_desk(tmp_path, [korvex], backend=TestModel(function=lambda request: reply))
     classify_pending(run)
     state, classification = stored(run)[korvex.url]
     assert state == ItemState.classified
+    # Harmless excess (a topic twice, more than 10 entities) is trimmed, not sent back for repair.
     assert classification == Classification(
         relevant=True, topics=["security"], newsworthiness=0.9, summary="Korvex lost $48.2 million from its hot wallet.",
         entities=[f"E{n}" for n in range(10)], reason="major hack", method="llm",
     )
+    assert [r.outcome for r in llm_call_rows(run)] == ["ok"]
     chunk = run.store.chunks(korvex.id)[0]
     assert chunk.topics == ["security"] and chunk.metadata["relevant"] is True
 
 
-def test_the_validator_names_each_fixable_problem_but_not_missing_ids():
+def test_the_batch_schema_can_only_say_what_the_project_accepts():
+    from pipeline.llm import strict_json_schema
+
+    ids, topics = ["i1", "i2", "i3"], ["markets", "security"]
+    model = batch_schema(ids, topics)
+    assert model.__name__ == "BatchResult"  # fakes and logs know the classifier's schema by this name
+    strict = strict_json_schema(model)
+    results = strict["properties"]["results"]
+    assert (results["minItems"], results["maxItems"]) == (3, 3)
+    variants = {name: strict["$defs"][name]["properties"] for name in ("OnBeatResult", "OffBeatResult")}
+    on, off = variants["OnBeatResult"], variants["OffBeatResult"]
+    assert results["items"] == {"anyOf": [{"$ref": "#/$defs/OnBeatResult"}, {"$ref": "#/$defs/OffBeatResult"}]}
+    assert on["id"]["enum"] == off["id"]["enum"] == ids
+    assert on["relevant"]["enum"] == [True] and off["relevant"]["enum"] == [False]
+    assert on["topics"]["items"]["enum"] == topics and (on["topics"]["minItems"], on["topics"]["maxItems"]) == (1, 2)
+    assert off["topics"]["maxItems"] == 0
+    assert (on["newsworthiness"]["minimum"], on["newsworthiness"]["maximum"]) == (0, 1)
+    assert on["entities"]["maxItems"] == 10
+
+    def result(item_id, relevant, topics):
+        return {"id": item_id, "relevant": relevant, "topics": topics, "newsworthiness": 0.5,
+                "summary": "s", "entities": [], "reason": "r"}
+
+    good = [result("i1", True, ["markets"]), result("i2", False, []), result("i3", True, ["security", "markets"])]
+    assert len(model.model_validate({"results": good}).results) == 3
+    for broken in (
+        [result("i1", True, []), *good[1:]],                    # relevant without a topic
+        [result("i1", True, ["weather"]), *good[1:]],           # a topic not on the beat
+        [result("x7", True, ["markets"]), *good[1:]],           # an id not in the batch
+    ):
+        with pytest.raises(ValidationError):
+            model.model_validate({"results": broken})
+    # What only wastes tokens is not refused: a short reply's missing items are asked alone, a topic
+    # on an irrelevant item is dropped when stored.
+    assert model.model_validate({"results": [good[0], result("i2", False, ["markets"])]})
+    # Without topics configured nothing can be relevant.
+    lone = strict_json_schema(batch_schema(["i1"], []))
+    assert lone["properties"]["results"]["items"] == {"$ref": "#/$defs/OffBeatResult"}
+
+
+def test_the_validator_names_duplicate_ids_but_not_missing_ones():
     def result(item_id, topics, relevant=True):
         return {"id": item_id, "relevant": relevant, "topics": topics, "newsworthiness": 0.5,
                 "summary": "s", "entities": [], "reason": "r"}
 
-    validate = batch_validator(["i1", "i2", "i3", "i4"], ["markets", "security"])
-    problems = validate(BatchResult.model_validate({"results": [
-        result("i1", ["markets", "weather"]), result("i2", []), result("i2", ["security"]), result("x7", ["markets"]),
+    model = batch_schema(["i1", "i2", "i3", "i4"], ["markets", "security"])
+    validate = batch_validator(["i1", "i2", "i3", "i4"])
+    problems = validate(model.model_validate({"results": [
+        result("i1", ["markets"]), result("i2", ["security"]), result("i2", ["security"]), result("i2", [], False),
     ]}))
-    assert problems == [
-        "item i1: unknown topic(s) ['weather']; use only: markets, security",
-        "item i2: relevant is true but topics is empty; name its topics or set relevant to false",
-        "item i2: more than one result; give exactly one per id",
-        "results for ids that were not asked for: ['x7']; the ids are: i1, i2, i3, i4",
-    ]
-    # i3 and i4 are missing, and an irrelevant item without topics is fine: both are not repair material.
+    assert problems == ["item i2: 3 results; give exactly one result per id", "no result for: i3, i4"]
+    # Missing ids alone are not repair material: those items are cheaper to ask alone.
     assert validate(BatchResult.model_validate({"results": [result("i1", [], relevant=False)]})) == []
+
+
+# --- bounded failure: a model that cannot answer an item ------------------------------------------
+
+
+def item_row(run: Run, url: str):
+    with run.ledger.engine.connect() as connection:
+        return connection.execute(select(schema.items).where(schema.items.c.url == url)).one()
+
+
+def poisoned(sample_items) -> tuple[list[Item], Item]:
+    items = [i for i in sample_items if i.url not in OFF_BEAT][:4]
+    poison = copy_of(items[1], "poison", title="POISON " + items[1].title, content_hash="poison")
+    return [items[0], poison, *items[2:]], poison
+
+
+def test_an_item_the_model_never_answers_falls_back_offline_at_the_limit_and_costs_nothing_later(sample_items, tmp_path):
+    items, poison = poisoned(sample_items)
+
+    def model(request):
+        asked = items_asked(request.messages)
+        if len(asked) == 1 and "POISON" in asked[0][1]:
+            return "I cannot classify this one."  # alone: never JSON
+        reply = answer(request.messages)
+        reply["results"] = [r for r, (_, block) in zip(reply["results"], asked) if "POISON" not in block]
+        return reply  # in a batch: silently skipped
+
+    backend = TestModel(function=model)
+    run = make_desk(tmp_path, items, backend=backend)
+    report = classify_pending(run)
+
+    # The batch (1 call, the poison item skipped: attempt 1), then the item alone (1 call + 1 repair: attempt 2).
+    assert backend.calls == 3
+    assert report.ok and report.notes["by_model"] == 3 and report.notes["fell_back_offline"] == 1
+    assert report.notes["failed_attempts"] == 2 and report.notes["left_for_next_run"] == 0
+    row = item_row(run, poison.url)
+    classification = Classification.model_validate(row.classification)
+    assert classification.method == "offline-fallback" and classification.reason.startswith("offline-fallback: ")
+    assert row.state in (ItemState.classified, ItemState.irrelevant) and row.classify_attempts == 2
+    assert "classified offline after 2 failed model attempt(s) (llm.max_classify_attempts = 2)" in row.state_reason
+    assert "not valid JSON" in row.state_reason
+    assert run.store.chunks(poison.id)[0].metadata["relevant"] is classification.relevant
+
+    again = classify_pending(run)
+    assert again.items_in == 0 and backend.calls == 3
+
+
+def test_a_reply_unusable_as_a_whole_blames_no_item_and_an_item_is_tried_at_most_the_limit(sample_items, tmp_path):
+    items, poison = poisoned(sample_items)
+
+    def model(request):  # any prompt holding the poison item gets a reply that is not JSON at all
+        if any("POISON" in block for _, block in items_asked(request.messages)):
+            return '{"results": [{"id": '
+        return answer(request.messages)
+
+    backend = TestModel(function=model)
+    run = make_desk(tmp_path, items, backend=backend)
+    first = classify_pending(run)
+
+    # The batch and its repair, then each item alone; only the poison item's own call counts against it.
+    assert backend.calls == 2 + 3 + 2
+    assert first.notes["by_model"] == 3 and first.notes["failed_attempts"] == 1
+    assert first.errors == [
+        "1 item(s) not classified, left for the next run: classifier output for BatchResult still invalid after "
+        "1 repair round(s): the reply is not valid JSON: Expecting value at line 1 column 20"
+    ]
+    attempts = {url: item_row(run, url).classify_attempts for url in (i.url for i in items)}
+    assert attempts == {i.url: int(i is poison) for i in items}
+    assert item_row(run, poison.url).state == ItemState.fetched
+
+    second = classify_pending(run)
+    assert backend.calls == 2 + 3 + 2 + 2 and second.ok and second.notes["fell_back_offline"] == 1
+    assert Classification.model_validate(item_row(run, poison.url).classification).method == "offline-fallback"
+
+    third = classify_pending(run)
+    assert third.items_in == 0 and backend.calls == 9
+
+
+def test_items_out_of_attempts_take_the_offline_path_without_a_call(sample_items, tmp_path):
+    items, poison = poisoned(sample_items)
+    twin = copy_of(poison, "poison-twin")  # the same text under another URL: decided together
+    backend = TestModel(function=lambda request: answer(request.messages))
+    run = make_desk(tmp_path, [*items, twin], backend=backend, llm={"offline": False, "max_classify_attempts": 3})
+    with run.ledger.begin() as connection:  # three failures from earlier runs, on one copy
+        connection.execute(schema.items.update().where(schema.items.c.id == twin.id).values(classify_attempts=3))
+    report = classify_pending(run)
+
+    assert backend.calls == 1 and len(items_asked(backend.requests[0].messages)) == 3
+    assert report.ok and report.notes["fell_back_offline"] == 2 and report.notes["by_model"] == 3
+    for url in (poison.url, twin.url):
+        row = item_row(run, url)
+        assert Classification.model_validate(row.classification).method == "offline-fallback"
+        assert "no attempts left from earlier runs" in row.state_reason
+
+
+def test_with_one_attempt_an_item_a_batch_skipped_is_not_asked_again(sample_items, tmp_path):
+    items, poison = poisoned(sample_items)
+    backend = TestModel(function=lambda request: answer(request.messages, omit_last=True))
+    run = make_desk(tmp_path, [*items[:1], *items[2:], poison], backend=backend,
+                    llm={"offline": False, "max_classify_attempts": 1})
+    report = classify_pending(run)
+    assert backend.calls == 1 and report.ok
+    assert report.notes["fell_back_offline"] == 1 and report.notes["retried_alone"] == 0
+    skipped = items_asked(backend.requests[0].messages)[-1][1]
+    [row] = [item_row(run, url) for url, (_, c) in stored(run).items() if c.method == "offline-fallback"]
+    assert row.title in skipped and row.classify_attempts == 1
+
 
 
 def test_a_spent_budget_stops_the_calls_and_keeps_what_was_classified(sample_items, tmp_path):
@@ -475,6 +624,8 @@ def test_a_500_storm_keeps_what_was_classified_and_leaves_the_rest_for_the_next_
     assert len(server.chat_requests) == 1 + 2 * 2  # one batch, then two failed calls of two attempts each
     outcomes = [r.outcome for r in llm_call_rows(run)]
     assert outcomes.count("ok") == 1 and outcomes.count("error") == 2
+    # A provider that is down is no item's failure: nothing moves toward the offline fallback.
+    assert {item_row(run, url).classify_attempts for url in waiting} == {0}
 
     # The next run, provider healthy again: only the waiting items are asked for.
     with FakeOpenAIServer(reply=lambda body: answer(body["messages"])) as server:
