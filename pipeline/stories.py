@@ -1,10 +1,12 @@
 """Story selection: group relevant items reporting the same event, rank the stories, pick the top K.
 
 An item joins a story when it is close in embedding space, shares a named
-entity, and was published within the story's time window. Items are assigned
-greedily in publication order to the best matching story, comparing against
-every member (average linkage), which keeps unrelated items from chaining
-together through one ambiguous article.
+entity, was published within the story's time window, and does not report a
+different event (see `event_conflict`): two hacks at two exchanges on the same
+day read alike but name different exchanges and different sums, and stay two
+stories. Items are assigned greedily in publication order to the best matching
+story, comparing against every member (average linkage), which keeps unrelated
+items from chaining together through one ambiguous article.
 
 A story's key derives from its founding item, so it is stable across runs. An
 item that joins a story already drafted is recorded for the editor; the story
@@ -40,6 +42,7 @@ class Candidate:
     classification: Classification
     vector: np.ndarray | None = None
     entities: set[str] = field(default_factory=set)
+    event: EventSignature | None = None  # computed on first use from the item
 
 
 @dataclass
@@ -86,6 +89,145 @@ def similarity(a: Candidate, b: Candidate) -> float:
     return float(np.dot(a.vector, b.vector))
 
 
+# --- the event an item reports: who (headline actors) and how much (headline sums) ---------------------
+
+# A sum of money: "$48.2 million", "$312m", "€1.5bn", "$0.913", "$3,390"; and prices in cents ("91 cents").
+_MONEY = re.compile(
+    r"(?<![\w.])(?:US|A|C)?[$€£]\s?(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s*(trillion|billion|million|thousand|tn|bn|m|k)\b)?",
+    re.IGNORECASE,
+)
+_CENTS = re.compile(r"(?<![\w.$€£])(\d+(?:\.\d+)?)\s*cents?\b", re.IGNORECASE)
+_SCALE = {"thousand": 1e3, "k": 1e3, "million": 1e6, "m": 1e6, "billion": 1e9, "bn": 1e9, "trillion": 1e12, "tn": 1e12}
+# Two reports of one sum may round it ("nearly $24 million" for $23.6 million).
+FIGURE_TOLERANCE = 0.05
+_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&\-]*[A-Za-z0-9]|\b[A-Z]{2,}[0-9]*\b")
+# Capitalised words that are not actors in a headline.
+_NOT_ACTORS = frozenset(
+    """
+    the a an in on at but and as for if when while after before this that these those it its he she they we i you
+    his her their our there then also however what who how why where new analysis explained update live exclusive
+    monday tuesday wednesday thursday friday saturday sunday today yesterday
+    january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec utc gmt
+    ceo cfo cto chief executive chair president judge commissioner analyst founder
+    inc ltd co corp llc plc
+    """.split()
+)
+# Words that make a name an organisation's rather than tell organisations apart ("Brixton Markets",
+# "Orrin Capital", "Federal Digital Markets Commission"): shared by unrelated names.
+_DESIGNATORS = frozenset(
+    """
+    markets market capital labs lab digital trust protocol finance financial ventures venture funds fund group
+    holdings exchange exchanges network foundation partners securities bank asset assets management investments
+    investment analytics security research technologies technology systems global international commission
+    authority agency court series etf etfs token tokens coin dao
+    """.split()
+)
+
+
+def money_figures(text: str) -> tuple[float, ...]:
+    """Every sum of money in `text`, in units (cents as fractions of a unit)."""
+    out = []
+    for m in _MONEY.finditer(text):
+        value = float(m.group(1).replace(",", ""))
+        out.append(value * _SCALE.get((m.group(2) or "").lower(), 1.0))
+    out.extend(float(m.group(1)) / 100 for m in _CENTS.finditer(text))
+    return tuple(out)
+
+
+def _same_figure(a: float, b: float) -> bool:
+    return abs(a - b) <= FIGURE_TOLERANCE * max(abs(a), abs(b))
+
+
+@dataclass(frozen=True)
+class EventSignature:
+    """What tells one event from its neighbours on the same beat.
+
+    `actors`: capitalised words of the headline that the item's own body also
+    capitalises (the company, token, person or place the item is about). A word
+    the body also uses in lower case ("Exchange", "Hackers") is not a name, nor
+    is an organisation designator ("Markets", "Capital") or a month or title.
+    `main`: the actor(s) the item mentions most: what it is about, rather than
+    who comments on it.
+    `figures`: the sums of money in the headline (in the lead sentence when the
+    headline has none): the event's key figures.
+    """
+
+    actors: frozenset[str]
+    main: frozenset[str]
+    figures: tuple[float, ...]
+    all_figures: tuple[float, ...]
+    text: str  # title, summary and body, lower case, for counting mentions
+    lead: str  # title and first sentence, lower case
+
+    def mentions(self, name: str) -> int:
+        return len(re.findall(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", self.text))
+
+    def covers(self, name: str) -> bool:
+        """The item is about `name` too: it names it in its headline or lead, or more than in passing."""
+        return bool(re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", self.lead)) or self.mentions(name) >= 2
+
+    def has_figure(self, value: float) -> bool:
+        return any(_same_figure(value, f) for f in self.all_figures)
+
+
+def _first_sentence(text: str) -> str:
+    match = re.search(r"(?<![A-Z][a-z])(?<![A-Z])[.!?][\"”’']?\s+(?=[A-Z\"“‘'])", text[:600])
+    return text[: match.end()] if match else text[:300]
+
+
+def event_signature(item: Item) -> EventSignature:
+    body = item.text or item.summary or ""
+    lower_words = set(re.findall(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*", body))
+    body_names = {m.lower() for m in _CAPITALISED.findall(body)}
+    actors = set()
+    for word in _CAPITALISED.findall(item.title):
+        word = re.sub(r"['’]s$", "", word).lower()
+        if len(word) > 2 and not word.isdigit() and word not in _NOT_ACTORS | _DESIGNATORS and word in body_names - lower_words:
+            actors.add(word)
+    lead_sentence = _first_sentence(body.strip())
+    text = f"{item.title}\n{item.summary}\n{body}".lower()
+    counts = {a: len(re.findall(rf"(?<![a-z0-9]){re.escape(a)}(?![a-z0-9])", text)) for a in actors}
+    top = max(counts.values(), default=0)
+    return EventSignature(
+        actors=frozenset(actors),
+        main=frozenset(a for a, n in counts.items() if n == top),
+        figures=money_figures(item.title) or money_figures(lead_sentence),
+        all_figures=money_figures(f"{item.title}\n{item.summary}\n{body}"),
+        text=text,
+        lead=f"{item.title}\n{lead_sentence}".lower(),
+    )
+
+
+def _signature(candidate: Candidate) -> EventSignature:
+    if candidate.event is None:
+        candidate.event = event_signature(candidate.item)
+    return candidate.event
+
+
+def event_conflict(a: Candidate, b: Candidate) -> bool:
+    """Whether two items (already alike in wording) report different events.
+
+    Two items never conflict when either one is also about what the other is
+    mostly about (names it in its headline or lead, or more than once). Beyond
+    that, they conflict when both name what they are about (two exchanges, two
+    issuers, two defendants), or when each one's key sums are absent from the
+    other (an unnamed "Singapore exchange" losing $24 million is not a $7.9
+    million theft at another exchange). A passing mention ("the second breach
+    of the day, after Pellucid") does not make an item about the other event.
+    """
+    ea, eb = _signature(a), _signature(b)
+    if any(eb.covers(n) for n in ea.main) or any(ea.covers(n) for n in eb.main):
+        return False
+    if ea.main and eb.main:
+        return True
+    return (
+        bool(ea.figures) and bool(eb.figures)
+        and not any(eb.has_figure(x) for x in ea.figures)
+        and not any(ea.has_figure(y) for y in eb.figures)
+    )
+
+
 def _joins(candidate: Candidate, group: Group, config: Config) -> float | None:
     """The average similarity if the candidate may join the group, else None."""
     window = timedelta(hours=config.stories.window_hours)
@@ -98,6 +240,10 @@ def _joins(candidate: Candidate, group: Group, config: Config) -> float | None:
     shared = max(len(candidate.entities & m.entities) for m in group.members)
     # Very close wording needs no entity evidence; looser matches must share a name.
     if shared < config.stories.entity_overlap_min and average < min(0.9, config.stories.similarity_threshold + 0.2):
+        return None
+    # A neighbouring event, however alike the wording: most of the story's items report something else.
+    conflicts = sum(event_conflict(candidate, m) for m in group.members)
+    if 2 * conflicts > len(group.members):
         return None
     return average
 
