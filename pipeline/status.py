@@ -75,7 +75,7 @@ def runs_table(ledger: Ledger, limit: int = 10) -> Table:
 
 def classification_table(ledger: Ledger) -> Table:
     table = Table(title="Classification", title_justify="left")
-    for column in ("classified", "relevant", "irrelevant", "by model", "offline", "prefiltered", "LLM calls", "cost $"):
+    for column in ("classified", "relevant", "irrelevant", "by model", "offline", "fell back offline", "prefiltered", "LLM calls", "cost $"):
         table.add_column(column, justify="right")
     with ledger.engine.connect() as connection:
         rows = connection.execute(select(schema.items.c.classification).where(schema.items.c.classification.is_not(None))).scalars().all()
@@ -86,7 +86,7 @@ def classification_table(ledger: Ledger) -> Table:
     relevant = sum(1 for r in rows if r.get("relevant"))
     table.add_row(
         str(len(rows)), str(relevant), str(len(rows) - relevant), str(methods.count("llm")),
-        str(methods.count("offline")), str(methods.count("prefilter")), str(calls), f"{cost:.4f}",
+        str(methods.count("offline")), str(methods.count("offline-fallback")), str(methods.count("prefilter")), str(calls), f"{cost:.4f}",
     )
     return table
 
