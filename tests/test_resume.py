@@ -250,6 +250,11 @@ def cached_and_held(chain: Chain, before: dict) -> bool:
     return chain.ledger.one("select count(*) from llm_cache") > before["llm_cache"] and chain.model.held >= 1
 
 
+def draft_saved_and_held(chain: Chain, before: dict) -> bool:
+    """One draft of this run is saved (drafts land as they are written) and another writer is held."""
+    return chain.ledger.one("select count(*) from drafts") > sum(before["drafts_by_state"].values()) and chain.model.held >= 1
+
+
 def batch_saved_and_held(chain: Chain, before: dict) -> bool:
     """Another batch is held and every item this run got an answer for (paid or cached) is saved.
     Reached only if the classifier saves a batch in fewer commits than the kill hook counts."""
@@ -288,8 +293,8 @@ STEPS = [
     Step("mid-classify: a batch answered, part of its items saved, the other batches in flight",
          kill_at="classify:commit:5", hold=answer_first("classifier", 1), kill_when=batch_saved_and_held),
     Step("boundary classify | draft", kill_at="classify:after"),
-    Step("mid-draft: stories clustered, one article written and cached, the other writers in flight",
-         hold=answer_first("writer", 1), kill_when=cached_and_held),
+    Step("mid-draft: stories clustered, one article written and saved, the other writers in flight",
+         hold=answer_first("writer", 1), kill_when=draft_saved_and_held),
     Step("boundary draft | check", kill_at="draft:after"),
     # Drafts are checked concurrently, one check call each. Two checks are answered, the others held. Each answer
     # is one commit (llm_calls row and cache entry) and each save another, the save after its answer: of the first
@@ -351,7 +356,7 @@ def test_every_kill_landed_at_its_point(chain):
 
     mid_draft = outcome(chain, "mid-draft").after
     stories = mid_draft["stories"]
-    assert stories >= 3 and mid_draft["drafts_by_state"] == {}
+    assert stories >= 3 and mid_draft["drafts_by_state"] == {"drafted": 1}, "the draft written before the kill was kept"
     assert outcome(chain, "boundary draft").after["drafts_by_state"] == {"drafted": stories}
 
     mid_check = outcome(chain, "mid-check").after["drafts_by_state"]
@@ -479,10 +484,15 @@ def test_paid_classifications_are_never_bought_again(chain):
 
 
 def test_reruns_take_answers_already_paid_for_from_the_cache(chain):
-    for killed, rerun, role in (
-        ("mid-draft", "boundary draft", "writer"),
-        ("mid-check", "boundary check", "judge"),
-    ):
+    # The draft written before the kill was saved with its answer: the rerun needs neither again.
+    written = {
+        json.dumps(json.loads(p), sort_keys=True) for r, hit, _, p in outcome(chain, "mid-draft").calls if r == "writer" and not hit
+    }
+    repaid = {
+        json.dumps(json.loads(p), sort_keys=True) for r, hit, _, p in outcome(chain, "boundary draft").calls if r == "writer" and not hit
+    }
+    assert written and not written & repaid
+    for killed, rerun, role in (("mid-check", "boundary check", "judge"),):
         paid_before = {
             json.dumps(json.loads(p), sort_keys=True)
             for r, hit, _, p in outcome(chain, killed).calls
