@@ -25,7 +25,17 @@ that keep their offsets into it. Then:
    entity, negation) plus checks on the sentence (an [n] that is no source, a
    URL that is no source's, "officially confirmed" with no source saying so).
    A rule failure can only make a verdict worse, never better.
-4. Revise. With a model, flagged claims go to the writer's reviser (at most
+4. The story check (`StoryCheck`, rules only): supported by a source is not the
+   same as true of this story. A supported claim whose support holds only in
+   background sources (earlier coverage research added) or in a story item's
+   aside about another event, that names none of the story's actors and is not
+   framed as background ("Separately, Arcspan said ..."), becomes `off_story`,
+   citing the source it came from. A sentence that opens the lead, a paragraph
+   or an insight with a reference no earlier sentence resolves ("It has offered
+   ..." after a paragraph about another company, "The penalty ..." before any
+   penalty) becomes `unresolved_reference`. Neither label ever makes a verdict
+   better; on a worse verdict the reason is listed with its failures.
+5. Revise. With a model, flagged claims go to the writer's reviser (at most
    `factcheck.revise_rounds` calls), which changes only the flagged spans.
    Sentences it left alone keep their verdicts; changed sentences are checked
    again by the rules only, so they count as supported only when the rules
@@ -35,7 +45,7 @@ that keep their offsets into it. Then:
 
 So a draft costs one check call plus at most `revise_rounds` reviser calls
 when the model answers well; the extra calls above happen only on failures.
-Offline, steps 2 and 4 fall away: every sentence is one claim checked by the
+Offline, steps 2 and 5 fall away: every sentence is one claim checked by the
 rules with embedding retrieval, and the report says `method = "rules"`.
 """
 
@@ -58,6 +68,7 @@ from sqlalchemy import select, update
 
 from pipeline import schema
 from pipeline.config import Config, FactCheck
+from pipeline.entities import capitalised_mid_sentence, distinct_names, lowercase_words, names, story_entities
 from pipeline.factrules import (
     OfflineVerdict,
     SourceIndex,
@@ -66,8 +77,11 @@ from pipeline.factrules import (
     extract_entities,
     extract_numbers,
     extract_quotes,
+    framed_as_background,
     numbers_match,
+    opening_reference,
     quote_appears_verbatim,
+    resolve_reference,
     tokenize,
     verify_offline,
 )
@@ -85,6 +99,8 @@ from pipeline.models import (
     RuleFailure,
     SourceDoc,
     StageReport,
+    SupportVerdict,
+    VERDICTS,
     Verdict,
 )
 from pipeline.prompts import PromptLibrary
@@ -109,7 +125,9 @@ MIN_QUOTE_TOKENS = 2
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _MARKER_WITH_SPACE = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
-_SEVERITY: dict[str, int] = {"supported": 0, "unverifiable": 1, "contradicted": 2}
+# Worst last. A story problem is a supported claim in the wrong place: flagged, but less wrong than a claim no
+# source supports.
+_SEVERITY: dict[str, int] = {"supported": 0, "unresolved_reference": 1, "off_story": 2, "unverifiable": 3, "contradicted": 4}
 
 
 class FactCheckError(Exception):
@@ -194,6 +212,8 @@ class EvidenceSource:
     outlet: str
     url: str
     text: str       # what is indexed and what quotes must appear in verbatim
+    title: str = ""
+    role: Literal["story", "background"] = "story"   # the story's own item, or earlier coverage research added
 
 
 @dataclass(frozen=True)
@@ -209,7 +229,9 @@ class Passage:
 def sources_from_pack(sources: Iterable[SourceDoc]) -> list[EvidenceSource]:
     """A draft's numbered sources; the title is part of what the outlet published, so it is evidence too."""
     return [
-        EvidenceSource(n=s.n, id=str(s.n), outlet=s.outlet, url=s.url, text=f"{s.title.strip()}{SECTION_GAP}{s.text}" if s.title.strip() else s.text)
+        EvidenceSource(n=s.n, id=str(s.n), outlet=s.outlet, url=s.url,
+                       text=f"{s.title.strip()}{SECTION_GAP}{s.text}" if s.title.strip() else s.text,
+                       title=s.title.strip(), role=s.role)
         for s in sorted(sources, key=lambda s: s.n)
     ]
 
@@ -219,6 +241,7 @@ class EvidenceIndex:
 
     def __init__(self, sources: Sequence[EvidenceSource], window_sentences: int = 4, embed: Embed | None = None) -> None:
         self.sources = list(sources)
+        self._window_sentences = window_sentences
         self.by_n = {s.n: s for s in self.sources}
         self.index = SourceIndex.build([(str(s.n), s.text) for s in self.sources], window_size=window_sentences)
         self._embed = embed
@@ -226,6 +249,10 @@ class EvidenceIndex:
         self._text_vectors: dict[str, np.ndarray] = {}
         self._window_facts = [self._facts(w) for w in self.index.windows]
         self._verdicts: dict[tuple[str, bool], OfflineVerdict] = {}
+        self._story_index: SourceIndex | None = None
+        self._story_mask: list[bool] = []
+        self._story_verdicts: dict[tuple[str, bool], OfflineVerdict] = {}
+        self._story_check: StoryCheck | None = None
 
     def _facts(self, w) -> tuple[list, list, str]:
         doc = self.index.docs[w.source]
@@ -346,6 +373,200 @@ class EvidenceIndex:
         src = self.by_n.get(n) if n is not None else None
         return src.url if src else None
 
+    # the story's own sources ------------------------------------------------------------
+
+    def verify_in_story(self, text: str) -> OfflineVerdict:
+        """The rules' verdict against the story's own sources only: does the claim hold without the background?
+
+        Same windows as the full index (built the same way from a subset of the sources), so the embedding
+        similarities already computed for the full index are reused, masked to the story's windows."""
+        if self._story_index is None:
+            own = [(str(s.n), s.text) for s in self.sources if s.role == "story"]
+            self._story_index = SourceIndex.build(own, window_size=self._window_sentences)
+            self._story_mask = [self.sources[w.source].role == "story" for w in self.index.windows]
+        key = (text, self.semantic)
+        if key not in self._story_verdicts:
+            scorer = None
+            if self.semantic and sum(self._story_mask) == len(self._story_index.windows):
+                def scorer(claim: str, texts: list[str]) -> list[float]:
+                    sims = self.semantic_scorer(claim, [""] * len(self._story_mask))
+                    return [x for x, keep in zip(sims, self._story_mask) if keep]
+            self._story_verdicts[key] = verify_offline(text, self._story_index, semantic_scorer=scorer)
+        return self._story_verdicts[key]
+
+    @property
+    def story(self) -> "StoryCheck":
+        if self._story_check is None:
+            self._story_check = StoryCheck(self)
+        return self._story_check
+
+
+# --- the story check: is a supported claim about this story? ------------------------------------------
+
+
+# Sections where a sentence can open a paragraph: the lead, each body paragraph, each insight.
+OPENING_SECTIONS = ("lead", "body", "insights")
+
+
+class StoryCheck:
+    """Who the story is about, from its own sources, and the two story rules (see pipeline.models.StoryVerdict).
+
+    - The story's actors: pipeline.entities.story_entities over its own sources (role "story"), plus the names
+      each of them opens with (a one-item story has no names "shared by most items"). A capital that only
+      opens a sentence ("Security researchers said", "Implied volatility rose") is no name: single words the
+      sources also use in lower case, or never capitalise mid-sentence, are dropped.
+    - off_story: a supported claim whose support holds only in background sources (the rules find it in no
+      story source), or only in a story source's aside about another event ("Separately, Arcspan ..."), that
+      names none of the story's actors and is not framed as background.
+    - unresolved_reference: a sentence opening the lead, a paragraph or an insight with a reference
+      (pipeline.factrules.opening_reference) that no earlier sentence resolves; a pronoun or an organisation
+      noun resolves to the last actor named before it, which must be one the story's sources name.
+    """
+
+    def __init__(self, evidence: EvidenceIndex) -> None:
+        self.evidence = evidence
+        own = [s for s in evidence.sources if s.role == "story"]
+        self.common = lowercase_words(s.text for s in evidence.sources)
+        self.mid_capitals = capitalised_mid_sentence(s.text for s in evidence.sources)
+        self._names: dict[str, set[str]] = {}
+        bodies = [_body_of(s) for s in own]
+        found = story_entities([s.title for s in own], bodies)
+        for body in bodies:
+            first = split_sentences(body)[:1]
+            if first:
+                found |= names(first[0].text)
+        self.entities = {n for n in found if " " in n or n not in self.common}
+        # Every name the story's own sources use: what a pronoun may point back to.
+        self.linked = set(self.entities).union(*(self.names(s.text) for s in own))
+        self._titles = [s.title for s in own]
+
+    def names(self, text: str) -> set[str]:
+        if text not in self._names:
+            self._names[text] = distinct_names(text, self.common, self.mid_capitals)
+        return self._names[text]
+
+    def _story_names_shown(self) -> str:
+        """The story's main actors as its headlines write them ("Korvex"; "Tidepool, USDV")."""
+        title = next((t for t in self._titles if self.names(t) & self.entities), "")
+        return _shown_names(self.names(title) & self.entities, [title, *self._titles]) or "none found"
+
+    # off_story ---------------------------------------------------------------------------------------
+
+    def subject_names(self, claim_text: str, sentence_text: str) -> set[str]:
+        """Names the claim is about, as the draft wrote them: a judge's atomic claim may have put a name in place
+        of the draft's "It", and that name is the judge's guess, not the draft's."""
+        named = self.names(sentence_text)
+        return named if claim_text == sentence_text else self.names(claim_text) & named
+
+    def off_story(self, verdict: ClaimVerdict, claim_text: str, sentence_text: str) -> RuleFailure | None:
+        if verdict.verdict != "supported" or verdict.source_n not in self.evidence.by_n:
+            return None
+        named = self.subject_names(claim_text, sentence_text)
+        if named & self.entities or framed_as_background(sentence_text, names_own_subject=bool(named)):
+            return None
+        source = self.evidence.by_n[verdict.source_n]
+        about = f"; it is about {_shown_names(named, [sentence_text, claim_text])}" if named else ""
+        unframed = (f"names none of this story's actors ({self._story_names_shown()}){about}, and is not framed as "
+                    "background (\"Earlier, ...\", \"Separately, <who> ...\")")
+        if source.role == "story":
+            aside = self.aside(verdict.evidence)
+            if aside is None:
+                return None
+            detail = (f"supported only by an aside of story source [{source.n}] about another event "
+                      f"(\"{_clip(aside)}\"); the sentence {unframed}")
+        else:
+            texts = [claim_text] if claim_text == sentence_text else [claim_text, sentence_text]
+            if any(self.evidence.verify_in_story(t).verdict == "supported" for t in texts):
+                return None
+            detail = (f"supported only by background source [{source.n}] \"{_clip(source.title or source.url)}\" "
+                      f"({source.outlet}), earlier coverage of another event, not by the story's own sources; "
+                      f"the sentence {unframed}")
+        return RuleFailure(type="story", detail=detail, value=f"[{source.n}]")
+
+    def aside(self, evidence_text: str) -> str | None:
+        """A sentence of a story source's passage that is about another event: it is framed as one and names
+        only actors other than the story's."""
+        for sentence in split_sentences(evidence_text):
+            named = self.names(sentence.text)
+            if named and not named & self.entities and framed_as_background(sentence.text, names_own_subject=True):
+                return sentence.text
+        return None
+
+    # unresolved_reference -----------------------------------------------------------------------------
+
+    def references(self, rendered: RenderedDraft) -> dict[str, RuleFailure]:
+        """By sentence id: the opening sentences whose reference no earlier sentence resolves."""
+        out: dict[str, RuleFailure] = {}
+        seen: set[tuple[str, int]] = set()
+        earlier: list[str] = []
+        for s in rendered.sentences:
+            opens = (s.section, s.part) not in seen
+            seen.add((s.section, s.part))
+            if opens and s.section in OPENING_SECTIONS:
+                ref = opening_reference(s.text)
+                if ref is not None:
+                    why = resolve_reference(ref, s.text, earlier, self.names, self.linked.__contains__)
+                    if why is not None:
+                        where = {"lead": "the lead", "body": "its paragraph", "insights": "its insight"}[s.section]
+                        out[s.id] = RuleFailure(type="reference", detail=f"{where} {why}; name the subject", value=ref.phrase)
+            earlier.append(s.text)
+        return out
+
+    def apply(self, verdict: ClaimVerdict, claim_text: str, sentence_text: str, reference: RuleFailure | None) -> ClaimVerdict:
+        """The verdict after the story rules: a story problem never makes a verdict better, and only turns a
+        `supported` one into off_story / unresolved_reference; on a worse verdict it is listed among the failures."""
+        label: Verdict = verdict.verdict
+        added: list[RuleFailure] = []
+        off = self.off_story(verdict, claim_text, sentence_text)
+        if off is not None:
+            added.append(off)
+            label = "off_story"
+        if reference is not None:
+            added.append(reference)
+            if label == "supported":
+                label = "unresolved_reference"
+        if not added:
+            return verdict
+        update: dict[str, Any] = {"failures": [*verdict.failures, *added]}
+        if label != verdict.verdict:
+            update.update(verdict=label, method="rules")
+        return verdict.model_copy(update=update)
+
+
+def _body_of(source: EvidenceSource) -> str:
+    if source.title and source.text.startswith(source.title):
+        return source.text[len(source.title):].lstrip()
+    return source.text
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _shown_names(found: set[str], texts: Sequence[str], limit: int = 3) -> str:
+    """Names as the texts write them, single names first, in the order they appear; a multi-word name whose
+    words are all shown already is left out ("Tidepool, USDV", not "Tidepool's USDV" as a third)."""
+    def position(name: str) -> int:
+        return min((t.lower().find(name) for t in texts if name in t.lower()), default=10**6)
+
+    kept: list[str] = []
+    for name in sorted(found, key=lambda n: (len(n.split()), position(n), n)):
+        words = set(name.split())
+        if words <= {w for k in kept for w in k.split()}:
+            continue
+        kept.append(name)
+    kept.sort(key=position)
+    return ", ".join(_surface(name, texts) for name in kept[:limit])
+
+
+def _surface(name: str, texts: Sequence[str]) -> str:
+    for text in texts:
+        i = text.lower().find(name)
+        if i >= 0:
+            return text[i:i + len(name)]
+    return name.title()
+
 
 def _same_date(a, b) -> bool:
     pairs = [(a.year, b.year), (a.month, b.month), (a.day, b.day), (a.weekday, b.weekday)]
@@ -362,7 +583,9 @@ class JudgeFinding(BaseModel):
 
     claim_id: str          # the id of the statement (draft sentence or standalone claim) the claim comes from
     claim: str = ""        # the atomic, self-contained claim; "" means the statement as a whole
-    verdict: Verdict
+    # Support only: the story labels (off_story, unresolved_reference) are the rules' (pipeline.models.StoryVerdict),
+    # so the judge's schema enumerates exactly supported / contradicted / unverifiable.
+    verdict: SupportVerdict
     source_n: int | None
     quote: str
 
@@ -388,7 +611,7 @@ class JudgeItem:
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: Verdict
+    verdict: SupportVerdict
     source_n: int | None = None
     quote: str = ""
     rejected_quotes: int = 0   # findings dropped because their quote is not in the cited source
@@ -742,11 +965,11 @@ def decide(
     """
     failures = [*rules.failures, *extra]
     rules_n = _source_number(rules.source_id)
-    rules_verdict: Verdict = rules.verdict
+    rules_verdict: SupportVerdict = rules.verdict
     if extra and rules_verdict == "supported":
         rules_verdict = "unverifiable"
 
-    def by_rules(verdict: Verdict) -> ClaimVerdict:
+    def by_rules(verdict: SupportVerdict) -> ClaimVerdict:
         return ClaimVerdict(claim=claim, verdict=verdict, source_n=rules_n, source_url=evidence.url_for(rules_n),
                             evidence=rules.evidence, failures=failures, method="rules")
 
@@ -770,7 +993,8 @@ def _source_number(source_id: str | None) -> int | None:
 
 
 def totals(verdicts: Sequence[ClaimVerdict]) -> dict[str, int]:
-    out = {"supported": 0, "contradicted": 0, "unverifiable": 0}
+    """A count per label (every label of pipeline.models.VERDICTS, zeros included) and "claims"."""
+    out = dict.fromkeys(VERDICTS, 0)
     for v in verdicts:
         out[v.verdict] += 1
     out["claims"] = len(verdicts)
@@ -835,12 +1059,15 @@ async def claims_of(
 
 
 def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evidence: EvidenceIndex) -> list[ClaimVerdict]:
-    """Rules on every claim, the sentence's own rule failures with its first claim, then `decide`.
+    """Rules on every claim, the sentence's own rule failures with its first claim, then `decide`, then the
+    story rules (`StoryCheck`): off_story per claim, an unresolved opening reference with the sentence's first claim.
 
     A sentence the model found nothing to check in still becomes a claim when it
-    has a citation, URL or confirmation problem: those are never dropped.
+    has a citation, URL, confirmation or reference problem: those are never dropped.
     """
     evidence.prepare([c.text for sc in checked for c in sc.claims])
+    story = evidence.story
+    openings = story.references(rendered)
     first_of_part: dict[tuple[str, int], str] = {}
     for s in rendered.sentences:
         first_of_part.setdefault((s.section, s.part), s.id)
@@ -851,10 +1078,12 @@ def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evi
             s, rendered.text[s.start:s.end], rendered.declared.get((s.section, s.part), []),
             first_of_part[(s.section, s.part)] == s.id, evidence,
         )
-        claims = list(sc.claims) or ([JudgedClaim(s.text, None)] if extras else [])
+        reference = openings.get(s.id)
+        claims = list(sc.claims) or ([JudgedClaim(s.text, None)] if extras or reference else [])
         for k, c in enumerate(claims):
             claim = _claim(len(verdicts) + 1, c.text, s)
-            verdicts.append(decide(claim, c.judgement, evidence.verify(c.text), extras if k == 0 else [], evidence))
+            verdict = decide(claim, c.judgement, evidence.verify(c.text), extras if k == 0 else [], evidence)
+            verdicts.append(story.apply(verdict, c.text, s.text, reference if k == 0 else None))
     return verdicts
 
 
@@ -1078,7 +1307,7 @@ def check_drafts(run) -> StageReport:
     """
     config, ledger = run.config, run.ledger
     report = StageReport(stage="check")
-    counts = {"drafts_checked": 0, "claims": 0, "supported": 0, "contradicted": 0, "unverifiable": 0, "revised_rounds": 0}
+    counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0}
     report.notes.update(counts)
     with ledger.engine.connect() as connection:
         rows = connection.execute(
@@ -1135,7 +1364,7 @@ def check_drafts(run) -> StageReport:
         methods.add(outcome.report.method)
         counts["drafts_checked"] += 1
         counts["revised_rounds"] += sum(1 for r in outcome.report.revisions if r.spans_revised)
-        for key in ("claims", "supported", "contradicted", "unverifiable"):
+        for key in ("claims", *VERDICTS):
             counts[key] += outcome.report.totals.get(key, 0)
 
     async def check_all() -> None:

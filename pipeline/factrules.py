@@ -19,6 +19,10 @@ Verdict policy (documented choices):
 - any other failure (value absent from every source, quote not verbatim) ->
   unverifiable: the sources do not say it, but nothing says the opposite.
 
+A cue that opens a claim to frame it as background ("Separately,", "Earlier,", "In a separate case,") is not
+checked against the sources: it says which event a fact belongs to, and the story check (below, used by
+agents/fact_checker.py) judges that.
+
 Approximation: a claim number must equal a source value exactly, except
 (a) a number written with a scale word ("1.2 million", "$5bn") is accepted when
 the source value rounds to it at the claim's precision (1,187,000 -> "1.2
@@ -43,7 +47,7 @@ from typing import Callable, Iterable, Literal, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.models import RuleFailure, Verdict
+from pipeline.models import RuleFailure, SupportVerdict
 from pipeline.text import Sentence, normalize_for_match, split_sentences, windows
 
 SemanticScorer = Callable[[str, list[str]], list[float]]
@@ -70,7 +74,7 @@ class Source(NamedTuple):
 class OfflineVerdict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    verdict: Verdict
+    verdict: SupportVerdict
     source_id: str | None = None
     evidence: str = ""                 # verbatim slice of the cited source
     evidence_start: int | None = None  # offsets of `evidence` in that source's text
@@ -951,6 +955,7 @@ def verify_offline(
     index = sources if isinstance(sources, SourceIndex) else SourceIndex.build(sources)
     if not claim.strip():
         raise ValueError("claim is empty")
+    claim = without_background_opener(claim)
     parts = _parse_claim(claim, index)
     ranked = _rank_windows(parts, index, semantic_scorer)[:candidates]
     best: _Alignment | None = None
@@ -996,7 +1001,7 @@ def verify_offline(
     ]
 
     if any(f.type == "negation" for f in failures) or contradicted:
-        verdict: Verdict = "contradicted"
+        verdict: SupportVerdict = "contradicted"
     elif failures:
         verdict = "unverifiable"
     elif coverage >= MIN_COVERAGE and len(missing) <= MAX_UNCOVERED and not missing_names:
@@ -1016,3 +1021,226 @@ def verify_offline(
             if not any(parts.surface.get(t, t) in name.split() for name in missing_names)
         ],
     )
+
+
+# --------------------------------------------------------------------------- story rules
+#
+# Supported by a source is not the same as true of this story. These rules look at what a draft sentence is
+# about, not at whether a source says it: whether it is framed as background, and whether the reference it
+# opens with ("It", "The penalty", "she said") points back to something the draft has already named.
+# agents/fact_checker.py applies them with the story's own names (pipeline.entities).
+
+# A sentence that announces itself as background: "Earlier, ...", "Separately, ...", "In a separate case, ...".
+BACKGROUND_OPENER = re.compile(
+    r"^[\"“'‘(]?\s*(?:"
+    r"earlier|separately|previously|elsewhere|unrelatedly|by comparison|for comparison|in comparison|"
+    r"earlier (?:this|that|in the) (?:week|month|year|quarter|day)|"
+    r"last (?:week|month|year)|a (?:day|week|month|year) (?:earlier|before)|"
+    r"in (?:a|an|another) (?:separate|unrelated|similar|earlier|previous|prior|different|other)?\s*"
+    r"(?:case|incident|attack|exploit|hack|breach|development|matter|ruling|decision|move|deal|episode|event|lawsuit|filing|report)s?"
+    r")\b",
+    re.IGNORECASE,
+)
+# The same cue anywhere, for a sentence that also names its own subject: "Arcspan, hacked earlier this month, ...".
+BACKGROUND_CUE = re.compile(
+    r"\b(?:separately|(?<!week )(?<!month )(?<!year )(?<!day )(?<!hour )(?<!quarter )(?<!weeks )(?<!months )(?<!years )(?<!days )earlier|"
+    r"previously|in (?:a|an) (?:separate|unrelated) \w+|unrelated|a separate \w+)\b",
+    re.IGNORECASE,
+)
+
+
+def without_background_opener(text: str) -> str:
+    """The sentence without the cue that frames it as background ("Separately, Arcspan said ..." -> "Arcspan said
+    ..."): the cue tells the reader which event a fact belongs to, it is not a fact a source must state (the story
+    check judges the framing). Unchanged when no cue opens it or too little would be left."""
+    m = BACKGROUND_OPENER.match(text.strip())
+    if not m:
+        return text
+    rest = text.strip()[m.end():].lstrip(" ,;:—–-")
+    if len(rest.split()) < 4:
+        return text
+    return rest[:1].upper() + rest[1:]
+
+
+_REPORTING_VERB = re.compile(r"\b(?:said|says|told|added|announced|reported|wrote|noted|confirmed|according)\b", re.IGNORECASE)
+# A cue frames the sentence only near its subject: "Arcspan, drained earlier this month, said ...", not "... as orders
+# placed earlier in the year arrive" or "... from 47% a week earlier".
+CUE_MAX_WORDS_BEFORE = 10
+
+
+def framed_as_background(text: str, names_own_subject: bool) -> bool:
+    """The sentence tells the reader it is about another event: it opens with a background cue, or it names its
+    own subject and carries a "separately"/"earlier"/"previously" cue in its subject part (within the first
+    CUE_MAX_WORDS_BEFORE words, before the reporting verb or right after it: "Arcspan said separately ...")."""
+    text = text.strip()
+    if BACKGROUND_OPENER.match(text):
+        return True
+    if not names_own_subject:
+        return False
+    for m in BACKGROUND_CUE.finditer(text):
+        head = text[: m.start()].rstrip()
+        if len(head.split()) > CUE_MAX_WORDS_BEFORE:
+            break
+        verbs = list(_REPORTING_VERB.finditer(head))
+        if not verbs or (len(verbs) == 1 and verbs[0].end() == len(head)):
+            return True
+    return False
+
+
+# Words that open a sentence without referring to anything: connectives, and framing cues. Stripped before the
+# opening reference is read ("However, it said ..." opens with "it").
+_LEADING_CONNECTIVE = re.compile(
+    r"^(?:(?:but|however|also|meanwhile|still|yet|instead|then|and|so|now|indeed|moreover|further|furthermore|"
+    r"separately|earlier|previously|elsewhere|in (?:a|an|another) (?:separate|unrelated|similar|different)? ?\w+)\b,?\s+)+",
+    re.IGNORECASE,
+)
+_OPENING_QUOTE = re.compile(r"^[\"“'‘(\s]+")
+_PRONOUN = re.compile(r"^(he|she|it|they|his|her|its|their|him|them)\b", re.IGNORECASE)
+_DEMONSTRATIVE = re.compile(r"^(this|that|these|those|such|both|neither|the same)\b(?!\s+(?:week|month|year|morning|afternoon|"
+                            r"evening|night|quarter|day|days|time|season|weekend|summer|winter|spring|autumn|fall)\b)",
+                            re.IGNORECASE)
+# "It is unclear whether ...", "It was not immediately clear ...": a dummy subject, not a reference.
+_EXPLETIVE_IT = re.compile(
+    r"^it\s+(?:is|was|remains|remained|has been|had been|'s|’s|would be|will be|may be|could be|seems|seemed|appears|appeared)\s+"
+    r"(?:not\s+)?(?:yet\s+)?(?:immediately\s+|still\s+)?(?:unclear|clear|known|unknown|possible|impossible|likely|unlikely|"
+    r"too early|expected|understood|estimated|thought|believed|worth|hard|difficult|easy|uncertain)\b",
+    re.IGNORECASE,
+)
+# Organisations a definite noun can stand for: resolved by the last actor the draft named, as a pronoun is.
+_ACTOR_NOUNS = frozenset(
+    "firm company exchange regulator project platform agency bank group team issuer lender startup miner foundation "
+    "developer developers operator operators authority commission".split()
+)
+# Things and events: resolved only when an earlier sentence mentions them (or a word of the same family).
+_THING_NOUNS = {
+    "move": r"", "deal": r"deal|agree|acqui|merg|purchas|bought|buy", "report": r"report",
+    "statement": r"statement|said|says|announc", "bill": r"bill|legislat|law", "fund": r"fund|etf",
+    "token": r"token|coin", "coin": r"coin|token|stablecoin", "network": r"network|chain|layer|mainnet|testnet",
+    "protocol": r"protocol", "attacker": r"attack|hack|exploit|thie|stole|stolen|drain|breach",
+    "hack": r"hack|attack|exploit|breach|drain|stole|stolen|theft", "breach": r"hack|attack|exploit|breach|drain|stole|stolen|theft",
+    "attack": r"hack|attack|exploit|breach|drain|stole|stolen|theft", "exploit": r"hack|attack|exploit|breach|drain|stole|stolen|theft",
+    "penalty": r"penalt|fine[ds]?\b", "fine": r"fine[ds]?\b|penalt", "judge": r"judge|court|ruling|ruled",
+    "court": r"court|judge", "ruling": r"rul(?:ing|ed|es)\b|decision|decided|opinion|judgment|verdict",
+    "decision": r"decision|decided|decide|rul(?:ing|ed)\b|approv|vote|voted", "vote": r"vot(?:e|ed|es|ing)\b",
+    "bridge": r"bridge", "pool": r"pool", "sale": r"sale|sold|sell", "sales": r"sale|sold|sell", "plan": r"plan",
+    "proposal": r"propos", "order": r"order", "upgrade": r"upgrade", "fee": r"fee", "fees": r"fee",
+    "approval": r"approv", "lawsuit": r"lawsuit|sue|sued|suit|case", "case": r"case|lawsuit|sue|sued|suit",
+    "funds": r"fund|stolen|stole|drain", "money": r"fund|money|\$|million|billion", "loss": r"los[st]|stole|drain",
+    "theft": r"theft|stole|stolen|hack|attack|exploit|drain", "audit": r"audit", "recall": r"recall",
+    "outage": r"outage|halt|stall|down", "price": r"price|\$", "wallet": r"wallet", "wallets": r"wallet",
+}
+_DEFINITE = re.compile(
+    r"^the\s+(?:[a-z][a-z\-]*\s+)?(" + "|".join(sorted(set(_ACTOR_NOUNS) | set(_THING_NOUNS), key=len, reverse=True)) + r")\b"
+)
+# "Pools like this ...", "Attacks like these ...": a thing the previous sentence must have shown.
+_LIKE_THIS = re.compile(r"^([a-z][a-z\-]+)\s+(?:like|such as)\s+(?:this|that|these|those|it|them)\b")
+_ATTRIBUTION = re.compile(
+    r"\b(?:he|she|they)\s+(?:said|says|added|adds|noted|wrote|told|warned|argued|expects|expected)\b|"
+    r"\b(?:said|says|added|wrote|told)\s+(?:he|she|they)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class OpeningReference:
+    """What a sentence leans on: "It", "The penalty", "she said"."""
+
+    phrase: str                                   # as written in the sentence
+    kind: Literal["actor", "thing", "attribution"]
+    noun: str = ""                                # the noun of a definite reference ("penalty"), "" otherwise
+    offset: int = 0                               # where the phrase starts in the sentence
+
+
+def opening_reference(text: str) -> OpeningReference | None:
+    """The pronoun or definite reference a sentence opens with, or an attribution to "she"/"they"; None when the
+    sentence opens with a name, a plain noun, "There ...", a time ("This week ..."), or a dummy "It is unclear".
+
+    Connectives and background cues before it are skipped: "However, it said ..." opens with "it". Which openings
+    count follows pipeline.entities.UNRESOLVED_OPENING, except connectives (a "But" refers to no one) and
+    "there"."""
+    stripped = _OPENING_QUOTE.sub("", text)
+    lead = len(text) - len(stripped)
+    rest = _LEADING_CONNECTIVE.sub("", stripped)
+    lead += len(stripped) - len(rest)
+    lowered = rest.lower()
+    m = _PRONOUN.match(rest)
+    if m and not _EXPLETIVE_IT.match(rest):
+        return OpeningReference(m.group(0), "actor", offset=lead)
+    m = _DEMONSTRATIVE.match(rest)
+    if m:
+        return OpeningReference(m.group(0), "actor", offset=lead)
+    m = _DEFINITE.match(lowered)
+    if m:
+        noun = m.group(1)
+        return OpeningReference(rest[: m.end()], "actor" if noun in _ACTOR_NOUNS else "thing", noun, lead)
+    m = _LIKE_THIS.match(lowered)
+    if m:
+        return OpeningReference(rest[: m.end()], "thing", m.group(1), lead)
+    m = _ATTRIBUTION.search(text)
+    if m:
+        return OpeningReference(m.group(0), "attribution", offset=m.start())
+    return None
+
+
+def mentions_noun(noun: str, texts: Iterable[str]) -> bool:
+    """An earlier text mentions the thing a definite reference names: the noun itself or a word of its family."""
+    family = _THING_NOUNS.get(noun, "")
+    stem = noun[:-1] if noun.endswith(("s", "y")) and len(noun) > 4 else noun
+    pattern = re.compile(r"(?:\b" + re.escape(stem) + (r"|(?:\b|(?<=\$))(?:" + family + ")" if family else "") + r")", re.IGNORECASE)
+    return any(pattern.search(t) for t in texts)
+
+
+def resolve_reference(
+    ref: OpeningReference,
+    sentence: str,
+    earlier: Sequence[str],
+    names_of: Callable[[str], set[str]],
+    is_story_name: Callable[[str], bool],
+) -> str | None:
+    """None when an earlier sentence resolves the reference, else why not (in words an editor reads).
+
+    - a thing ("the penalty", "the deal"): some earlier sentence mentions it (pipeline's word families);
+      "the move" is resolved by any earlier sentence;
+    - an actor ("It", "They", "This", "the company", "the exchange"): the nearest earlier sentence that names
+      anyone names one of the story's actors. After a paragraph about another company, "It" reads as that company;
+    - an attribution ("..., she said"): the sentence itself names the story's person before it, or the nearest
+      earlier naming sentence does.
+    """
+    phrase = ref.phrase.strip()
+    if ref.kind == "thing":
+        if ref.noun == "move":
+            return None if earlier else f"opens with “{phrase}”, but nothing before it says what moved"
+        if mentions_noun(ref.noun, earlier):
+            return None
+        return f"opens with “{phrase}”, but no earlier sentence mentions a {ref.noun}"
+    if ref.kind == "actor" and ref.noun and mentions_noun(ref.noun, earlier[-3:]):
+        return None  # "the exchange" right after a sentence about an exchange
+    candidates = list(earlier)
+    if ref.kind == "attribution":
+        own = names_of(sentence[: ref.offset])
+        if any(is_story_name(n) for n in own):
+            return None
+        if own:
+            return f"attributes to “{phrase}”, which reads as {_shown(own, sentence)}, not one of the story's actors"
+    for text in reversed(candidates):
+        named = names_of(text)
+        if not named:
+            continue
+        if any(is_story_name(n) for n in named):
+            return None
+        return (f"opens with “{phrase}”, which no earlier sentence resolves to this story: the last sentence before it "
+                f"that names anyone is about {_shown(named, text)}")
+    return f"opens with “{phrase}”, but no earlier sentence names who or what that is"
+
+
+def _shown(found: set[str], text: str) -> str:
+    """Up to three of the names, longest first, as `text` writes them."""
+    kept: list[str] = []
+    for n in sorted(found, key=lambda n: (-len(n.split()), n)):
+        if not any(n in k for k in kept):
+            kept.append(n)
+    shown = []
+    for n in kept[:3]:
+        i = text.lower().find(n)
+        shown.append(text[i:i + len(n)] if i >= 0 else n.title())
+    return ", ".join(shown)

@@ -177,8 +177,25 @@ class Draft(Record):
 
 # --- check -----------------------------------------------------------------
 
-Verdict = Literal["supported", "contradicted", "unverifiable"]
-RuleType = Literal["number", "date", "quote", "entity", "negation", "citation", "url", "confirmation"]
+# What the sources say about a claim: the only labels the judge model and the support rules return
+# (the judge's strict JSON schema enumerates exactly these).
+SupportVerdict = Literal["supported", "contradicted", "unverifiable"]
+# What the story check says about a supported claim. Rules only, never asked of the judge: they depend on
+# which sources are the story's own (the pack's roles) and on the draft's paragraphs, neither of which the
+# judge sees, and a model that could answer "off_story" for a claim it finds in a source would trade a
+# deterministic check for a guess.
+#   off_story             its best support is a background source (or a story source's aside about another
+#                         event), it names none of the story's actors, and it is not framed as background
+#   unresolved_reference  it opens a paragraph (or the lead) with "It", "The penalty", "she said", ... that
+#                         no earlier sentence of the draft resolves
+StoryVerdict = Literal["off_story", "unresolved_reference"]
+Verdict = Literal["supported", "contradicted", "unverifiable", "off_story", "unresolved_reference"]
+VERDICTS: tuple[str, ...] = ("supported", "contradicted", "unverifiable", "off_story", "unresolved_reference")
+RuleType = Literal[
+    "number", "date", "quote", "entity", "negation", "citation", "url", "confirmation",
+    "story",       # off_story: where the support came from and why that is another event
+    "reference",   # unresolved_reference: the opening reference and what (if anything) it would point to
+]
 
 
 class RuleFailure(Record):
@@ -217,9 +234,11 @@ class FactCheckReport(Record):
     verdicts: list[ClaimVerdict]
     revisions: list[Revision] = []
     method: Literal["llm", "rules"] = "rules"
-    totals: dict[str, int] = {}
+    totals: dict[str, int] = {}     # "claims" and a count per label of VERDICTS (reports stored before the story
+                                    # check carry only the first three labels)
 
     def flagged(self) -> list[ClaimVerdict]:
+        """Every claim that is not plainly supported: contradicted, unverifiable, off_story, unresolved_reference."""
         return [v for v in self.verdicts if v.verdict != "supported"]
 
 
