@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 
 from pipeline.editdiff import cite
 from pipeline.logs import redact
-from pipeline.models import Article, ClaimVerdict, Draft, FactCheckReport, Insight, Paragraph
+from pipeline.models import VERDICTS, Article, ClaimVerdict, Draft, FactCheckReport, Insight, Paragraph
 
 BlockStyle = Literal["TITLE", "SUBTITLE", "HEADING_2", "HEADING_6", "NORMAL_TEXT"]
 ListKind = Literal["bullet", "numbered"]
-Highlight = Literal["contradicted", "unverifiable"]
+Highlight = Literal["contradicted", "unverifiable", "off_story", "unresolved_reference"]
 
 INSIGHTS, SOURCES, FACT_CHECK = "Insights", "Sources", "Fact-check"
 BULLET_PRESET = "BULLET_DISC_CIRCLE_SQUARE"
@@ -39,7 +39,17 @@ NUMBERED_PRESET = "NUMBERED_DECIMAL_ALPHA_ROMAN"
 HIGHLIGHT_RGB: dict[str, dict[str, float]] = {
     "contradicted": {"red": 0.957, "green": 0.8, "blue": 0.8},   # light red
     "unverifiable": {"red": 1.0, "green": 0.949, "blue": 0.8},   # light yellow
+    "off_story": {"red": 0.988, "green": 0.898, "blue": 0.804},  # light orange
+    "unresolved_reference": {"red": 0.812, "green": 0.886, "blue": 0.953},  # light blue
 }
+# How each verdict is named in the document.
+VERDICT_LABELS: dict[str, str] = {
+    "supported": "Supported", "contradicted": "Contradicted", "unverifiable": "Unverifiable",
+    "off_story": "Off-story", "unresolved_reference": "Unresolved reference",
+}
+# Always in the counts line; the story labels only when a claim has them, so a document of a draft checked
+# before the story check existed reads as it did.
+_ALWAYS_COUNTED = ("supported", "contradicted", "unverifiable")
 # Text-style fields the writer owns: reset on every write so a republish never
 # inherits a stale link or highlight from the previous version.
 OWNED_TEXT_FIELDS = "bold,italic,underline,strikethrough,link,backgroundColor"
@@ -109,10 +119,20 @@ def fact_check_totals(report: FactCheckReport | None) -> dict[str, int]:
     if report is None:
         return {}
     # Counted from the verdicts listed in the document, so the line and the section always agree.
-    totals = {"supported": 0, "contradicted": 0, "unverifiable": 0}
+    totals = dict.fromkeys(VERDICTS, 0)
     for verdict in report.verdicts:
-        totals[verdict.verdict] += 1
+        totals[verdict.verdict] = totals.get(verdict.verdict, 0) + 1
     return totals
+
+
+def counts_text(totals: dict[str, int]) -> str:
+    """ "9 supported, 0 contradicted, 1 unverifiable, 2 off-story, 1 unresolved reference": a count per label."""
+    parts = []
+    for label in VERDICTS:
+        count = totals.get(label, 0)
+        if label in _ALWAYS_COUNTED or count:
+            parts.append(f"{count} {VERDICT_LABELS[label].lower()}")
+    return ", ".join(parts)
 
 
 def metadata_line(draft: Draft, report: FactCheckReport | None) -> str:
@@ -121,7 +141,7 @@ def metadata_line(draft: Draft, report: FactCheckReport | None) -> str:
     checked = (
         "not fact-checked"
         if report is None
-        else f"{totals['supported']} supported, {totals['contradicted']} contradicted, {totals['unverifiable']} unverifiable"
+        else counts_text(totals)
     )
     return (
         f"Story {draft.story_key[:12]} · Template {draft.template} · Writer {draft.writer_model} · "
@@ -178,10 +198,7 @@ def _fact_check_blocks(report: FactCheckReport | None) -> list[Block]:
         return [Block("This draft was not fact-checked.", role="check")]
     flagged = report.flagged()
     totals = fact_check_totals(report)
-    summary = (
-        f"{len(report.verdicts)} claim{'' if len(report.verdicts) == 1 else 's'} checked: {totals['supported']} supported, "
-        f"{totals['contradicted']} contradicted, {totals['unverifiable']} unverifiable."
-    )
+    summary = f"{len(report.verdicts)} claim{'' if len(report.verdicts) == 1 else 's'} checked: {counts_text(totals)}."
     blocks = [Block(summary, role="check")]
     if not flagged:
         blocks.append(Block("No claims were flagged.", role="check"))
@@ -191,7 +208,7 @@ def _fact_check_blocks(report: FactCheckReport | None) -> list[Block]:
 
 
 def _flag_blocks(verdict: ClaimVerdict) -> list[Block]:
-    label = verdict.verdict.capitalize()
+    label = VERDICT_LABELS.get(verdict.verdict, verdict.verdict.capitalize())
     claim = clean_text(verdict.claim.text)
     text = f"{label}: “{claim}”"
     blocks = [Block(text, spans=[Span(0, len(label), bold=True, highlight=verdict.verdict)], role="check")]

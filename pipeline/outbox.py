@@ -43,6 +43,8 @@ h2{font:600 1.15rem/1.3 system-ui,sans-serif;margin:2rem 0 .5rem;border-bottom:1
 .lead{font-size:1.15rem}
 mark.contradicted{background:#f4cccc}
 mark.unverifiable{background:#fff2cc}
+mark.off_story{background:#fce5cd}
+mark.unresolved_reference{background:#cfe2f3}
 a{color:#0b57d0}
 """.strip()
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; form-action 'none'"
