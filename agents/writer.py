@@ -17,10 +17,23 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.entities import (
+    bare_surnames,
+    dangles,
+    names,
+    key_figures,
+    leans_back,
+    person_names,
+    quotation_words,
+    quotes_balanced,
+    salient_names,
+    unattributed_quote,
+)
 from pipeline.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
 from pipeline.prompts import Prompt, PromptLibrary, library
 from pipeline.templates import (
@@ -281,6 +294,15 @@ def revision_scope_validator(original: Article, flagged: list[ClaimVerdict]) -> 
 
 
 # --- extractive writer -------------------------------------------------------
+#
+# The offline default: an article assembled from the sources' own sentences that
+# still reads like writing. Sentences are grouped into units (a quotation that runs
+# over several sentences, with its speaker, is one unit); a unit that leans on the
+# one before it ("It", "The penalty …", "However, …", a bare quote) only ever
+# follows that sentence, never opens a paragraph. Every fact is stated once: a
+# figure appears in one sentence only, and near-duplicates in other words are
+# left out. Background appears only when it names the story's own actors, framed
+# ("Earlier, …", "Separately, …") in its own cited paragraph.
 
 # Lines that are page furniture rather than reporting.
 _BOILERPLATE = re.compile(
@@ -290,35 +312,63 @@ _BOILERPLATE = re.compile(
     re.IGNORECASE,
 )
 _ENDS_SENTENCE = re.compile(r"[.!?][\"'”’)]*$")
-_FIGURE = re.compile(
-    r"[$€£¥]\s?\d[\d,.]*"
-    r"|\b\d[\d,.]*\s?(?:%|(?:percent|per cent|million|billion|trillion|bn)\b)"
-    r"|\b\d[\d,.]*\s?(?:BTC|ETH|SOL|XRP|USDT|USDC|tokens?|coins?|bitcoins?|ether)\b"
-    r"|\b\d{1,3}(?:,\d{3})+\b",
-    re.IGNORECASE,
-)
-_ENTITY = re.compile(r"\b(?:[A-Z][A-Za-z0-9&.\-]*[A-Za-z0-9]|[A-Z]{2,})(?:\s+(?:[A-Z][A-Za-z0-9&.\-]*[A-Za-z0-9]|[A-Z]{2,}))*")
-_ENTITY_STOP = frozenset("The A An In On At But And As For If When While After Before This That It He She They We I Its Their".split())
-# Openers that refer back to the previous sentence: such a sentence cannot start a paragraph or stand alone.
-_DEPENDENT = re.compile(
-    r"^[\"“'‘]?(he|she|it|they|this|that|these|those|its|his|her|their|there|but|however|also|meanwhile|still|yet|"
-    r"instead|then|such|both|neither|the (firm|company|exchange|regulator|project|platform|agency|move|deal|report|"
-    r"statement|bill|fund|token|network|protocol|attacker|bank|group))\b",
-    re.IGNORECASE,
-)
-# "..., she said, ...": whoever "she" is was named in an earlier sentence.
-_ANAPHORIC_ATTRIBUTION = re.compile(r"\b(?:he|she|they)\s+(?:said|says|added|adds|noted|wrote|told|warned|argued|expects|expected)\b", re.IGNORECASE)
 _TITLE_SEPARATORS = (" | ", " - ", " – ", " — ", " :: ")
 
+# What makes an insight: what happens next, how it compares, what it means.
+_FORWARD = re.compile(
+    r"\b(?:(?:will|would|could|may|might|should)(?!\s+have\b)|expects?|expected to|plans?|planned|intends?|aims?|within \d+|"
+    r"by the end of|next|upcoming|scheduled|set to|pending|appeal|soon|later this|deadline|promised|to reopen|to restart|"
+    r"not yet|working (?:with|to)|still)\b",
+    re.IGNORECASE,
+)
+_COMPARE = re.compile(
+    r"\b(?:largest|biggest|highest|lowest|smallest|weakest|strongest|record|the first|most|least|since|compared (?:with|to)|"
+    r"than|below|above|a fraction|double|half|one of the (?:largest|biggest|few|most|first|fastest)|only|rare|"
+    r"far (?:below|above|more|less))\b",
+    re.IGNORECASE,
+)
+_MEANING = re.compile(
+    r"\b(?:means?|meaning|matters?|signals?|suggests?|shows?|showing|so that|because|binding|cited by|implications?|"
+    r"risks?|protects?|calmed|absorbs?)\b",
+    re.IGNORECASE,
+)
+_MARKET_MOVE = re.compile(
+    r"\b(?:rose|fell|jumped|gained|climbed|slipped|dropped|rallied|sank|tumbled|surged|recovered|little changed)\b[^.]*?\d%"
+    r"|\b(?:shares|stock)\b[^.]*\b(?:rose|fell|jumped|gained|climbed|dropped)\b",
+    re.IGNORECASE,
+)
+_REACTION = re.compile(
+    r"\b(?:analysts?|experts?|lawyers?|traders?|investors?|researchers?|critics?|economists?)\b[^.]{0,40}?"
+    r"\b(?:said|say|cautioned|warned|cheered|expect|expects|noted)\b",
+    re.IGNORECASE,
+)
+_CONTEXT = re.compile(
+    r"\b(?:since|is a|are a|is one of|are the main|is the main|known as|designed to|lets|typically|usually|have faced|"
+    r"has faced|one of the few|in (?:19|20)\d\d|last year|earlier this year|historically)\b",
+    re.IGNORECASE,
+)
+# A lead that frames rather than reports ("is being read as", "Here is what changes", a question).
+_FRAMING_LEAD = re.compile(r"\b(?:is being read|the question is|here is|here's|what it means|explained|we look at)\b|\?", re.IGNORECASE)
 
-@dataclass(frozen=True)
-class _Sentence:
+DETAIL, REACTION, CONTEXT, BACKGROUND = range(4)
+
+
+@dataclass(eq=False)
+class _Unit:
     source: SourceDoc
-    index: int          # position among the source's sentences
+    index: int                  # position among the source's units
+    sentences: tuple[str, ...]  # one sentence, or a quotation running over several with its speaker
     text: str
     words: int
-    usable: bool        # reads as a complete sentence of reporting
-    dependent: bool     # leans on the sentence before it ("She said...", "However, ...")
+    usable: bool                # reads as complete reporting, quotes whole and attributed
+    short: bool                 # under six words: only ever follows the sentence before it
+    leans: bool                 # points back to the unit before it: opens no paragraph (see `_stands`)
+    opening: str                # the sentence a paragraph opened by this unit would open with
+    figures: frozenset[str]
+    para: int                   # the source's own paragraph it sits in
+    kind: int                   # DETAIL, REACTION, CONTEXT or BACKGROUND: the order the body tells them in
+    cue: float                  # how much it says what it means, what comes next or how it compares
+    rows: tuple[int, ...] = ()  # its sentences' rows in the similarity matrix
 
     @property
     def key(self) -> tuple[int, int]:
@@ -328,7 +378,7 @@ class _Sentence:
 def _reads_as_reporting(text: str, words: int) -> bool:
     opens_well = text[0].isupper() or text[0].isdigit() or text[0] in "\"“'‘$€£"
     return (
-        words >= 6
+        words >= 3
         and opens_well
         and bool(_ENDS_SENTENCE.search(text))
         and not find_urls(text)
@@ -337,14 +387,54 @@ def _reads_as_reporting(text: str, words: int) -> bool:
     )
 
 
-def _sentences(source: SourceDoc) -> list[_Sentence]:
-    out = []
-    for index, s in enumerate(split_sentences(source.text)):
-        text = " ".join(s.text.split())
+def _units(source: SourceDoc) -> list[_Unit]:
+    """The source's sentences as units: a quotation split over sentences, or continued by its speaker
+    in a bare quoted sentence, stays one unit with its attribution."""
+    groups: list[list[str]] = []
+    paras: list[int] = []
+    breaks = [m.start() for m in re.finditer(r"\n\s*\n", source.text)]
+    for sentence in split_sentences(source.text):
+        piece = " ".join(sentence.text.split())
+        if groups:
+            so_far = " ".join(groups[-1])
+            continues = not quotes_balanced(so_far) or (unattributed_quote(piece) and quotation_words(so_far) > 0)
+            if continues and len(groups[-1]) < 4:
+                groups[-1].append(piece)
+                continue
+        groups.append([piece])
+        paras.append(sum(b < sentence.start for b in breaks))
+    units = []
+    for index, (group, para) in enumerate(zip(groups, paras)):
+        text = " ".join(group)
         words = count_words(text)
-        dependent = bool(_DEPENDENT.match(text) or _ANAPHORIC_ATTRIBUTION.search(text))
-        out.append(_Sentence(source, index, text, words, _reads_as_reporting(text, words), dependent))
-    return out
+        opening = group[0] if quotes_balanced(group[0]) else text
+        usable = _reads_as_reporting(text, words) and quotes_balanced(text) and not unattributed_quote(text)
+        units.append(_Unit(
+            source=source, index=index, sentences=tuple(group), text=text, words=words, usable=usable, short=words < 6,
+            leans=leans_back(opening), opening=opening, figures=frozenset(key_figures(text)), para=para, kind=_kind(text, source), cue=_cue(text),
+        ))
+    return units
+
+
+def _kind(text: str, source: SourceDoc) -> int:
+    if source.role != "story":
+        return BACKGROUND
+    if quotation_words(text) >= 3 or _MARKET_MOVE.search(text) or _REACTION.search(text):
+        return REACTION
+    if _CONTEXT.search(text) or _FORWARD.search(text):
+        return CONTEXT
+    return DETAIL
+
+
+def _stands(unit: _Unit, before: str) -> bool:
+    """Whether the unit can open a paragraph after `before`: a full sentence that leans on nothing the
+    reader has not seen (a definite description the lead introduced is fine: "The penalty …")."""
+    return unit.usable and not unit.short and (not unit.leans or not dangles(unit.opening, before))
+
+
+def _cue(text: str) -> float:
+    score = 2.0 * bool(_FORWARD.search(text)) + 1.5 * bool(_COMPARE.search(text)) + 1.0 * bool(_MEANING.search(text))
+    return score - (1.0 if quotation_words(text) >= 3 else 0.0)
 
 
 class _Similarity:
@@ -352,15 +442,15 @@ class _Similarity:
 
     The two scales differ: two wordings of one fact score about 0.65-0.85 as
     MiniLM embeddings but only 0.3-0.5 as TF-IDF vectors, so each kind carries
-    its own thresholds for "the same sentence" and "the same fact".
+    its own threshold for "the same fact".
     """
 
     def __init__(self, texts: list[str], embed: Embed | None) -> None:
         vectors = self._embedded(texts, embed) if embed is not None else None
         self.kind = "embedding" if vectors is not None else "lexical"
         self.vectors = vectors if vectors is not None else _tfidf(texts)
-        self.duplicate = 0.8 if self.kind == "embedding" else 0.45   # drop: it repeats what is already there
-        self.redundant = 0.7 if self.kind == "embedding" else 0.3    # an insight saying the same as another
+        # Two sentences state one fact when they are this alike, or a little less alike and share most words.
+        self.same, self.soft = (0.68, 0.55) if self.kind == "embedding" else (0.35, 0.22)
 
     @staticmethod
     def _embedded(texts: list[str], embed: Embed) -> np.ndarray | None:
@@ -392,7 +482,8 @@ def _tfidf(texts: list[str]) -> np.ndarray:
 
 
 def _headline(title: str, outlet: str, limit: int) -> str:
-    """The main source's title without its outlet suffix, shortened at a clause or word boundary if too long."""
+    """A title without its outlet suffix, shortened at a clause or word boundary if too long
+    (the placeholder headline of a draft the model could not write)."""
     title = " ".join(title.split())
     for separator in _TITLE_SEPARATORS:
         head, _, tail = title.rpartition(separator)
@@ -405,29 +496,15 @@ def _headline(title: str, outlet: str, limit: int) -> str:
         head = title.split(separator)[0].strip()
         if 20 <= len(head) <= limit:
             return head
-    words = title[: limit + 1].rsplit(" ", 1)[0].split()
+    return _cut_words(title, limit)
+
+
+def _cut_words(text: str, limit: int) -> str:
+    words = text[: limit + 1].rsplit(" ", 1)[0].split() if len(text) > limit else text.split()
     # A cut headline must not end on a dangling "of", "the", "and" or punctuation.
     while words and (words[-1].lower() in _STOP or not words[-1][-1].isalnum()):
         words.pop()
-    return " ".join(words) or title[:limit]
-
-
-def _fit_lead(sentences: list[_Sentence], spec: TemplateSpec, search: int = 6) -> list[_Sentence] | None:
-    """The earliest run of consecutive usable sentences that meets the lead's sentence and word rules."""
-    rules = spec.lead
-    usable = [s for s in sentences if s.usable]
-    for start in range(min(search, len(usable))):
-        run: list[_Sentence] = []
-        for s in usable[start:]:
-            if run and s.index != run[-1].index + 1:
-                break
-            text = " ".join(x.text for x in [*run, s])
-            if count_words(text) > rules.max_words or count_sentences(text) > rules.max_sentences:
-                break
-            run.append(s)
-        if run and count_sentences(" ".join(x.text for x in run)) >= rules.min_sentences:
-            return run
-    return None
+    return " ".join(words) or text[:limit]
 
 
 def _mmr(relevance: np.ndarray, similarity: np.ndarray, candidates: list[int], lam: float = 0.7) -> list[int]:
@@ -443,25 +520,323 @@ def _mmr(relevance: np.ndarray, similarity: np.ndarray, candidates: list[int], l
     return order
 
 
-def _distinct(count: int, within: np.ndarray, lead_overlap: np.ndarray, limit: float) -> list[int]:
-    """Indexes of pool sentences that repeat neither the lead nor an earlier kept sentence (syndicated copy)."""
-    kept: list[int] = []
-    for i in range(count):
-        if lead_overlap[i] >= limit or any(within[i, j] >= limit for j in kept):
+class _Ledger:
+    """What the article has said so far: its sentences' rows, figures and words. A unit is novel when it
+    shares no figure with them, is not a near-duplicate by similarity, and does not repeat most of one's words."""
+
+    def __init__(self, similarity: np.ndarray, same: float, soft: float, names: set[str] = frozenset()) -> None:
+        self.similarity, self.same, self.soft = similarity, same, soft
+        self.names = names                            # the story's own names: every sentence has them
+        self.said: list[tuple[int, set[str]]] = []   # (row, content words) of every sentence written
+        self.figures: set[str] = set()
+
+    def _terms(self, text: str) -> set[str]:
+        return _fact_terms(text) - self.names
+
+    def novel(self, unit: _Unit, also: Sequence[_Unit] = ()) -> bool:
+        if unit.figures & self.figures.union(*(u.figures for u in also)):
+            return False
+        said = [*self.said, *((r, self._terms(t)) for u in also for r, t in zip(u.rows, u.sentences))]
+        for row, sentence in zip(unit.rows, unit.sentences):
+            mine = self._terms(sentence)
+            for other_row, other in said:
+                score = float(self.similarity[row, other_row])
+                small = min(len(mine), len(other))
+                overlap = len(mine & other) / small if small >= 4 else 0.0
+                if overlap >= 0.6 or score >= self.same + 0.12 or (score >= self.same and overlap >= 0.34) or (
+                    score >= self.soft and overlap >= 0.45
+                ):
+                    return False
+        return True
+
+    def add(self, unit: _Unit) -> None:
+        self.said.extend((r, self._terms(t)) for r, t in zip(unit.rows, unit.sentences))
+        self.figures |= unit.figures
+
+
+def _fact_terms(text: str) -> set[str]:
+    """Content words, singular: what two wordings of one fact share."""
+    return {t[:-1] if t.endswith("s") and len(t) > 4 else t for t in _terms(text)}
+
+
+@dataclass
+class _Material:
+    """Everything the extractive writer knows about a pack."""
+
+    story_sources: list[SourceDoc]
+    units: dict[int, list[_Unit]]
+    people: dict[str, str]
+    entities: set[str]
+    common: set[str]
+    background_ok: set[int]          # background sources that concern the story
+    centrality: dict[int, float]     # id(unit) -> how many other story sources share its figures and names
+    similarity: np.ndarray
+    same: float
+    soft: float
+    lead_text: str = ""              # what every body paragraph and insight can lean on
+
+    core: set[str] = dataclasses.field(default_factory=set)   # the story's subject (see StoryProfile)
+
+    @property
+    def name_words(self) -> set[str]:
+        """The subject's names: every sentence of the story has them, so they say nothing about sameness."""
+        return {w for name in self.core for w in name.split()}
+
+
+def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None) -> _Material:
+    from agents.researcher import StoryProfile, about_story
+
+    story_sources = [s for s in pack_sources if s.role == "story"] or pack_sources
+    story_ns = {s.n for s in story_sources}
+    profile = StoryProfile.of([s.title for s in story_sources], [s.text for s in story_sources])
+    units = {s.n: _units(s) for s in pack_sources}
+    background_ok = {s.n for s in pack_sources if s.n not in story_ns and about_story(s.title, s.text, profile)}
+    figures = {s.n: set().union(*(u.figures for u in units[s.n])) if units[s.n] else set() for s in story_sources}
+    mentioned = {s.n: salient_names(s.text, profile.common) for s in story_sources}
+    centrality: dict[int, float] = {}
+    rows: list[str] = []
+    for n, source_units in units.items():
+        for u in source_units:
+            others = [m for m in figures if m != n]
+            names = salient_names(u.text, profile.common)
+            centrality[id(u)] = sum(f in figures[m] for f in u.figures for m in others) + 0.5 * sum(
+                name in mentioned[m] for name in names for m in others)
+            u.rows = tuple(range(len(rows) + 1, len(rows) + 1 + len(u.sentences)))
+            rows.extend(u.sentences)
+    measure = _Similarity([story.title, *rows], embed)
+    return _Material(
+        story_sources=story_sources, units=units, people=person_names(s.text for s in pack_sources),
+        entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
+        similarity=measure.matrix(), same=measure.same, soft=measure.soft,
+    )
+
+
+def _lead(material: _Material, spec: TemplateSpec) -> list[_Unit]:
+    """The news in brief: the opening of a story source that states the facts most sources share.
+
+    Candidates are each story source's first two units that stand alone and fit
+    the lead rules; a framing opener ("is being read as", a question) or a
+    quotation loses to a plain report. A short first sentence takes the next one along.
+    """
+    rules = spec.lead
+    candidates = []
+    for source in material.story_sources:
+        for rank, u in enumerate([u for u in material.units[source.n] if u.usable][:2]):
+            if u.leans or u.short or u.words > rules.max_words or count_sentences(u.text) > rules.max_sentences:
+                continue
+            framing = bool(_FRAMING_LEAD.search(u.text)) or quotation_words(u.text) >= 3
+            # A source's own opening is its lead; its second sentence only stands in for an opening that frames.
+            score = material.centrality[id(u)] - (3.0 if framing else 0.0) - (3.0 if rank else 0.0)
+            candidates.append((score, source.published, source.n, u))
+            if not framing:
+                break
+    if not candidates:
+        first = next((u for s in material.story_sources for u in material.units[s.n] if u.usable), None)
+        return [first] if first else []
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    lead = [candidates[0][3]]
+    siblings = material.units[lead[0].source.n]
+    after = siblings[lead[0].index + 1] if lead[0].index + 1 < len(siblings) else None
+    if after is not None and after.usable and lead[0].words < 25 and quotation_words(after.text) == 0:
+        text = f"{lead[0].text} {after.text}"
+        if count_words(text) <= rules.max_words * 0.8 and count_sentences(text) <= rules.max_sentences and not (after.figures & lead[0].figures):
+            lead.append(after)
+    return lead
+
+
+def _insight_candidates(material: _Material, spec: TemplateSpec, taken: set[tuple[int, int]]) -> list[_Unit]:
+    """Standalone story units short enough for an insight, the ones that say what it means, what comes
+    next or how it compares first, the story's most shared facts last."""
+    out = [
+        u for s in material.story_sources for u in material.units[s.n]
+        if _stands(u, material.lead_text) and u.words <= spec.insights.max_words and u.key not in taken and len(u.sentences) == 1
+    ]
+    # The facts every source leads with belong in the body; an insight adds to them.
+    return sorted(out, key=lambda u: (-(u.cue - 0.15 * material.centrality[id(u)]), u.source.n, u.index))
+
+
+def _pick_insights(
+    material: _Material, spec: TemplateSpec, said: _Ledger, taken: set[tuple[int, int]], count: int, minimum: int = 0
+) -> list[_Unit]:
+    """Up to `count` insights that say what it means, what comes next or how it compares; plain facts
+    only to reach `minimum`. Each is new to the article and to the others (and is added to `said`)."""
+    picked: list[_Unit] = []
+    candidates = _insight_candidates(material, spec, taken)
+    for strong in (True, False):
+        for u in candidates:
+            if len(picked) >= (count if strong else min(count, minimum)):
+                break
+            if (u.cue > 0) != strong or u in picked or not said.novel(u):
+                continue
+            picked.append(u)
+            said.add(u)
+    return picked
+
+
+def _body(
+    material: _Material, spec: TemplateSpec, lead: list[_Unit], said: _Ledger, taken: set[tuple[int, int]], target_words: int
+) -> list[list[_Unit]]:
+    """Paragraphs: each opens on a unit that stands alone and continues with the units after it in the
+    same source while they add something new, then all are told in order: facts, reactions, context, background."""
+    rules = spec.body
+    target_count = math.ceil((rules.min_paragraphs + rules.max_paragraphs) / 2)
+    background_left = 1 if rules.max_paragraphs < 6 else 2
+    sim = material.similarity
+    pool = [
+        u for n, units in material.units.items() for u in units
+        if u.usable and u.key not in taken and (u.kind != BACKGROUND or n in material.background_ok)
+    ]
+    if not pool:
+        return []
+    query_rows = [0, *(r for u in lead for r in u.rows)]
+    relevance = np.array([float(sim[np.ix_(list(u.rows), query_rows)].max()) for u in pool], dtype=np.float32)
+    relevance *= np.array([0.8 if u.kind == BACKGROUND else 1.0 for u in pool], dtype=np.float32)
+    within = np.array([[float(sim[np.ix_(list(a.rows), list(b.rows))].max()) for b in pool] for a in pool], dtype=np.float32)
+    order = _mmr(relevance, within, list(range(len(pool))))
+    ranked = [pool[i] for i in order]
+    # News structure: the paragraph after the lead continues the lead source's own account.
+    if lead:
+        follow = next((u for u in ranked if u.source.n == lead[-1].source.n and u.index > lead[-1].index and _stands(u, material.lead_text)), None)
+        if follow is not None:
+            ranked = [follow, *(u for u in ranked if u is not follow)]
+    rank = {id(u): i for i, u in enumerate(ranked)}
+    used = set(taken)
+    paragraphs: list[list[_Unit]] = []
+    orphans: list[list[_Unit]] = []
+    for seed in ranked:
+        if len(paragraphs) >= target_count:
+            break
+        if seed.key in used or not _stands(seed, material.lead_text) or not said.novel(seed):
             continue
-        kept.append(i)
-    return kept
+        if seed.kind == BACKGROUND:
+            # Context from other coverage: one framed sentence about the story's own actors, cited on its own.
+            if not background_left or not (salient_names(seed.text, material.common) & material.entities):
+                continue
+            if seed.words < rules.min_words or seed.words > rules.max_words:
+                continue
+            background_left -= 1
+            paragraphs.append([seed])
+            used.add(seed.key)
+            said.add(seed)
+            continue
+        siblings = material.units[seed.source.n]
+        # A seed in the middle of its source paragraph starts from the earliest sentence before it that
+        # stands alone, so one source paragraph is never told as two, back to front.
+        start = seed
+        k = seed.index - 1
+        while k >= 0:
+            prev = siblings[k]
+            if prev.para != seed.para or not prev.usable or prev.key in used or not said.novel(prev):
+                break
+            if _stands(prev, material.lead_text):
+                start = prev
+            k -= 1
+        run = [u for u in siblings[start.index: seed.index + 1]]
+        if start is not seed and all(said.novel(u, run[:i]) for i, u in enumerate(run)) and sum(u.words for u in run) <= rules.max_words:
+            seed = start
+        chosen, words = [seed], seed.words
+        k, skipped = seed.index + 1, False
+        # The seed's own source paragraph comes along (it was written to follow it) up to the target length,
+        # past it only for a sentence that leans on the one before; the next source paragraph only while the
+        # paragraph is too short to stand.
+        while k < len(siblings):
+            nxt = siblings[k]
+            k += 1
+            if nxt.para != chosen[-1].para and words >= rules.min_words:
+                break
+            if words >= target_words and not nxt.leans:
+                break
+            if not nxt.usable or nxt.key in used or words + nxt.words > rules.max_words:
+                break
+            if not said.novel(nxt, chosen):
+                if nxt.leans:
+                    break
+                skipped = True  # a repeated fact is left out; what leans on it cannot follow
+                continue
+            if nxt.leans and skipped:
+                break
+            chosen.append(nxt)
+            words += nxt.words
+        if words < rules.min_words:
+            orphans.append(chosen)
+            continue
+        for u in chosen:
+            used.add(u.key)
+            said.add(u)
+        paragraphs.append(chosen)
+    # Short standalone facts that make no paragraph alone are told together, each sentence whole and cited.
+    pending: list[_Unit] = []
+    for chunk in orphans:
+        if len(paragraphs) >= target_count:
+            break
+        if any(u.key in used for u in chunk) or not all(said.novel(u, [*pending, *chunk[:i]]) for i, u in enumerate(chunk)):
+            continue
+        if sum(u.words for u in [*pending, *chunk]) > rules.max_words:
+            continue
+        pending += chunk
+        if sum(u.words for u in pending) >= rules.min_words:
+            for u in pending:
+                used.add(u.key)
+                said.add(u)
+            paragraphs.append(sorted(pending, key=lambda u: (u.kind, rank[id(u)] if id(u) in rank else 0)))
+            pending = []
+    # Facts, then reactions, then context and background; within each, in the order the sources tell them
+    # (a source puts its most important and earliest facts first).
+    position = {id(u): u.index / max(1, len(material.units[u.source.n])) for p in paragraphs for u in p}
+    paragraphs.sort(key=lambda p: (min(u.kind for u in p), round(position[id(p[0])], 1), rank.get(id(p[0]), 0)))
+    return paragraphs
+
+
+def _frame(unit: _Unit, story: Story, common: set[str]) -> str:
+    """A background unit as context: "Earlier, …" when it predates the story, else "Separately, …"."""
+    word = "Earlier" if unit.source.published < story.first_published else "Separately"
+    text = unit.text
+    first = re.match(r"[A-Za-z]+", text)
+    if first and first.group(0).lower() in common and not first.group(0).isupper():
+        text = text[0].lower() + text[1:]
+    return f"{word}, {text}"
+
+
+def _introduce(text: str, people: dict[str, str], introduced: str) -> str:
+    """A person first named by surname alone gets their full name ("Okafor said" -> "Dev Okafor said")."""
+    for last in bare_surnames(text, people, introduced):
+        text = re.sub(rf"\b{re.escape(last)}\b", people[last], text, count=1)
+    return text
+
+
+def _compose(
+    story: Story, material: _Material, spec: TemplateSpec, lead: list[_Unit], body: list[list[_Unit]], insights: list[_Unit]
+) -> Article:
+    introduced = ""
+
+    def written(text: str) -> str:
+        nonlocal introduced
+        text = _introduce(text, material.people, introduced)
+        introduced += " " + text
+        return text
+
+    lead_text = written(" ".join(u.text for u in lead))
+    paragraphs = []
+    for units in body:
+        if units[0].kind == BACKGROUND:
+            text = _frame(units[0], story, material.common)
+        else:
+            text = " ".join(u.text for u in units)
+        paragraphs.append(Paragraph(text=written(text), citations=sorted({u.source.n for u in units})))
+    notes = [Insight(text=written(u.text), citations=[u.source.n]) for u in insights]
+    headline = _own_headline(material, lead, spec.headline.max_chars)
+    return Article(headline=headline, lead=lead_text, body=paragraphs, insights=notes, sources=[])
 
 
 def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, embed: Embed | None = None) -> Draft:
     """An article built only from the sources' own sentences, every paragraph and insight cited.
 
-    Lead: the main story source's opening sentences that fit the lead rules.
-    Body: the lead's continuation in the main source first, then MMR-ranked
-    sentences across sources, each seeding a paragraph that grows with its
-    neighbours in the same source. Insights: short sentences with key figures,
-    then ones naming the entities most sources mention. Too little material
-    yields `needs_attention` with the violations, never padding.
+    Lead: the opening of the story source that states the facts most sources
+    share. Insights: standalone sentences that say what comes next, how it
+    compares or what it means. Body: paragraphs that open on a sentence that
+    stands alone, in the order facts, reactions, context, framed background.
+    Nothing is said twice. Too little material yields `needs_attention` with
+    the violations, never padding or repetition.
     """
     sources = sorted(pack.sources, key=lambda s: s.n)
     base = dict(id=draft_id(story.key), story_key=story.key, template=spec.name, writer_model=EXTRACTIVE, method=EXTRACTIVE)
@@ -470,197 +845,236 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
         violations = ["the research pack has no sources; there is nothing to write from", *validate_article(article, spec, sources)]
         return Draft(**base, article=article, violations=violations, state=DraftState.needs_attention)
 
-    per_source = {s.n: _sentences(s) for s in sources}
-    story_sources = [s for s in sources if s.role == "story"] or sources
-    main, lead_run = story_sources[0], None
-    for candidate in story_sources:
-        lead_run = _fit_lead(per_source[candidate.n], spec)
-        if lead_run:
-            main = candidate
+    material = _material(story, sources, embed)
+    lead = _lead(material, spec)
+    lead_keys = {u.key for u in lead}
+    material.lead_text = " ".join(u.text for u in lead)
+    rules = spec.body
+    default = rules.min_words + (rules.max_words - rules.min_words) // 3
+    best: tuple[Article, list[str]] | None = None
+    # Insights first, so the body does not spend what says what it means; then only the template's minimum
+    # of them first; then the body first. Shorter paragraphs before giving up on the paragraph count.
+    insight_rules = spec.insights
+    target = max(insight_rules.min_count, min(insight_rules.max_count, math.ceil((insight_rules.min_count + insight_rules.max_count) / 2)))
+    for reserve in dict.fromkeys([target, insight_rules.min_count, 0]):
+        for target_words in sorted({default, (default + rules.min_words) // 2, rules.min_words}, reverse=True):
+            said = _Ledger(material.similarity, material.same, material.soft, material.name_words)
+            for u in lead:
+                said.add(u)
+            insights = _pick_insights(material, spec, said, lead_keys, reserve)
+            body = _body(material, spec, lead, said, lead_keys | {u.key for u in insights}, target_words)
+            if len(insights) < target:
+                taken = lead_keys | {u.key for p in body for u in p} | {u.key for u in insights}
+                insights += _pick_insights(material, spec, said, taken, target - len(insights), minimum=insight_rules.min_count - len(insights))
+            article = _compose(story, material, spec, lead, body, insights)
+            article = article.model_copy(update={"sources": source_refs(article, sources)})
+            violations = validate_article(article, spec, sources)
+            log.debug("extractive draft %s: %d insights reserved, paragraphs of ~%d words: %s", story.key, reserve, target_words, violations or "valid")
+            if best is None or len(violations) < len(best[1]):
+                best = (article, violations)
+            if not violations:
+                break
+        if not best[1]:
             break
-    if lead_run:
-        lead_text = " ".join(s.text for s in lead_run)
-    else:  # nothing fits: show the best attempt and let validation say why
-        lead_text = next((s.text for s in per_source[main.n] if s.usable), "")
-    lead_keys = {s.key for s in lead_run or []}
-
-    pool = [s for n in per_source for s in per_source[n] if s.usable and s.key not in lead_keys]
-    lead_sentences = lead_run or []
-    texts = [f"{story.title}. {lead_text}", lead_text or story.title, *(s.text for s in pool), *(s.text for s in lead_sentences)]
-    measure = _Similarity(texts, embed)
-    similarity = measure.matrix()
-    end = 2 + len(pool)
-    query, within = similarity[0, 2:end], similarity[2:end, 2:end]
-    # A sentence repeats the lead when it matches one of the lead's sentences, not the lead as a whole.
-    lead_overlap = similarity[end:, 2:end].max(axis=0) if lead_sentences else np.zeros(len(pool), dtype=np.float32)
-    row = {s.key: 2 + i for i, s in enumerate([*pool, *lead_sentences])}
-
-    def same_fact(a: _Sentence, b: _Sentence) -> bool:
-        # Shared figures ("4.2%", "$3,390") mark the same fact in other words even when the wording differs.
-        shared = {f.lower() for f in _FIGURE.findall(a.text)} & {f.lower() for f in _FIGURE.findall(b.text)}
-        score = float(similarity[row[a.key], row[b.key]])
-        return len(shared) >= 2 or score >= measure.redundant or (len(shared) == 1 and score >= measure.redundant * 0.6)
-
-    # Background informs; it is not the news: rank it below the story's own sources.
-    weight = np.array([1.0 if s.source.role == "story" else 0.8 for s in pool], dtype=np.float32)
-    ranked = _mmr(query * weight, within, _distinct(len(pool), within, lead_overlap, measure.duplicate))
-    # News structure: the paragraph after the lead continues the main source's account.
-    last_lead = max((s.index for s in lead_run or []), default=-1)
-    follow_up = next((i for i, s in enumerate(pool) if s.source.n == main.n and s.index > last_lead and i in ranked), None)
-    if follow_up is not None:
-        ranked = [follow_up, *(i for i in ranked if i != follow_up)]
-
-    ranked_sentences = [pool[i] for i in ranked]
-    # Insights claim their short, figure-rich sentences first, and the body leaves out what they and the lead
-    # already say; when the material is too thin for that, the body's minimum comes first.
-    reserved = _insights(ranked_sentences, lead_sentences, lead_keys, spec, same_fact)
-    said, reserved_keys = [*reserved, *lead_sentences], {s.key for s in reserved}
-    choices = [
-        [i for i in ranked if pool[i].key not in reserved_keys and not any(same_fact(pool[i], s) for s in said)],
-        [i for i in ranked if pool[i].key not in reserved_keys],
-        ranked,
-    ]
-    for candidates in choices:
-        body, used = _paragraphs(pool, candidates, per_source, spec)
-        if len(body) >= spec.body.min_paragraphs:
-            break
-    insights = [
-        Insight(text=s.text, citations=[s.source.n])
-        for s in _insights(ranked_sentences, lead_sentences, used | lead_keys, spec, same_fact)
-    ]
-    headline = _headline(main.title or story.title, main.outlet, spec.headline.max_chars)
-    article = Article(headline=headline, lead=lead_text, body=body, insights=insights, sources=[])
-    article = article.model_copy(update={"sources": source_refs(article, sources)})
-    violations = validate_article(article, spec, sources)
+    article, violations = best
     if violations:
         log.warning("extractive draft for story %s breaks the template: %s", story.key, "; ".join(violations))
     state = DraftState.needs_attention if violations else DraftState.drafted
     return Draft(**base, article=article, violations=violations, state=state)
 
 
-def _paragraphs(
-    pool: list[_Sentence], ranked: list[int], per_source: dict[int, list[_Sentence]], spec: TemplateSpec
-) -> tuple[list[Paragraph], set[tuple[int, int]]]:
-    """Paragraphs seeded in rank order, each a contiguous run of one source's sentences around its seed.
+# --- headline ------------------------------------------------------------------------------------
 
-    Sentences from different places are never spliced together: a "she said"
-    next to a new neighbour would name the wrong person.
+_DAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
+_MONTH_NAMES = "January|February|March|April|May|June|July|August|September|October|November|December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+_HL_DATE = re.compile(
+    rf"\s*\b(?:(?:early|late) )?(?:on|this|last) (?:{_DAYS})(?:,? (?:{_MONTH_NAMES})\.? \d{{1,2}}(?:, \d{{4}})?)?"
+    rf"|\s*\bon (?:{_MONTH_NAMES})\.? \d{{1,2}}(?:, \d{{4}})?"
+)
+_HL_APPOSITIVE = re.compile(r"^((?:[A-Z][\w'’.&\-]*\s?){1,5}),\s+(?:a|an|the)\s[^,]{3,140}?,\s+")
+_HL_ATTRIBUTION_TAIL = re.compile(
+    r",\s+(?:(?:the|a|an)\s+[\w\s\-]{1,40}?|[A-Z][\w.\s\-]{1,60}?)\s(?:said|says|reported|announced|ruled|wrote|found)\b.*$"
+)
+_HL_DESCRIPTOR = re.compile(
+    r"^(?:[A-Za-z][\w\-]*\s+){0,2}?(?:miner|exchange|firm|company|lender|startup|issuer|platform|developer|regulator|"
+    r"chipmaker|bank|analyst|investor|manager)\s+(?=[A-Z])"
+)
+_HL_SAID_IT = re.compile(r"^(?P<subject>[A-Z][\w'’.&\-]*(?:\s+[A-Z][\w'’.&\-]*)*) said(?: that)? (?:it|they) (?:had |has |have )?(?P<rest>[a-z].*)$")
+_HL_SAID = re.compile(r"^(?P<subject>[A-Z][\w'’.&\-]*(?:\s+[A-Z][\w'’.&\-]*)*) said(?: that)? ")
+_HL_PREPOSITIONS = frozenset(
+    "in on at from of for with across over by after as within into through amid while when because following once".split()
+)
+_HL_INNER = frozenset("from with across over through into amid at on within by".split())  # phrases that can go from the middle
+_PRESENT = {
+    "said": "says", "approved": "approves", "ruled": "rules", "agreed": "agrees", "won": "wins", "fell": "falls",
+    "rose": "rises", "drained": "drains", "ordered": "orders", "suspended": "suspends", "halted": "halts",
+    "paused": "pauses", "launched": "launches", "lost": "loses", "cut": "cuts", "set": "sets", "filed": "files",
+    "sued": "sues", "raised": "raises", "slipped": "slips", "dropped": "drops", "climbed": "climbs", "jumped": "jumps",
+    "gained": "gains", "announced": "announces", "reported": "reports", "promised": "promises", "imposed": "imposes",
+    "cleared": "clears", "bought": "buys", "sold": "sells", "hired": "hires", "froze": "freezes", "opened": "opens",
+    "closed": "closes", "delayed": "delays", "recovered": "recovers", "doubled": "doubles", "posted": "posts",
+}
+# Long forms a headline shortens when the sources use the short one.
+_SHORT_FORMS = (
+    (r"\bexchange-traded funds\b", "ETFs"), (r"\bexchange-traded fund\b", "ETF"),
+    (r"\bdecentralized finance\b", "DeFi"), (r"\bnon-fungible tokens\b", "NFTs"),
+)
+_FIGURE_PHRASE = re.compile(r"\b(?:in|for|of|by|with|worth)\s+(?:a\s+|an\s+|about\s+)?([$€£]?\d[\d,.\-]*(?:of-\d+)?(?:\s?(?:%|million|billion))?)(\s+[a-z]+)?")
+
+
+def _own_headline(material: _Material, lead: list[_Unit], limit: int) -> str:
+    """A headline of the draft's own: the lead's subject, verb and key number, never a source's title.
+
+    The lead's first sentence is cut to its main clause (no appositive, date,
+    trailing attribution or trailing clause), names with a known acronym are
+    abbreviated, and trailing phrases that do not hold the key number are
+    dropped until it fits. Other sources' openings are tried when the lead's
+    does not make a headline that fits and differs from every source title.
     """
-    rules = spec.body
-    # Medium paragraphs read best; thin material gets shorter ones so the template's minimum count can still be met.
-    default = rules.min_words + (rules.max_words - rules.min_words) // 3
-    best: tuple[list[Paragraph], set[tuple[int, int]]] = ([], set())
-    for target_words in sorted({default, (default + rules.min_words) // 2, rules.min_words}, reverse=True):
-        paragraphs, used = _paragraphs_of(pool, ranked, per_source, spec, target_words)
-        if len(paragraphs) > len(best[0]):
-            best = (paragraphs, used)
-        if len(paragraphs) >= rules.min_paragraphs:
-            break
+    titles = [s.title for units in material.units.values() for s in [units[0].source] if units]
+    titles += [_headline(t, "", 300) for t in titles]
+    corpus = " ".join(s.text for s in material.story_sources)
+    acronyms = set(re.findall(r"\b[A-Z]{2,6}\b", corpus))
+    forms = {short for _, short in _SHORT_FORMS if re.search(rf"\b{short}\b", corpus)}
+    candidates = list(lead[:1])
+    for source in material.story_sources:
+        candidates += [
+            u for u in material.units[source.n][:2]
+            if u.usable and not u.leans and u not in candidates and not _FRAMING_LEAD.search(u.text)
+        ]
+    # Openings before second sentences, then the facts most sources share.
+    candidates[1:] = sorted(candidates[1:], key=lambda u: (u.index > 0, -material.centrality[id(u)]))
+    phrase = _figure_phrase(material)
+    fallback = ""
+    for unit in candidates:
+        first = unit.sentences[0]
+        if not quotes_balanced(first) or quotation_words(first):
+            continue
+        key = max(unit.figures, key=lambda f: _figure_weight(material, f), default=None)
+        central = {f for f in unit.figures if _figure_weight(material, f) >= 2}
+        headline = _compress(first, acronyms, central, forms, material.common)
+        if not key_figures(headline) and phrase and len(headline) + len(phrase) + 1 <= min(limit, 85):
+            headline = f"{headline} {phrase}"
+        headline = _fit(headline, key, limit, keep=material.core)
+        fallback = fallback or headline
+        if len(headline) <= limit and len(headline.split()) >= 4 and not _copied(headline, titles):
+            return headline
+    return _cut_words(fallback, limit) if fallback else _headline(material.story_sources[0].title, "", limit)
+
+
+def _figure_weight(material: _Material, figure: str) -> int:
+    return sum(figure in u.figures for s in material.story_sources for u in material.units[s.n][:3])
+
+
+def _figure_phrase(material: _Material) -> str:
+    """A short phrase around the figure the story sources' openings share most ("in a 3-2 vote")."""
+    best, weight = "", 0
+    for source in material.story_sources:
+        for u in material.units[source.n][:2]:
+            for m in _FIGURE_PHRASE.finditer(u.text):
+                figures = key_figures(m.group(0))
+                w = max((_figure_weight(material, f) for f in figures), default=0)
+                if w > weight:
+                    best, weight = re.sub(r"\s(?:a|an)\s(?=[$€£\d])", " ", m.group(0)), w
     return best
 
 
-def _paragraphs_of(
-    pool: list[_Sentence], ranked: list[int], per_source: dict[int, list[_Sentence]], spec: TemplateSpec, target_words: int
-) -> tuple[list[Paragraph], set[tuple[int, int]]]:
-    rules = spec.body
-    target_count = math.ceil((rules.min_paragraphs + rules.max_paragraphs) / 2)
-    allowed = {pool[i].key for i in ranked}
-    used: set[tuple[int, int]] = set()
-    built: list[list[_Sentence]] = []
+def _compress(
+    sentence: str, acronyms: set[str], central: set[str] = frozenset(), corpus_forms: set[str] = frozenset(), common: set[str] = frozenset()
+) -> str:
+    text = sentence.strip().rstrip(".!").strip()
+    text = _HL_APPOSITIVE.sub(r"\1 ", text)
 
-    def fits(s: _Sentence, taken: list[_Sentence], words: int) -> bool:
-        return s.key in allowed and s.key not in used and s not in taken and words + s.words <= rules.max_words
-
-    for i in ranked:
-        if len(built) >= target_count:
+    text = _drop_dates(text)
+    tail = _HL_ATTRIBUTION_TAIL.search(text)
+    if tail and len(text[: tail.start()].split()) >= 6:
+        text = text[: tail.start()]
+    words = text.split()
+    for i, word in enumerate(words):  # a trailing clause after the main one, unless it holds a key figure
+        if i >= 5 and word.endswith(","):
+            clause = " ".join(words[i + 1:]).split(",")[0]
+            # "…$0.913, after holders rushed to redeem $640 million": a cause with a key figure stays;
+            # "…, which it expects …", "…, in the largest breach of the year": asides go.
+            keep = key_figures(clause) & central and not re.match(r"(?:which|who|whose|where|while|a|an|the)\b", clause)
+            text = " ".join(words[: i + 1]).rstrip(",") + (" " + clause if keep else "")
             break
-        seed = pool[i]
-        if seed.dependent or not fits(seed, [], 0):
+    text = re.sub(r"^(?:The|A|An)\s+", "", text)
+    text = _HL_DESCRIPTOR.sub("", text)
+    m = _HL_SAID_IT.match(text)
+    if m:
+        text = f"{m.group('subject')} {m.group('rest')}"
+    else:
+        text = _HL_SAID.sub(lambda m: f"{m.group('subject')} says ", text)
+    # Headlines speak in the present: "Korvex says", "FDMC approves" (a named subject is singular;
+    # "Hackers drained" keeps its tense).
+    m = re.match(r"^((?:[A-Z][\w'’.&\-]*\s+){0,4}?[A-Z][\w'’.&\-]*)\s+([a-z]+)\b", text)
+    last = m.group(1).split()[-1] if m else ""
+    plural = last.endswith("s") and not last.endswith("ss") and not last.isupper()
+    if m and m.group(2) in _PRESENT and not plural and m.group(1).lower() not in common:
+        rest = re.sub(r"^\s+the\s+(?=[a-z])", " ", text[m.end():])  # "FDMC approves first …"
+        text = f"{m.group(1)} {_PRESENT[m.group(2)]}{rest}"
+    for long, short in _SHORT_FORMS:
+        if short in corpus_forms:
+            text = re.sub(long, short, text)
+    for m in reversed(list(re.finditer(r"(?:\bthe\s+)?\b((?:[A-Z][a-z]+\s+){1,5}[A-Z][a-z]+)\b", text))):
+        initials = "".join(w[0] for w in m.group(1).split() if w.lower() not in {"of", "and", "for", "the"})
+        if len(initials) >= 2 and initials in acronyms:
+            text = text[: m.start()] + initials + text[m.end():]
+    text = re.sub(r"(?<!&)\s+(?:Inc|Ltd|Corp)\.?(?=\s|$|')", "", text)
+    text = re.sub(r"\b(?:a|an)\s+(?=[$€£\d])", "", text)
+    text = " ".join(text.split()).strip(" ,;:")
+    return text[:1].upper() + text[1:]
+
+
+_VERB_AFTER_DATE = re.compile(r",\s+([a-z]+)")
+_IRREGULAR_PAST = frozenset("said says won set sold made took paid cut lost rose fell began held found drew".split())
+
+
+def _drop_dates(text: str) -> str:
+    """Without "on Friday", "early on Wednesday, November 18": a headline is about now.
+    A date between subject and verb takes its commas with it ("The FDMC on Thursday, November 19, approved")."""
+    out, last = [], 0
+    for m in _HL_DATE.finditer(text):
+        out.append(text[last:m.start()])
+        last = m.end()
+        verb = _VERB_AFTER_DATE.match(text, last)
+        if verb and (verb.group(1).endswith("ed") or verb.group(1) in _IRREGULAR_PAST):
+            last = verb.start(1) - 1
+    out.append(text[last:])
+    return " ".join("".join(out).split())
+
+
+def _fit(headline: str, key: str | None, limit: int, target: int = 85, keep: set[str] = frozenset()) -> str:
+    """Drop phrases that hold neither the key figure nor a name in `keep` while the headline is over
+    `target`: a trailing phrase or clause first, then a prepositional phrase inside ("from Arkon Semiconductor")."""
+    words = headline.split()
+
+    def holds_key(part: list[str]) -> bool:  # the key figure, or the story's subject ("from Lumen Exchange's …")
+        text = " ".join(part)
+        return (key is not None and key in key_figures(text)) or bool(names(text) & keep)
+
+    while len(" ".join(words)) > min(limit, target):
+        starts = [i for i in range(4, len(words)) if words[i].lower() in _HL_PREPOSITIONS]
+        if starts and not holds_key(words[starts[-1]:]):
+            words = words[: starts[-1]]
             continue
-        chosen, words = [seed], seed.words
-        siblings = per_source[seed.source.n]
-        # Neighbours share the seed's context: the sentences after it, then the one before it, while contiguous.
-        # A sentence added in front becomes the paragraph's opener, so it must not lean on an earlier one.
-        for step in (1, -1):
-            k = seed.index + step
-            while 0 <= k < len(siblings) and words < target_words and fits(siblings[k], chosen, words):
-                if step < 0 and siblings[k].dependent:
-                    break
-                chosen.append(siblings[k])
-                words += siblings[k].words
-                k += step
-        if words < rules.min_words:
-            continue
-        used |= {s.key for s in chosen}
-        built.append(chosen)
-
-    # Read source by source (in the order sources first earned a paragraph), each in its own order.
-    first_seen: dict[int, int] = {}
-    for chosen in built:
-        first_seen.setdefault(chosen[0].source.n, len(first_seen))
-    built.sort(key=lambda chosen: (first_seen[chosen[0].source.n], chosen[0].index))
-    paragraphs = []
-    for chosen in built:
-        seed = chosen[0]
-        ordered = sorted(chosen, key=lambda s: (s.source.n != seed.source.n, s.source.n, s.index))
-        paragraphs.append(Paragraph(text=" ".join(s.text for s in ordered), citations=sorted({s.source.n for s in ordered})))
-    return paragraphs, used
+        inner = [i for i in starts if words[i].lower() in _HL_INNER]
+        segments = [(i, next((j for j in starts if j > i), len(words))) for i in inner]
+        segments = [(i, j) for i, j in segments if j < len(words) and not holds_key(words[i:j])]
+        if not segments:
+            break
+        i, j = segments[-1]
+        words = words[:i] + words[j:]
+    return " ".join(words).rstrip(",;:")
 
 
-def _insights(
-    ranked: list[_Sentence], lead: list[_Sentence], used: set[tuple[int, int]], spec: TemplateSpec,
-    same_fact: Callable[[_Sentence, _Sentence], bool],
-) -> list[_Sentence]:
-    """Key figures first, then the names most sources mention: short source sentences not used elsewhere,
-    each stating something the lead and the other insights do not.
+def _copied(headline: str, titles: Sequence[str]) -> bool:
+    """The headline is a source's title, or nearly (token sequences 80% alike)."""
+    from difflib import SequenceMatcher
 
-    Only to reach the template's minimum may an insight repeat a sentence of the lead or body.
-    """
-    rules = spec.insights
-    target = math.ceil((rules.min_count + rules.max_count) / 2)
-    short = [s for s in [*ranked, *lead] if s.words <= rules.max_words and not s.dependent]
-    fresh = [s for s in short if s.key not in used]
-    repeated = [s for s in short if s.key in used]
-    coverage = _entity_coverage(ranked + lead)
-    picked: list[_Sentence] = []
-
-    def figures(candidates: list[_Sentence]) -> list[_Sentence]:
-        # Sentences richest in amounts, percentages and counts; rank order breaks ties (sorted is stable).
-        return sorted((s for s in candidates if _FIGURE.search(s.text)), key=lambda s: -len(_FIGURE.findall(s.text)))
-
-    def names(candidates: list[_Sentence]) -> list[_Sentence]:
-        out = []
-        for name, _ in coverage.most_common():
-            mention = next((s for s in candidates if name in s.text and s not in out), None)
-            if mention is not None:
-                out.append(mention)
-        return out
-
-    def take(candidates: list[_Sentence], limit: int, novel: bool = False) -> None:
-        for s in candidates:
-            if len(picked) >= limit:
-                return
-            if s in picked or (novel and any(same_fact(s, other) for other in [*picked, *lead])):
-                continue
-            picked.append(s)
-
-    take(figures(fresh), target, novel=True)
-    take(names(fresh), target, novel=True)
-    take(figures(repeated), rules.min_count)
-    take(names(repeated), rules.min_count)
-    return picked
-
-
-def _entity_coverage(sentences: list[_Sentence]) -> Counter[str]:
-    """How many sources name each capitalised name (the sentence's first word is skipped: it is capitalised anyway)."""
-    seen: dict[str, set[int]] = {}
-    for s in sentences:
-        first, _, rest = s.text.partition(" ")
-        for match in _ENTITY.finditer(rest):
-            words = match.group(0).split()
-            while words and words[0] in _ENTITY_STOP:
-                words.pop(0)
-            name = " ".join(words)
-            if len(name) > 2:
-                seen.setdefault(name, set()).add(s.source.n)
-    return Counter({name: len(docs) for name, docs in seen.items()})
+    mine = re.findall(r"[a-z0-9$%.]+", headline.lower().replace("’", "'"))
+    for title in titles:
+        theirs = re.findall(r"[a-z0-9$%.]+", title.lower().replace("’", "'"))
+        if theirs and (mine == theirs or SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= 0.8):
+            return True
+    return False

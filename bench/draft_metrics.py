@@ -10,7 +10,9 @@ These counts say where they do not; each is 0 (or False) for a clean draft.
   sentence leans on a sentence the reader never saw: a pronoun or definite
   reference ("It", "The penalty …"), a connective ("However"), "the judge
   wrote" before any judge, a bare quotation, or a person's surname before
-  their full name (`pipeline.entities.leans_back` plus the surname check).
+  their full name (`pipeline.entities.dangles` plus the surname check). A
+  definite description the draft introduced before ("The penalty" after a lead
+  about the penalty) is resolved.
 - `quote_splits`: a lead, paragraph, insight or headline whose quotation marks
   do not balance, plus every bare quotation (no speaker) that does not follow
   its speaker's attributed quote in the same paragraph.
@@ -45,8 +47,8 @@ from pipeline.entities import (  # noqa: E402
     FRAMING,
     bare_surnames,
     is_framed,
+    dangles,
     key_figures,
-    leans_back,
     person_names,
     quotes_balanced,
     salient_names,
@@ -242,7 +244,7 @@ def dangling_opening_texts(draft: Any, pack: Any = None) -> list[str]:
     for s in sentences(draft):
         if s.first:
             opening = _unframed(s.text)
-            if leans_back(opening) or bare_surnames(opening, people, introduced):
+            if dangles(opening, introduced) or bare_surnames(opening, people, introduced):
                 out.append(s.text)
         introduced += " " + s.text
     return out

@@ -144,7 +144,9 @@ def test_extractive_analysis_from_three_outlets_is_valid(specs):
     draft = extractive_draft(make_story(3), make_pack(sources), specs["analysis"])
     assert_extractive_and_valid(draft, specs["analysis"], sources)
     assert len({n for p in draft.article.body for n in p.citations} & {1, 2, 3}) == 3  # every outlet contributes
-    assert draft.article.headline == "Lumen Exchange hit by $48M hot wallet hack, halts withdrawals"  # outlet suffix dropped
+    # A headline of its own (issue 13): the lead's subject, verb and figure, never a source's title.
+    assert draft.article.headline == "Hackers drained about $48 million in ether and stablecoins from Lumen Exchange's hot wallets"
+    assert all(draft.article.headline not in (s.title, s.title.rsplit(" - ", 1)[0]) for s in sources)
     assert draft.article.lead.startswith("Hackers drained about $48 million")
 
 
@@ -170,7 +172,7 @@ def test_thin_sources_give_needs_attention_not_padding(specs):
     draft = extractive_draft(make_story(1), make_pack(thin), specs["news"])
     assert draft.state == DraftState.needs_attention
     assert "body has 0 paragraphs; it must have 3–5" in draft.violations
-    assert "insights has 1 item; it must have 2–4" in draft.violations  # the lead sentence, repeated, is all there is
+    assert "insights has 0 items; it must have 2–4" in draft.violations  # the lead is all there is, and is never repeated
     assert draft.article.body == []  # nothing made up to fill the template
 
 
