@@ -70,7 +70,77 @@ def prompt_library(gateway=None) -> PromptLibrary:
 
 def render_writer_prompt(story: Story, pack: ResearchPack, spec: TemplateSpec, *, prompts: PromptLibrary | None = None) -> Prompt:
     """Exactly what the writer model is sent for this story (also shown by `run.py preview`)."""
-    return (prompts or library()).render("writer", spec=spec, story=story, sources=sorted(pack.sources, key=lambda s: s.n))
+    sources = sorted(pack.sources, key=lambda s: s.n)
+    return (prompts or library()).render("writer", spec=spec, story=story, sources=sources, about=source_labels(story, sources))
+
+
+def source_labels(story: Story, sources: Sequence[SourceDoc]) -> dict[int, str]:
+    """What each source is about, as the writer prompt states it: the names it is about, and for background,
+    that it is other coverage and not this story's event (and whether it concerns this story's actors at all)."""
+    from agents.researcher import StoryProfile, about_story
+
+    story_sources = [s for s in sources if s.role == "story"] or list(sources)
+    profile = StoryProfile.of([s.title for s in story_sources], [s.text for s in story_sources])
+    labels = {}
+    for s in sources:
+        who = ", ".join(_leading_names(f"{s.title}. {s.text}", profile.common)) or "no named actor"
+        if s.role == "story" or s in story_sources:
+            labels[s.n] = f"{who}. This story's event."
+            continue
+        when = "earlier coverage" if s.published < story.first_published else "other coverage"
+        if about_story(s.title, s.text, profile):
+            labels[s.n] = (
+                f"{who}. Background: {when}, not this story's event. Use only as context, framed as such "
+                "(\"Earlier, …\", \"Separately, …\"), in its own sentences with its own citation."
+            )
+        else:
+            labels[s.n] = f"{who}. Background about a different event, not this story's actors: do not use it."
+    return labels
+
+
+_ROLE_WORDS = frozenset(
+    "the a an on in for at by of chair ceo cfo cto commissioner judge district u.s. analyst chief executive president "
+    "director spokesperson spokesman spokeswoman researcher founder chairman chairwoman governor senator minister".split()
+)
+
+
+def _leading_names(text: str, common: set[str], limit: int = 4) -> list[str]:
+    """The names a text is most about, as it writes them: most mentioned first, multi-word names whole,
+    without titles ("FDMC Chair Elena Vasquez-Hart" -> "Elena Vasquez-Hart") or capitalised sentence openers."""
+    common = common | set(re.findall(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*", text))
+    counts: Counter[str] = Counter()
+    shown: dict[str, str] = {}
+    inside: set[str] = set()
+    for m in re.finditer(r"\b[A-Z][\w&\-]*[\w](?:\s+(?:of\s+)?[A-Z][\w&\-]*[\w])*", text):
+        words = re.sub(r"['’]s$", "", m.group(0)).split()
+        while words and (words[0].lower() in _ROLE_WORDS or words[0].endswith("-based")):
+            words.pop(0)
+        for i, word in enumerate(words):  # "FDMC Chair Elena Vasquez-Hart": the person after the title
+            if word.lower() in _ROLE_WORDS and i + 1 < len(words):
+                words = words[i + 1:]
+                break
+        if not words:
+            continue
+        span = " ".join(words)
+        key = span.lower()
+        opener = m.start() == 0 or text[: m.start()].rstrip()[-1:] in ".!?\"“:"
+        if not names(span) or (len(words) == 1 and (key in common or len(key) < 3)):
+            continue
+        counts[key] += 1
+        shown.setdefault(key, span)
+        if not opener or not re.search(r"(?:ing|ed|ly|s)$", key):
+            inside.add(key)
+    # "Buying now, …", "Moves like this …": a capitalised opener that names no one.
+    counts = Counter({k: c for k, c in counts.items() if " " in k or k in inside})
+    ranked = sorted(counts, key=lambda k: (-counts[k], -len(k.split()), k))
+    out: list[str] = []
+    for key in ranked:
+        if any(key in other or other in key for other in (o.lower() for o in out)):
+            continue
+        out.append(shown[key])
+        if len(out) == limit:
+            break
+    return out
 
 
 def _flag_view(verdict: ClaimVerdict) -> dict:
