@@ -68,7 +68,7 @@ from sqlalchemy import select, update
 
 from pipeline import schema
 from pipeline.config import Config, FactCheck
-from pipeline.entities import capitalised_mid_sentence, distinct_names, lowercase_words, names, story_entities
+from pipeline.entities import capitalised_mid_sentence, distinct_names, lowercase_words, names, standalone_names, story_entities
 from pipeline.factrules import (
     OfflineVerdict,
     SourceIndex,
@@ -412,7 +412,8 @@ class StoryCheck:
     """Who the story is about, from its own sources, and the two story rules (see pipeline.models.StoryVerdict).
 
     - The story's actors: pipeline.entities.story_entities over its own sources (role "story"), plus the names
-      each of them opens with (a one-item story has no names "shared by most items"). A capital that only
+      each of them opens with (a one-item story has no names "shared by most items"); a single word only when
+      the sources use it as a name on its own ("Korvex", not the "Labs" of "Vantor Labs"). A capital that only
       opens a sentence ("Security researchers said", "Implied volatility rose") is no name: single words the
       sources also use in lower case, or never capitalise mid-sentence, are dropped.
     - off_story: a supported claim whose support holds only in background sources (the rules find it in no
@@ -429,16 +430,19 @@ class StoryCheck:
         self.common = lowercase_words(s.text for s in evidence.sources)
         self.mid_capitals = capitalised_mid_sentence(s.text for s in evidence.sources)
         self._names: dict[str, set[str]] = {}
+        self._titles = [s.title for s in own]
         bodies = [_body_of(s) for s in own]
-        found = story_entities([s.title for s in own], bodies)
+        found = story_entities(self._titles, bodies)
         for body in bodies:
             first = split_sentences(body)[:1]
             if first:
                 found |= names(first[0].text)
-        self.entities = {n for n in found if " " in n or n not in self.common}
+        # A single word counts when the story's sources use it as a name on its own: "Korvex", "Okafor", not the
+        # "Labs" of "Vantor Labs" (which would make "Ardent Labs said ..." read as this story's).
+        alone = standalone_names([*self._titles, *bodies])
+        self.entities = {n for n in found if " " in n or (n not in self.common and n in alone)}
         # Every name the story's own sources use: what a pronoun may point back to.
         self.linked = set(self.entities).union(*(self.names(s.text) for s in own))
-        self._titles = [s.title for s in own]
 
     def names(self, text: str) -> set[str]:
         if text not in self._names:

@@ -1112,8 +1112,12 @@ _ACTOR_NOUNS = frozenset(
     "developer developers operator operators authority commission".split()
 )
 # Things and events: resolved only when an earlier sentence mentions them (or a word of the same family).
+# A deal, an order, a sale, a round: one family of transactions ("agreed to buy 24,000 rigs ... The order is ...").
+_TRANSACTION = r"deal|agree|acqui|merg|purchas|bought|buy|order|sale|sold|sell|round|rais|funding|financ|invest|series|contract"
+# A proposal, a vote, a plan: one family of decisions put to a vote.
+_GOVERNANCE = r"propos|vot(?:e|ed|es|ing)\b|motion|plan|measure|referend|ballot"
 _THING_NOUNS = {
-    "move": r"", "deal": r"deal|agree|acqui|merg|purchas|bought|buy", "report": r"report",
+    "move": r"", "deal": _TRANSACTION, "report": r"report",
     "statement": r"statement|said|says|announc", "bill": r"bill|legislat|law", "fund": r"fund|etf",
     "token": r"token|coin", "coin": r"coin|token|stablecoin", "network": r"network|chain|layer|mainnet|testnet",
     "protocol": r"protocol", "attacker": r"attack|hack|exploit|thie|stole|stolen|drain|breach",
@@ -1121,9 +1125,10 @@ _THING_NOUNS = {
     "attack": r"hack|attack|exploit|breach|drain|stole|stolen|theft", "exploit": r"hack|attack|exploit|breach|drain|stole|stolen|theft",
     "penalty": r"penalt|fine[ds]?\b", "fine": r"fine[ds]?\b|penalt", "judge": r"judge|court|ruling|ruled",
     "court": r"court|judge", "ruling": r"rul(?:ing|ed|es)\b|decision|decided|opinion|judgment|verdict",
-    "decision": r"decision|decided|decide|rul(?:ing|ed)\b|approv|vote|voted", "vote": r"vot(?:e|ed|es|ing)\b",
-    "bridge": r"bridge", "pool": r"pool", "sale": r"sale|sold|sell", "sales": r"sale|sold|sell", "plan": r"plan",
-    "proposal": r"propos", "order": r"order", "upgrade": r"upgrade", "fee": r"fee", "fees": r"fee",
+    "decision": r"decision|decided|decide|rul(?:ing|ed)\b|approv|vote|voted", "vote": _GOVERNANCE,
+    "bridge": r"bridge", "pool": r"pool", "sale": _TRANSACTION, "sales": _TRANSACTION, "plan": _GOVERNANCE,
+    "proposal": _GOVERNANCE, "order": _TRANSACTION + r"|rul(?:ing|ed)\b|judge|court", "purchase": _TRANSACTION,
+    "acquisition": _TRANSACTION, "investment": _TRANSACTION, "round": _TRANSACTION, "upgrade": r"upgrade", "fee": r"fee", "fees": r"fee",
     "approval": r"approv", "lawsuit": r"lawsuit|sue|sued|suit|case", "case": r"case|lawsuit|sue|sued|suit",
     "funds": r"fund|stolen|stole|drain", "money": r"fund|money|\$|million|billion", "loss": r"los[st]|stole|drain",
     "theft": r"theft|stole|stolen|hack|attack|exploit|drain", "audit": r"audit", "recall": r"recall",
@@ -1212,7 +1217,7 @@ def resolve_reference(
             return None if earlier else f"opens with “{phrase}”, but nothing before it says what moved"
         if mentions_noun(ref.noun, earlier):
             return None
-        return f"opens with “{phrase}”, but no earlier sentence mentions a {ref.noun}"
+        return f"opens with “{phrase}”, but no earlier sentence mentions the {ref.noun} or anything it could stand for"
     if ref.kind == "actor" and ref.noun and mentions_noun(ref.noun, earlier[-3:]):
         return None  # "the exchange" right after a sentence about an exchange
     candidates = list(earlier)
