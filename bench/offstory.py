@@ -591,8 +591,10 @@ def headline(result: OffStoryResult) -> str:
 
 
 def section(args) -> tuple[list[str], float]:
-    """For bench/editorial.py's SECTIONS: (lines, the recall)."""
-    result = measure(seed=getattr(args, "seed", 13))
+    """For bench/editorial.py's SECTIONS: (lines, the recall). Reads args.seed, args.set ("sample", "near_miss" or
+    "all") and args.verbose when present."""
+    chosen = getattr(args, "set", "all")
+    result = measure(seed=getattr(args, "seed", 13), sets=tuple(SETS) if chosen not in SETS else (chosen,))
     return report_lines(result, getattr(args, "verbose", False)) + [headline(result)], result.recall
 
 
