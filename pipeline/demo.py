@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from pipeline import schema
 from pipeline.config import load_config
+from pipeline.gdocs import counts_text
 from pipeline.console import say
 from pipeline.ledger import as_utc
 from pipeline.runner import STAGE_ORDER, Run
@@ -101,10 +102,7 @@ def demo_summary(run, by_stage: dict, config) -> str:
         for key, value in ((report or {}).get("totals") or {}).items():
             totals[key] = totals.get(key, 0) + value
     if totals:
-        lines.append(
-            f"fact-check: {totals.get('claims', 0)} claims: {totals.get('supported', 0)} supported, "
-            f"{totals.get('contradicted', 0)} contradicted, {totals.get('unverifiable', 0)} unverifiable"
-        )
+        lines.append(f"fact-check: {totals.get('claims', 0)} claims: {counts_text(totals)}")
     outbox = config.path(config.publishing.outbox)
     files = sorted(outbox / f"{doc}.md" for _, _, doc in published if doc)
     if files:
