@@ -225,18 +225,18 @@ def background_materials(store, config: Config, story: Story, own: list[Material
 class StoryProfile:
     """Who and what a story is about, from its own items: for telling related background from another event."""
 
-    core: set[str]        # the story's subject: salient names most of its headlines share
+    core: set[str]        # the story's subject: salient names a majority of its headlines share
     entities: set[str]    # the story's own entities (headline names, names most items share)
     common: set[str]      # words its texts use in lower case (not names)
     terms: set[str]       # lower-case content words of its headlines ("hot", "wallet", "breach")
 
     @classmethod
     def of(cls, titles: Sequence[str], texts: Sequence[str]) -> StoryProfile:
-        """The story's subject is who most of its headlines name (all of them for a one-item story):
+        """The story's subject is who a majority of its headlines name (all of them for a one-item story):
         background must name the subject, not only a party to it (the regulator in a lawsuit)."""
         core, entities, common = story_profile(titles, texts)
         per_title = [salient_names(t, common) & core for t in titles]
-        needed = max(1, (len(titles) + 1) // 2)
+        needed = len(titles) // 2 + 1  # a majority: both of two, two of three
         subject = {n for n in core if sum(n in found for found in per_title) >= needed} or core
         terms = {w for t in titles for w in _words(t) if len(w) > 3 and w not in _PLAIN}
         return cls(subject, entities, common, terms)

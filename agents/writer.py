@@ -32,6 +32,7 @@ from pipeline.entities import (
     quotation_words,
     quotes_balanced,
     salient_names,
+    short_names,
     unattributed_quote,
 )
 from pipeline.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
@@ -491,7 +492,7 @@ def _kind(text: str, source: SourceDoc) -> int:
         return BACKGROUND
     if quotation_words(text) >= 3 or _MARKET_MOVE.search(text) or _REACTION.search(text):
         return REACTION
-    if _CONTEXT.search(text) or _FORWARD.search(text):
+    if _CONTEXT.search(text):
         return CONTEXT
     return DETAIL
 
@@ -594,9 +595,14 @@ class _Ledger:
     """What the article has said so far: its sentences' rows, figures and words. A unit is novel when it
     shares no figure with them, is not a near-duplicate by similarity, and does not repeat most of one's words."""
 
-    def __init__(self, similarity: np.ndarray, same: float, soft: float, names: set[str] = frozenset()) -> None:
+    def __init__(
+        self, similarity: np.ndarray, same: float, soft: float, names: set[str] = frozenset(), people: dict[str, str] | None = None
+    ) -> None:
         self.similarity, self.same, self.soft = similarity, same, soft
         self.names = names                            # the story's own names: every sentence has them
+        self.people = people or {}                    # surname -> full name
+        self.speakers: dict[int, set[str]] = {}       # row -> surnames of the people it names
+        self.lead_rows: set[int] = set()
         self.said: list[tuple[int, set[str]]] = []   # (row, content words) of every sentence written
         self.figures: set[str] = set()
 
@@ -609,6 +615,7 @@ class _Ledger:
         said = [*self.said, *((r, self._terms(t)) for u in also for r, t in zip(u.rows, u.sentences))]
         for row, sentence in zip(unit.rows, unit.sentences):
             mine = self._terms(sentence)
+            speakers = self._speakers(sentence)
             for other_row, other in said:
                 score = float(self.similarity[row, other_row])
                 small = min(len(mine), len(other))
@@ -617,11 +624,26 @@ class _Ledger:
                     score >= self.soft and overlap >= 0.45
                 ):
                     return False
+                # One person making one point twice (a quote and its paraphrase), or another outlet's lead
+                # restating ours, in other words.
+                if score >= self.soft and overlap >= 0.25 and (speakers & self.speakers.get(other_row, set())):
+                    return False
+                if unit.index == 0 and other_row in self.lead_rows and (
+                    (score >= self.same and overlap >= 0.2) or (score >= self.soft and overlap >= 0.3)
+                ):
+                    return False
         return True
 
-    def add(self, unit: _Unit) -> None:
+    def _speakers(self, text: str) -> set[str]:
+        return {last for last in self.people if re.search(rf"\b{re.escape(last)}\b", text)}
+
+    def add(self, unit: _Unit, lead: bool = False) -> None:
         self.said.extend((r, self._terms(t)) for r, t in zip(unit.rows, unit.sentences))
         self.figures |= unit.figures
+        for r, t in zip(unit.rows, unit.sentences):
+            self.speakers[r] = self._speakers(t)
+            if lead:
+                self.lead_rows.add(r)
 
 
 def _fact_terms(text: str) -> set[str]:
@@ -636,6 +658,7 @@ class _Material:
     story_sources: list[SourceDoc]
     units: dict[int, list[_Unit]]
     people: dict[str, str]
+    orgs: dict[str, str]
     entities: set[str]
     common: set[str]
     background_ok: set[int]          # background sources that concern the story
@@ -676,6 +699,7 @@ def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None) 
     measure = _Similarity([story.title, *rows], embed)
     return _Material(
         story_sources=story_sources, units=units, people=person_names(s.text for s in pack_sources),
+        orgs=short_names(s.text for s in story_sources),
         entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
         similarity=measure.matrix(), same=measure.same, soft=measure.soft,
     )
@@ -843,6 +867,8 @@ def _body(
             continue
         if sum(u.words for u in [*pending, *chunk]) > rules.max_words:
             continue
+        if pending and max(float(sim[np.ix_(list(a.rows), list(b.rows))].max()) for a in pending for b in chunk) < material.soft:
+            continue  # unrelated facts side by side read as a non sequitur
         pending += chunk
         if sum(u.words for u in pending) >= rules.min_words:
             for u in pending:
@@ -857,20 +883,30 @@ def _body(
     return paragraphs
 
 
+_WEEKDAY = re.compile(r"\s*\b(?:(?:early|late) )?(?:on|this|last) (?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b(?!,? (?:January|February|March|April|May|June|July|August|September|October|November|December))")
+
+
 def _frame(unit: _Unit, story: Story, common: set[str]) -> str:
     """A background unit as context: "Earlier, …" when it predates the story, else "Separately, …"."""
     word = "Earlier" if unit.source.published < story.first_published else "Separately"
-    text = unit.text
+    # "on Tuesday" was the source's Tuesday, not the reader's: a weekday goes, an explicit date stays.
+    text = _WEEKDAY.sub("", unit.text)
+    text = re.sub(r"\s+([,.])", r"\1", " ".join(text.split()))
     first = re.match(r"[A-Za-z]+", text)
     if first and first.group(0).lower() in common and not first.group(0).isupper():
         text = text[0].lower() + text[1:]
     return f"{word}, {text}"
 
 
-def _introduce(text: str, people: dict[str, str], introduced: str) -> str:
-    """A person first named by surname alone gets their full name ("Okafor said" -> "Dev Okafor said")."""
+def _introduce(text: str, people: dict[str, str], introduced: str, orgs: dict[str, str] | None = None) -> str:
+    """A person first named by surname alone gets their full name ("Okafor said" -> "Dev Okafor said"), and an
+    organisation first quoted by its short name its full one ("Halvane said" -> "Halvane Security said")."""
     for last in bare_surnames(text, people, introduced):
         text = re.sub(rf"\b{re.escape(last)}\b", people[last], text, count=1)
+    for short, full in (orgs or {}).items():
+        if full in introduced or full in text:
+            continue
+        text = re.sub(rf"\b{re.escape(short)}(?=\s+(?:said|says|told|added|wrote|announced|confirmed|declined)\b)", full, text, count=1)
     return text
 
 
@@ -881,7 +917,7 @@ def _compose(
 
     def written(text: str) -> str:
         nonlocal introduced
-        text = _introduce(text, material.people, introduced)
+        text = _introduce(text, material.people, introduced, material.orgs)
         introduced += " " + text
         return text
 
@@ -921,16 +957,17 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
     material.lead_text = " ".join(u.text for u in lead)
     rules = spec.body
     default = rules.min_words + (rules.max_words - rules.min_words) // 3
-    best: tuple[Article, list[str]] | None = None
+    best: tuple[Article, list[str], tuple] | None = None
+    body_target = math.ceil((rules.min_paragraphs + rules.max_paragraphs) / 2)
     # Insights first, so the body does not spend what says what it means; then only the template's minimum
     # of them first; then the body first. Shorter paragraphs before giving up on the paragraph count.
     insight_rules = spec.insights
     target = max(insight_rules.min_count, min(insight_rules.max_count, math.ceil((insight_rules.min_count + insight_rules.max_count) / 2)))
     for reserve in dict.fromkeys([target, insight_rules.min_count, 0]):
         for target_words in sorted({default, (default + rules.min_words) // 2, rules.min_words}, reverse=True):
-            said = _Ledger(material.similarity, material.same, material.soft, material.name_words)
+            said = _Ledger(material.similarity, material.same, material.soft, material.name_words, material.people)
             for u in lead:
-                said.add(u)
+                said.add(u, lead=True)
             insights = _pick_insights(material, spec, said, lead_keys, reserve)
             body = _body(material, spec, lead, said, lead_keys | {u.key for u in insights}, target_words)
             if len(insights) < target:
@@ -940,13 +977,17 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
             article = article.model_copy(update={"sources": source_refs(article, sources)})
             violations = validate_article(article, spec, sources)
             log.debug("extractive draft %s: %d insights reserved, paragraphs of ~%d words: %s", story.key, reserve, target_words, violations or "valid")
-            if best is None or len(violations) < len(best[1]):
-                best = (article, violations)
-            if not violations:
+            # Valid first; then body paragraphs (up to the target) and insights that say something (a cue)
+            # together; then the more such insights.
+            strong = sum(u.cue > 0 for u in insights)
+            score = (len(violations), -(min(len(body), body_target) + strong), -strong)
+            if best is None or score < best[2]:
+                best = (article, violations, score)
+            if not violations and len(body) >= body_target and strong == len(insights):
                 break
-        if not best[1]:
+        if not best[1] and len(best[0].body) >= body_target and best[2][2] == len(best[0].insights):
             break
-    article, violations = best
+    article, violations, _ = best
     if violations:
         log.warning("extractive draft for story %s breaks the template: %s", story.key, "; ".join(violations))
     state = DraftState.needs_attention if violations else DraftState.drafted
@@ -1020,16 +1061,35 @@ def _own_headline(material: _Material, lead: list[_Unit], limit: int) -> str:
         first = unit.sentences[0]
         if not quotes_balanced(first) or quotation_words(first):
             continue
-        key = max(unit.figures, key=lambda f: _figure_weight(material, f), default=None)
         central = {f for f in unit.figures if _figure_weight(material, f) >= 2}
+        key = _first_figure(first, central) or _first_figure(first, set(unit.figures))
         headline = _compress(first, acronyms, central, forms, material.common)
         if not key_figures(headline) and phrase and len(headline) + len(phrase) + 1 <= min(limit, 85):
             headline = f"{headline} {phrase}"
-        headline = _fit(headline, key, limit, keep=material.core)
-        fallback = fallback or headline
-        if len(headline) <= limit and len(headline.split()) >= 4 and not _copied(headline, titles):
-            return headline
-    return _cut_words(fallback, limit) if fallback else _headline(material.story_sources[0].title, "", limit)
+        fitted = _fit(headline, central | ({key} if key else set()), limit, keep=material.core)
+        if len(fitted) > 85:  # other figures can go before the headline runs long
+            fitted = _fit(headline, {key} if key else set(), limit, keep=material.core)
+        if len(fitted) > limit:  # and the subject named a second time before it breaks the limit
+            fitted = _fit(headline, {key} if key else set(), limit, target=limit)
+        fallback = fallback or fitted
+        if len(fitted) <= limit and len(fitted.split()) >= 4 and not _copied(fitted, titles):
+            return fitted
+    if not fallback:
+        return _headline(material.story_sources[0].title, "", limit)
+    cut = _cut_words(fallback, limit).split()
+    while cut and not key_figures(" ".join(cut)) <= key_figures(fallback):  # never "$312" out of "$312 million"
+        cut.pop()
+    return _cut_words(" ".join(cut), limit)
+
+
+def _first_figure(sentence: str, among: set[str]) -> str | None:
+    """The first of `among` the sentence states: the number right after the verb is the headline's."""
+    words = sentence.split()
+    for i in range(1, len(words) + 1):
+        found = key_figures(" ".join(words[:i])) & among
+        if found:
+            return sorted(found)[0]
+    return None
 
 
 def _figure_weight(material: _Material, figure: str) -> int:
@@ -1114,14 +1174,14 @@ def _drop_dates(text: str) -> str:
     return " ".join("".join(out).split())
 
 
-def _fit(headline: str, key: str | None, limit: int, target: int = 85, keep: set[str] = frozenset()) -> str:
-    """Drop phrases that hold neither the key figure nor a name in `keep` while the headline is over
+def _fit(headline: str, keys: set[str], limit: int, target: int = 85, keep: set[str] = frozenset()) -> str:
+    """Drop phrases that hold neither one of the `keys` figures nor a name in `keep` while the headline is over
     `target`: a trailing phrase or clause first, then a prepositional phrase inside ("from Arkon Semiconductor")."""
     words = headline.split()
 
-    def holds_key(part: list[str]) -> bool:  # the key figure, or the story's subject ("from Lumen Exchange's …")
+    def holds_key(part: list[str]) -> bool:  # a key figure, or the story's subject ("from Lumen Exchange's …")
         text = " ".join(part)
-        return (key is not None and key in key_figures(text)) or bool(names(text) & keep)
+        return bool(keys & key_figures(text)) or bool(names(text) & keep)
 
     while len(" ".join(words)) > min(limit, target):
         starts = [i for i in range(4, len(words)) if words[i].lower() in _HL_PREPOSITIONS]

@@ -88,56 +88,6 @@ def opens_unresolved(text: str) -> bool:
     return bool(UNRESOLVED_OPENING.match(text) or _ANAPHORIC_ATTRIBUTION.search(text))
 
 
-# --- added for the fact-checker's story check ---------------------------------------------------
-
-_LOWER_WORD = re.compile(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*")
-
-
-def lowercase_words(texts: Iterable[str]) -> set[str]:
-    """Words the texts use in lower case somewhere ("security", "traders", "every", "ether")."""
-    out: set[str] = set()
-    for text in texts:
-        out.update(m.group(0) for m in _LOWER_WORD.finditer(text))
-    return out
-
-
-_OPENER = re.compile(r"(?:^|[.!?][\"”’')]?\s+)[\"“‘'(]?([A-Z][A-Za-z0-9&\-]*)")
-_MID_CAPITAL = re.compile(r"(?<=[a-z0-9,;:)%$]\s)[\"“‘'(]?([A-Z][A-Za-z0-9&\-]*[A-Za-z0-9])")
-
-
-def capitalised_mid_sentence(texts: Iterable[str]) -> set[str]:
-    """Lower-cased words the texts capitalise where no sentence starts: names, not sentence openers."""
-    out: set[str] = set()
-    for text in texts:
-        out.update(_norm(m.group(1)) for m in _MID_CAPITAL.finditer(text))
-    return out
-
-
-def standalone_names(texts: Iterable[str]) -> set[str]:
-    """Lower-cased single words the texts use as a name on their own ("Korvex said", "Okafor"), not only as part
-    of a longer name ("Labs" of "Vantor Labs", "Street" of "Lumen Street Investments")."""
-    out: set[str] = set()
-    for text in texts:
-        for match in _SPAN.finditer(text):
-            words = [_norm(w) for w in match.group(0).split() if w.lower() != "of"]
-            words = [w for w in words if w and w not in _NOT_NAMES]
-            if len(words) == 1:
-                out.add(words[0])
-    return out
-
-
-def distinct_names(text: str, common: set[str], mid_capitals: set[str] | None = None) -> set[str]:
-    """`names(text)` without single words that only look like names because they open a sentence: words in
-    `common` (used in lower case: "Security researchers said", "Traders said") and, when `mid_capitals` is given,
-    a sentence's first word that is never capitalised mid-sentence ("Implied volatility rose"). Multi-word names
-    stay whole ("halvane security")."""
-    found = {n for n in names(text) if " " in n or n not in common}
-    if mid_capitals is not None:
-        openers = {_norm(m.group(1)) for m in _OPENER.finditer(text)}
-        found = {n for n in found if " " in n or n not in openers or n in mid_capitals}
-    return found
-
-
 # --- added for the writer and the draft metrics (issue 13) -------------------------------------------
 
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
@@ -146,6 +96,7 @@ _MONTH_NUMBER = {m.lower(): i for i, m in enumerate(_MONTHS.split("|"), 1)}
 _MONTH_NUMBER.update({m.lower(): _MONTH_NUMBER[full.lower()] for m, full in zip(
     _MONTH_ABBR.split("|"), "January February March April June July August September September October November December".split())})
 _FIG_DATE = re.compile(rf"\b({_MONTHS}|(?:{_MONTH_ABBR})\.?)\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:,?\s+(\d{{4}}))?|\b({_MONTHS})\s+(\d{{4}})\b")
+_FIG_MONTH = re.compile(rf"\b(?i:in|since|from|until|by|through|during|last|next|early|late|mid-)\s*({_MONTHS})\b")
 _FIG_TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
 _FIG_VERSION = re.compile(r"\b\d+\.\d+\.\d+\b")
 _FIG_RATIO = re.compile(r"(?<![\w.,-])(\d{1,3})-(of-)?(\d{1,3})(?![\w.,-]*\d)")
@@ -160,7 +111,7 @@ def key_figures(text: str) -> set[str]:
     """The figures a sentence states, normalised so two wordings of one figure compare equal.
 
     Amounts ("$48.2 million" == "48.2 million"), percentages, clock times,
-    ratios and votes ("2-of-3", "3-2"), dates ("November 18", "Nov. 18") and
+    ratios and votes ("2-of-3", "3-2"), dates ("November 18", "Nov. 18", "since September") and
     other multi-digit numbers ("24,000", "14 addresses"). Bare years, single
     digits without a unit, version numbers and "layer-2" style names are not
     figures: they recur without restating a fact.
@@ -178,6 +129,8 @@ def key_figures(text: str) -> set[str]:
         else:
             out.add(f"date:{m.group(5)}-{_MONTH_NUMBER[m.group(4).lower()]:02d}")
     masked = _FIG_DATE.sub(mask, masked)
+    for m in _FIG_MONTH.finditer(masked):  # "since September", "in October"
+        out.add(f"month:{_MONTH_NUMBER[m.group(1).lower()]:02d}")
     for m in _FIG_TIME.finditer(masked):
         out.add(f"time:{int(m.group(1)):02d}:{m.group(2)}")
     masked = _FIG_VERSION.sub(mask, _FIG_TIME.sub(mask, masked))
@@ -414,6 +367,23 @@ _ACTS = (
     "promised|called|described|cautioned|drew|ordered|ruled|sought|declined|denied|confirmed|announced|joined|left|"
     "sued|voted|testified|estimated|predicted|urged|acknowledged|insisted"
 )
+
+
+def short_names(texts: Iterable[str]) -> dict[str, str]:
+    """Short name -> full name for organisations the texts name in full and then by first word alone as a
+    speaker ("Halvane Security" … "Halvane said" -> {"Halvane": "Halvane Security"})."""
+    texts = [t for t in texts if t]
+    common = _lowercase_words(texts)
+    out: dict[str, str] = {}
+    for text in texts:
+        for m in re.finditer(r"\b([A-Z][a-z]{2,})\s+([A-Z][a-z]+)\b(?!\s+[A-Z])", text):
+            short, rest = m.group(1), m.group(2)
+            if short.lower() in common or short.lower() in _NOT_NAMES or rest.lower() in _NOT_NAMES:
+                continue
+            spoken = re.compile(rf"\b{short}(?!\s+{rest})\s+(?:said|says|told|added|wrote|announced|confirmed|declined)\b")
+            if any(spoken.search(t) for t in texts):
+                out.setdefault(short, f"{short} {rest}")
+    return out
 
 
 def bare_surnames(text: str, people: dict[str, str], introduced: str) -> list[str]:
