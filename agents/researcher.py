@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from pipeline import schema
 from pipeline.config import Config
-from pipeline.entities import concerns_story, salient_names, story_profile
+from pipeline.entities import concerns_story, passage_names, salient_names, story_profile
 from pipeline.ledger import Ledger, as_utc, utcnow
 from pipeline.models import ResearchPack, SourceDoc, Story
 from pipeline.store import where_all, where_published, where_topic
@@ -271,7 +271,7 @@ def about_story(title: str, text: str, profile: StoryProfile) -> bool:
     passage = f"{title}. {text}"
     if concerns_story(passage, profile.core, profile.entities, profile.common):
         return True
-    found = salient_names(passage, profile.common | _lowercase(passage))
+    found = passage_names(passage, profile.common)
     return not (found - profile.entities) and len(_words(passage) & profile.terms) >= 2
 
 

@@ -1002,7 +1002,7 @@ _HL_DATE = re.compile(
     rf"\s*\b(?:(?:early|late) )?(?:on|this|last) (?:{_DAYS})(?:,? (?:{_MONTH_NAMES})\.? \d{{1,2}}(?:, \d{{4}})?)?"
     rf"|\s*\bon (?:{_MONTH_NAMES})\.? \d{{1,2}}(?:, \d{{4}})?"
 )
-_HL_APPOSITIVE = re.compile(r"^((?:[A-Z][\w'’.&\-]*\s?){1,5}),\s+(?:a|an|the)\s[^,]{3,140}?,\s+")
+_HL_APPOSITIVE = re.compile(r"^((?:[A-Z][\w'’.&\-]*\s?){1,5}),\s+(?:a|an|the)\s(?:[^,]|,(?=\d)){3,140}?,\s+")
 _HL_ATTRIBUTION_TAIL = re.compile(
     r",\s+(?:(?:the|a|an)\s+[\w\s\-]{1,40}?|[A-Z][\w.\s\-]{1,60}?)\s(?:said|says|reported|announced|ruled|wrote|found)\b.*$"
 )

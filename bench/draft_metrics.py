@@ -121,7 +121,9 @@ def view(draft: Any) -> DraftView:
 
 
 def _unescape(text: str) -> str:
-    return re.sub(r"\\([\\`*_{}\[\]()#+\-.!&<>|~])", r"\1", text)
+    """Markdown text as written: the outbox's highlight marks and backslash escapes removed."""
+    text = re.sub(r"(?<!\\)</?mark\b[^>]*(?<!\\)>", "", text)
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
 
 
 def _from_markdown(text: str) -> DraftView:

@@ -406,6 +406,20 @@ def salient_names(text: str, common: set[str]) -> set[str]:
     return {n for n in names(text) if " " in n or (n not in common and len(n) > 2)}
 
 
+_OPENER = re.compile(r"(?:^|(?<=[.!?:;])\s+|\n)[\"“'‘(]?([A-Z][a-z]+)\b")
+
+
+def passage_names(text: str, common: set[str]) -> set[str]:
+    """`salient_names` of a passage without capitalised sentence openers that are plain words ("Because their
+    keys …", "Moves like this …", "Analysts said …"): function words, and -ing, -ed, -ly and -s forms."""
+    openers = {m.group(1) for m in _OPENER.finditer(text)}
+    plain = {w for w in openers if w.lower() in _PLAIN_OPENERS or re.search(r"(?:ing|ed|ly|s)$", w.lower())}
+    masked = text
+    for word in plain:
+        masked = re.sub(rf"\b{word}\b", word.lower(), masked)
+    return salient_names(masked, common | _lowercase_words([masked]))
+
+
 def story_profile(titles: Iterable[str], texts: Iterable[str]) -> tuple[set[str], set[str], set[str]]:
     """(core, own, common) for a story from its own items.
 
@@ -430,5 +444,11 @@ def concerns_story(text: str, core: set[str], own: set[str], common: set[str]) -
     found = salient_names(text, common | _lowercase_words([text]))
     if found & core:
         return True
-    shared = found & own
-    return len(shared) >= 2 and len(found - own) <= len(shared)
+    actors = _maximal(passage_names(text, common))  # "Quarry Labs" is one actor, not three names
+    shared = {n for n in actors if n in own or set(n.split()) <= own}
+    return len(shared) >= 2 and len(actors - shared) <= len(shared)
+
+
+def _maximal(found: set[str]) -> set[str]:
+    """The names not contained in a longer one ("quarry labs" keeps, "quarry" and "labs" go)."""
+    return {n for n in found if not any(n != m and f" {n} " in f" {m} " for m in found)}
