@@ -32,7 +32,6 @@ from pipeline.entities import (
     quotation_words,
     quotes_balanced,
     salient_names,
-    short_names,
     unattributed_quote,
 )
 from pipeline.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
@@ -497,10 +496,13 @@ def _kind(text: str, source: SourceDoc) -> int:
     return DETAIL
 
 
-def _stands(unit: _Unit, before: str) -> bool:
+def _stands(unit: _Unit, before: str, people: dict[str, str] | None = None, nearby: str = "") -> bool:
     """Whether the unit can open a paragraph after `before`: a full sentence that leans on nothing the
-    reader has not seen (a definite description the lead introduced is fine: "The penalty …")."""
-    return unit.usable and not unit.short and (not unit.leans or not dangles(unit.opening, before))
+    reader has not seen (a definite description the lead introduced is fine: "The penalty …"), and names
+    no one by surname alone unless their full name can be given from beside it in the source."""
+    if not unit.usable or unit.short or (unit.leans and dangles(unit.opening, before)):
+        return False
+    return all(people[last] in nearby for last in bare_surnames(unit.opening, people or {}, before))
 
 
 def _cue(text: str) -> float:
@@ -658,7 +660,6 @@ class _Material:
     story_sources: list[SourceDoc]
     units: dict[int, list[_Unit]]
     people: dict[str, str]
-    orgs: dict[str, str]
     entities: set[str]
     common: set[str]
     background_ok: set[int]          # background sources that concern the story
@@ -699,7 +700,6 @@ def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None) 
     measure = _Similarity([story.title, *rows], embed)
     return _Material(
         story_sources=story_sources, units=units, people=person_names(s.text for s in pack_sources),
-        orgs=short_names(s.text for s in story_sources),
         entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
         similarity=measure.matrix(), same=measure.same, soft=measure.soft,
     )
@@ -743,7 +743,7 @@ def _insight_candidates(material: _Material, spec: TemplateSpec, taken: set[tupl
     next or how it compares first, the story's most shared facts last."""
     out = [
         u for s in material.story_sources for u in material.units[s.n]
-        if _stands(u, material.lead_text) and u.words <= spec.insights.max_words and u.key not in taken and len(u.sentences) == 1
+        if _stands(u, material.lead_text, material.people, _nearby(material, u)) and u.words <= spec.insights.max_words and u.key not in taken and len(u.sentences) == 1
     ]
     # The facts every source leads with belong in the body; an insight adds to them.
     return sorted(out, key=lambda u: (-(u.cue - 0.15 * material.centrality[id(u)]), u.source.n, u.index))
@@ -790,7 +790,8 @@ def _body(
     ranked = [pool[i] for i in order]
     # News structure: the paragraph after the lead continues the lead source's own account.
     if lead:
-        follow = next((u for u in ranked if u.source.n == lead[-1].source.n and u.index > lead[-1].index and _stands(u, material.lead_text)), None)
+        follow = next((u for u in ranked if u.source.n == lead[-1].source.n and u.index > lead[-1].index
+                       and _stands(u, material.lead_text, material.people, _nearby(material, u))), None)
         if follow is not None:
             ranked = [follow, *(u for u in ranked if u is not follow)]
     rank = {id(u): i for i, u in enumerate(ranked)}
@@ -800,7 +801,7 @@ def _body(
     for seed in ranked:
         if len(paragraphs) >= target_count:
             break
-        if seed.key in used or not _stands(seed, material.lead_text) or not said.novel(seed):
+        if seed.key in used or not _stands(seed, material.lead_text, material.people, _nearby(material, seed)) or not said.novel(seed):
             continue
         if seed.kind == BACKGROUND:
             # Context from other coverage: one framed sentence about the story's own actors, cited on its own.
@@ -822,7 +823,7 @@ def _body(
             prev = siblings[k]
             if prev.para != seed.para or not prev.usable or prev.key in used or not said.novel(prev):
                 break
-            if _stands(prev, material.lead_text):
+            if _stands(prev, material.lead_text, material.people, _nearby(material, prev)):
                 start = prev
             k -= 1
         run = [u for u in siblings[start.index: seed.index + 1]]
@@ -849,6 +850,9 @@ def _body(
                 continue
             if nxt.leans and skipped:
                 break
+            context = " ".join([material.lead_text, *(u.text for u in chosen)])
+            if any(material.people[last] not in _nearby(material, nxt) for last in bare_surnames(nxt.text, material.people, context)):
+                break  # "Watanabe said …" with no Kenji Watanabe anywhere before it
             chosen.append(nxt)
             words += nxt.words
         if words < rules.min_words:
@@ -886,6 +890,12 @@ def _body(
 _WEEKDAY = re.compile(r"\s*\b(?:(?:early|late) )?(?:on|this|last) (?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b(?!,? (?:January|February|March|April|May|June|July|August|September|October|November|December))")
 
 
+def _nearby(material: _Material, unit: _Unit) -> str:
+    """The unit with its neighbours in its source: what a reader of the source had around it."""
+    siblings = material.units[unit.source.n]
+    return " ".join(u.text for u in siblings[max(0, unit.index - 1): unit.index + 2])
+
+
 def _frame(unit: _Unit, story: Story, common: set[str]) -> str:
     """A background unit as context: "Earlier, …" when it predates the story, else "Separately, …"."""
     word = "Earlier" if unit.source.published < story.first_published else "Separately"
@@ -898,15 +908,12 @@ def _frame(unit: _Unit, story: Story, common: set[str]) -> str:
     return f"{word}, {text}"
 
 
-def _introduce(text: str, people: dict[str, str], introduced: str, orgs: dict[str, str] | None = None) -> str:
-    """A person first named by surname alone gets their full name ("Okafor said" -> "Dev Okafor said"), and an
-    organisation first quoted by its short name its full one ("Halvane said" -> "Halvane Security said")."""
+def _introduce(text: str, people: dict[str, str], introduced: str, nearby: str = "") -> str:
+    """A person first named by surname alone gets their full name ("Okafor said" -> "Dev Okafor said") when the
+    source gives it within a sentence or two, where the fact-checker's evidence window will find it too."""
     for last in bare_surnames(text, people, introduced):
-        text = re.sub(rf"\b{re.escape(last)}\b", people[last], text, count=1)
-    for short, full in (orgs or {}).items():
-        if full in introduced or full in text:
-            continue
-        text = re.sub(rf"\b{re.escape(short)}(?=\s+(?:said|says|told|added|wrote|announced|confirmed|declined)\b)", full, text, count=1)
+        if people[last] in nearby:
+            text = re.sub(rf"\b{re.escape(last)}\b", people[last], text, count=1)
     return text
 
 
@@ -915,21 +922,21 @@ def _compose(
 ) -> Article:
     introduced = ""
 
-    def written(text: str) -> str:
+    def written(units: list[_Unit], text: str | None = None) -> str:
         nonlocal introduced
-        text = _introduce(text, material.people, introduced, material.orgs)
-        introduced += " " + text
-        return text
+        pieces = []
+        for u in units:
+            pieces.append(_introduce(u.text, material.people, introduced + " " + " ".join(pieces), _nearby(material, u)))
+        out = " ".join(pieces) if text is None else text
+        introduced += " " + out
+        return out
 
-    lead_text = written(" ".join(u.text for u in lead))
+    lead_text = written(lead)
     paragraphs = []
     for units in body:
-        if units[0].kind == BACKGROUND:
-            text = _frame(units[0], story, material.common)
-        else:
-            text = " ".join(u.text for u in units)
-        paragraphs.append(Paragraph(text=written(text), citations=sorted({u.source.n for u in units})))
-    notes = [Insight(text=written(u.text), citations=[u.source.n]) for u in insights]
+        text = _frame(units[0], story, material.common) if units[0].kind == BACKGROUND else None
+        paragraphs.append(Paragraph(text=written(units, text), citations=sorted({u.source.n for u in units})))
+    notes = [Insight(text=written([u]), citations=[u.source.n]) for u in insights]
     headline = _own_headline(material, lead, spec.headline.max_chars)
     return Article(headline=headline, lead=lead_text, body=paragraphs, insights=notes, sources=[])
 

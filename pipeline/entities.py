@@ -369,23 +369,6 @@ _ACTS = (
 )
 
 
-def short_names(texts: Iterable[str]) -> dict[str, str]:
-    """Short name -> full name for organisations the texts name in full and then by first word alone as a
-    speaker ("Halvane Security" … "Halvane said" -> {"Halvane": "Halvane Security"})."""
-    texts = [t for t in texts if t]
-    common = _lowercase_words(texts)
-    out: dict[str, str] = {}
-    for text in texts:
-        for m in re.finditer(r"\b([A-Z][a-z]{2,})\s+([A-Z][a-z]+)\b(?!\s+[A-Z])", text):
-            short, rest = m.group(1), m.group(2)
-            if short.lower() in common or short.lower() in _NOT_NAMES or rest.lower() in _NOT_NAMES:
-                continue
-            spoken = re.compile(rf"\b{short}(?!\s+{rest})\s+(?:said|says|told|added|wrote|announced|confirmed|declined)\b")
-            if any(spoken.search(t) for t in texts):
-                out.setdefault(short, f"{short} {rest}")
-    return out
-
-
 def bare_surnames(text: str, people: dict[str, str], introduced: str) -> list[str]:
     """Surnames `text` uses alone for people whose full name `introduced` (the article so far) and `text` never give."""
     out = []
