@@ -743,7 +743,8 @@ def _insight_candidates(material: _Material, spec: TemplateSpec, taken: set[tupl
     next or how it compares first, the story's most shared facts last."""
     out = [
         u for s in material.story_sources for u in material.units[s.n]
-        if _stands(u, material.lead_text, material.people, _nearby(material, u)) and u.words <= spec.insights.max_words and u.key not in taken and len(u.sentences) == 1
+        if u.key not in taken and len(u.sentences) == 1 and u.words <= spec.insights.max_words
+        and _stands(u, material.lead_text, material.people, _nearby(material, u))
     ]
     # The facts every source leads with belong in the body; an insight adds to them.
     return sorted(out, key=lambda u: (-(u.cue - 0.15 * material.centrality[id(u)]), u.source.n, u.index))
@@ -887,7 +888,10 @@ def _body(
     return paragraphs
 
 
-_WEEKDAY = re.compile(r"\s*\b(?:(?:early|late) )?(?:on|this|last) (?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b(?!,? (?:January|February|March|April|May|June|July|August|September|October|November|December))")
+_WEEKDAY = re.compile(
+    r"\s*\b(?:(?:early|late) )?(?:on|this|last) (?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b"
+    r"(?!,? (?:January|February|March|April|May|June|July|August|September|October|November|December))"
+)
 
 
 def _nearby(material: _Material, unit: _Unit) -> str:
@@ -992,7 +996,7 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
                 best = (article, violations, score)
             if not violations and len(body) >= body_target and strong == len(insights):
                 break
-        if not best[1] and len(best[0].body) >= body_target and best[2][2] == len(best[0].insights):
+        if not best[1] and len(best[0].body) >= body_target and -best[2][2] == len(best[0].insights):
             break
     article, violations, _ = best
     if violations:
