@@ -88,6 +88,56 @@ def opens_unresolved(text: str) -> bool:
     return bool(UNRESOLVED_OPENING.match(text) or _ANAPHORIC_ATTRIBUTION.search(text))
 
 
+# --- added for the fact-checker's story check ---------------------------------------------------
+
+_LOWER_WORD = re.compile(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*")
+
+
+def lowercase_words(texts: Iterable[str]) -> set[str]:
+    """Words the texts use in lower case somewhere ("security", "traders", "every", "ether")."""
+    out: set[str] = set()
+    for text in texts:
+        out.update(m.group(0) for m in _LOWER_WORD.finditer(text))
+    return out
+
+
+_OPENER = re.compile(r"(?:^|[.!?][\"”’')]?\s+)[\"“‘'(]?([A-Z][A-Za-z0-9&\-]*)")
+_MID_CAPITAL = re.compile(r"(?<=[a-z0-9,;:)%$]\s)[\"“‘'(]?([A-Z][A-Za-z0-9&\-]*[A-Za-z0-9])")
+
+
+def capitalised_mid_sentence(texts: Iterable[str]) -> set[str]:
+    """Lower-cased words the texts capitalise where no sentence starts: names, not sentence openers."""
+    out: set[str] = set()
+    for text in texts:
+        out.update(_norm(m.group(1)) for m in _MID_CAPITAL.finditer(text))
+    return out
+
+
+def standalone_names(texts: Iterable[str]) -> set[str]:
+    """Lower-cased single words the texts use as a name on their own ("Korvex said", "Okafor"), not only as part
+    of a longer name ("Labs" of "Vantor Labs", "Street" of "Lumen Street Investments")."""
+    out: set[str] = set()
+    for text in texts:
+        for match in _SPAN.finditer(text):
+            words = [_norm(w) for w in match.group(0).split() if w.lower() != "of"]
+            words = [w for w in words if w and w not in _NOT_NAMES]
+            if len(words) == 1:
+                out.add(words[0])
+    return out
+
+
+def distinct_names(text: str, common: set[str], mid_capitals: set[str] | None = None) -> set[str]:
+    """`names(text)` without single words that only look like names because they open a sentence: words in
+    `common` (used in lower case: "Security researchers said", "Traders said") and, when `mid_capitals` is given,
+    a sentence's first word that is never capitalised mid-sentence ("Implied volatility rose"). Multi-word names
+    stay whole ("halvane security")."""
+    found = {n for n in names(text) if " " in n or n not in common}
+    if mid_capitals is not None:
+        openers = {_norm(m.group(1)) for m in _OPENER.finditer(text)}
+        found = {n for n in found if " " in n or n not in openers or n in mid_capitals}
+    return found
+
+
 # --- added for the writer and the draft metrics (issue 13) -------------------------------------------
 
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
@@ -389,13 +439,19 @@ def salient_names(text: str, common: set[str]) -> set[str]:
     return {n for n in names(text) if " " in n or (n not in common and len(n) > 2)}
 
 
-_OPENER = re.compile(r"(?:^|(?<=[.!?:;])\s+|\n)[\"“'‘(]?([A-Z][a-z]+)\b")
+_PLAIN_OPENERS = frozenset(
+    """because although though unless whether despite during until once whereas since after before while when what why
+    how where who which if as so yet but and or then thus still also even only just here there today now some many most
+    few several each every all both either neither other another such more less much first second third finally instead
+    meanwhile however moreover therefore indeed perhaps""".split()
+)
+_SENTENCE_OPENER = re.compile(r"(?:^|(?<=[.!?:;])\s+|\n)[\"“'‘(]?([A-Z][a-z]+)\b")
 
 
 def passage_names(text: str, common: set[str]) -> set[str]:
     """`salient_names` of a passage without capitalised sentence openers that are plain words ("Because their
     keys …", "Moves like this …", "Analysts said …"): function words, and -ing, -ed, -ly and -s forms."""
-    openers = {m.group(1) for m in _OPENER.finditer(text)}
+    openers = {m.group(1) for m in _SENTENCE_OPENER.finditer(text)}
     plain = {w for w in openers if w.lower() in _PLAIN_OPENERS or re.search(r"(?:ing|ed|ly|s)$", w.lower())}
     masked = text
     for word in plain:
