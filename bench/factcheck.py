@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.factrules import SourceIndex, verify_offline  # noqa: E402
 
 ERROR_TYPES = ("number", "date", "entity", "negation", "quote", "addition")
+# The errors a model makes when it paraphrases (issue 15): direction reversed, order/time changed, roles
+# swapped, scale or unit changed. Their faithful twins carry a "variant" and are reported on their own line.
+PARAPHRASE_TYPES = ("direction", "order", "role", "scale")
 
 
 def load_cases(path: Path, split: str | None) -> list[dict]:
@@ -127,6 +130,7 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
     by_id = {v["id"]: v["verdict"] for v in verdicts}
     tallies: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     exact: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # verdict == label, the stricter reading
+    variants: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for case in cases:
         if "label" not in case:
             continue
@@ -137,6 +141,10 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
             t = tallies[bucket][kind]
             t[0] += int(flagged)
             t[1] += 1
+            if kind == "faithful":
+                v = variants[bucket][case.get("variant") or "original"]
+                v[0] += int(flagged)
+                v[1] += 1
             exact[bucket][0] += int(by_id.get(case["id"]) == case["label"])
             exact[bucket][1] += 1
     report = {}
@@ -149,6 +157,7 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
             "false_alarms": fa[0] / fa[1] if fa[1] else None,
             "min_recall": min(recall.values()) if recall else None,
             "label_accuracy": exact[split][0] / exact[split][1] if exact[split][1] else None,
+            "faithful_variants": {k: tuple(v) for k, v in variants[split].items()},
         }
     return report
 
@@ -160,13 +169,19 @@ def print_report(report: dict[str, dict], headline_split: str, ms_per_claim: flo
     for split in order:
         r = report[split]
         print(f"[{split}]")
-        for kind in (*ERROR_TYPES, *sorted(k for k in r["counts"] if k not in ERROR_TYPES and k != "faithful")):
+        known = (*ERROR_TYPES, *PARAPHRASE_TYPES)
+        for kind in (*known, *sorted(k for k in r["counts"] if k not in known and k != "faithful")):
             if kind in r["counts"]:
                 c, total = r["counts"][kind]
                 print(f"  recall {kind:<9} {c / total:.3f}  ({c}/{total})")
         if "faithful" in r["counts"]:
             c, total = r["counts"]["faithful"]
             print(f"  false alarms      {c / total:.3f}  ({c}/{total} faithful flagged)")
+            fv = r.get("faithful_variants") or {}
+            if len(fv) > 1:
+                for name in sorted(fv, key=lambda k: (k != "original", k)):
+                    c, total = fv[name]
+                    print(f"    {name:<19} {c / total:.3f}  ({c}/{total})")
         if r["label_accuracy"] is not None:
             print(f"  verdict == label  {r['label_accuracy']:.3f}")
     print(f"{n} claims, {ms_per_claim:.2f} ms per claim")
