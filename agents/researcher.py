@@ -251,15 +251,10 @@ def _words(text: str) -> set[str]:
     return {w.strip("'’-") for w in re.findall(r"[a-z][a-z'’\-]*", text.lower())}
 
 
-def _lowercase(text: str) -> set[str]:
-    """The words `text` itself writes in lower case (so not names)."""
-    return set(re.findall(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*", text))
-
-
 def about_story(title: str, text: str, profile: StoryProfile) -> bool:
     """Whether a background passage concerns the story or explains it.
 
-    It concerns the story when it names one of the story's headline actors, or
+    It concerns the story when it names the story's subject (who most headlines name), or
     shares several of its entities while naming few others
     (`pipeline.entities.concerns_story`). It explains the story when it names no
     other actor at all and uses at least two of the story's headline words
