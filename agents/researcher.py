@@ -49,11 +49,16 @@ class Material:
     role: str = "story"
 
 
+# The writer prompt's "About:" line (agents.writer.source_labels), at its longest, for the packing estimate.
+_ABOUT = ("About: {names}. Background: earlier coverage, not this story's event. Use only as context, framed as such "
+          "(\"Earlier, …\", \"Separately, …\"), in its own sentences with its own citation.")
+
+
 def source_header(n: int, material: Material) -> str:
-    """How a source is framed in the writer prompt; counted as part of the source's cost."""
+    """How a source is framed in the writer prompt, its "About:" line included; counted as part of the source's cost."""
     return (
         f'<source n="{n}" title="{material.title}" outlet="{material.outlet}" '
-        f'date="{material.published:%Y-%m-%d}" url="{material.url}">\n\n</source>\n'
+        f'date="{material.published:%Y-%m-%d}" url="{material.url}">\n{_ABOUT.format(names=material.title)}\n\n</source>\n'
     )
 
 
