@@ -131,6 +131,7 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
     tallies: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     exact: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # verdict == label, the stricter reading
     variants: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    labelled: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # errors given their exact label
     for case in cases:
         if "label" not in case:
             continue
@@ -145,6 +146,8 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
                 v = variants[bucket][case.get("variant") or "original"]
                 v[0] += int(flagged)
                 v[1] += 1
+            if kind != "faithful":
+                labelled[bucket][kind] += int(by_id.get(case["id"]) == case["label"])
             exact[bucket][0] += int(by_id.get(case["id"]) == case["label"])
             exact[bucket][1] += 1
     report = {}
@@ -158,6 +161,7 @@ def score(cases: list[dict], verdicts: list[dict]) -> dict[str, dict]:
             "min_recall": min(recall.values()) if recall else None,
             "label_accuracy": exact[split][0] / exact[split][1] if exact[split][1] else None,
             "faithful_variants": {k: tuple(v) for k, v in variants[split].items()},
+            "labelled": dict(labelled[split]),
         }
     return report
 
@@ -173,7 +177,9 @@ def print_report(report: dict[str, dict], headline_split: str, ms_per_claim: flo
         for kind in (*known, *sorted(k for k in r["counts"] if k not in known and k != "faithful")):
             if kind in r["counts"]:
                 c, total = r["counts"][kind]
-                print(f"  recall {kind:<9} {c / total:.3f}  ({c}/{total})")
+                exact_n = (r.get("labelled") or {}).get(kind)
+                label = f", {exact_n} given their label" if kind in PARAPHRASE_TYPES and exact_n is not None else ""
+                print(f"  recall {kind:<9} {c / total:.3f}  ({c}/{total}{label})")
         if "faithful" in r["counts"]:
             c, total = r["counts"]["faithful"]
             print(f"  false alarms      {c / total:.3f}  ({c}/{total} faithful flagged)")

@@ -259,7 +259,35 @@ _SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12,
 _CURRENCY_CANON = {"$": "$", "us$": "$", "usd": "$", "dollar": "$", "dollars": "$",
                    "€": "€", "eur": "€", "euro": "€", "euros": "€",
                    "£": "£", "gbp": "£", "pound": "£", "pounds": "£",
-                   "¥": "¥", "yen": "¥", "₹": "₹", "rupees": "₹", "₦": "₦", "naira": "₦"}
+                   "¥": "¥", "yen": "¥", "jpy": "¥", "₹": "₹", "rupees": "₹", "inr": "₹", "₦": "₦", "naira": "₦",
+                   "yuan": "yuan", "renminbi": "yuan", "cny": "yuan", "rmb": "yuan", "francs": "CHF", "chf": "CHF",
+                   "pesos": "peso", "rubles": "₽", "roubles": "₽", "₽": "₽", "lira": "lira", "rand": "rand"}
+# "¥" is written for the yen and for the yuan.
+_CURRENCY_ALIKE = {frozenset(("¥", "yuan"))}
+
+# Units a figure may carry ("10 minutes", "a 3-mile stretch", "5 GW"): dimension and size in a base unit, so
+# "10 hours" is not "10 minutes" and "1 year" is "12 months".
+_MEASURES: dict[str, tuple[str, float]] = {}
+for _names, _dim, _size in [
+    ("second seconds secs", "time", 1), ("minute minutes mins", "time", 60), ("hour hours hrs", "time", 3600),
+    ("day days", "time", 86400), ("week weeks", "time", 604800), ("month months", "time", 2629800),
+    ("year years yrs", "time", 31557600), ("decade decades", "time", 315576000), ("century centuries", "time", 3155760000),
+    ("km kilometre kilometres kilometer kilometers", "length", 1000), ("mile miles", "length", 1609.344),
+    ("metre metres meter meters", "length", 1), ("foot feet ft", "length", 0.3048), ("inch inches", "length", 0.0254),
+    ("cm centimetres centimeters", "length", 0.01), ("mm millimetres millimeters", "length", 0.001),
+    ("yard yards", "length", 0.9144),
+    ("kg kilogram kilograms kilos", "mass", 1), ("gram grams", "mass", 0.001), ("tonne tonnes ton tons", "mass", 1000),
+    ("lb lbs", "mass", 0.45359), ("ounce ounces oz", "mass", 0.02835),
+    ("acre acres", "area", 4046.86), ("hectare hectares", "area", 10000),
+    ("kw kilowatts", "power", 1e3), ("mw megawatts", "power", 1e6), ("gw gigawatts", "power", 1e9),
+    ("kwh", "energy", 3.6e6), ("mwh", "energy", 3.6e9), ("gwh", "energy", 3.6e12), ("twh", "energy", 3.6e15),
+    ("kb", "data", 1e3), ("mb megabytes", "data", 1e6), ("gb gigabytes", "data", 1e9), ("tb terabytes", "data", 1e12),
+    ("mph", "speed", 0.44704), ("kph", "speed", 0.27778),
+    ("barrel barrels", "volume", 158.987), ("litre litres liter liters", "volume", 1), ("gallon gallons", "volume", 3.785),
+]:
+    for _n in _names.split():
+        _MEASURES[_n] = (_dim, _size)
+_MEASURE_RE = re.compile(r"[\s-]?(?P<u>" + "|".join(sorted(_MEASURES, key=len, reverse=True)) + r")\b", re.I)
 _APPROX_RE = re.compile(
     r"(?:about|around|roughly|nearly|almost|approximately|approx\.?|some|over|under|more than|less than|"
     r"fewer than|up to|close to|estimated|at least|upwards of|just over|just under|~|circa|c\.)\s*$",
@@ -269,20 +297,20 @@ _APPROX_RE = re.compile(
 _NUM_CORE = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _NUMBER_RE = re.compile(
     r"(?<![\w.,])(?<![A-Za-z]-)"
-    r"(?P<cur>US\$|A\$|C\$|HK\$|S\$|[$€£¥₹₦]|\b(?:USD|EUR|GBP)\s?)?\s?"
+    r"(?P<cur>US\$|A\$|C\$|HK\$|S\$|[$€£¥₹₦₽]|\b(?:USD|EUR|GBP|JPY|CNY|RMB|INR|CHF)\s?)?\s?"
     r"(?P<num>" + _NUM_CORE + r")"
     r"(?:(?P<ord>st|nd|rd|th)\b"
     r"|\s?-?(?P<scale>thousand|million|billion|trillion)\b"
     r"|(?P<suf>bn|mn|mln|tn|trn|m|b|k)\b)?"
-    r"(?:\s?(?P<pct>%|percent\b|per cent\b|percentage points?\b|pc\b))?"
-    r"(?:\s(?P<curword>dollars|euros|pounds|naira|yen|rupees)\b)?",
+    r"(?:\s?(?P<pct>%|percent\b|per cent\b|pc\b|pct\b)|\s(?P<pts>percentage[ -]points?\b|basis[ -]points?\b|bps\b))?"
+    r"(?:\s(?P<curword>dollars|euros|pounds|naira|yen|rupees|yuan|renminbi|francs|pesos|rubles|roubles|lira|rand)\b)?",
     re.I,
 )
 _WORDNUM_RE = re.compile(
     r"\b(?P<w>(?:" + "|".join(_WORD_TENS) + r")(?:[- ](?:" + "|".join(k for k in _WORD_UNITS if _WORD_UNITS[k] < 10) + r"))?"
     r"|" + "|".join(_WORD_UNITS) + r"|one|a)"
     r"(?:\s(?P<scale>hundred|thousand|million|billion|trillion))?"
-    r"(?:\s?(?P<pct>percent\b|per cent\b))?\b",
+    r"(?:\s?(?P<pct>percent\b|per cent\b)|\s(?P<pts>percentage[ -]points?\b|basis[ -]points?\b))?\b",
     re.I,
 )
 _ORDWORD_RE = re.compile(r"\b(?P<w>" + "|".join(_ORDINAL_WORDS) + r")\b", re.I)
@@ -294,11 +322,12 @@ class Quantity:
     start: int
     end: int
     value: float
-    kind: Literal["number", "percent", "ordinal"] = "number"
+    kind: Literal["number", "percent", "points", "ordinal"] = "number"   # points: percentage points
     currency: str | None = None
     approx: bool = False
     unit: float = 1.0      # rounding unit as written: "1.2 million" -> 100,000; "15,000" -> 1,000
     scaled: bool = False   # written with a scale word or suffix
+    measure: str | None = None  # unit after the figure, lower case ("minutes", "km"): see _MEASURES
 
 
 def _word_value(w: str) -> float | None:
@@ -354,7 +383,9 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         digits = num.replace(",", "").split(".")[0]
         zeros = 0 if decimals else len(digits) - len(digits.rstrip("0")) if digits.strip("0") else 0
         unit = scale * 10.0 ** (zeros - decimals)
-        kind = "percent" if g["pct"] else "number"
+        kind = "percent" if g["pct"] else "points" if g["pts"] else "number"
+        if g["pts"] and g["pts"].lower().startswith(("basis", "bps")):
+            value, unit = value / 100, unit / 100   # 50 basis points = 0.5 percentage points
         out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), unit, bool(scale_word)))
 
     for m in _WORDNUM_RE.finditer(text):
@@ -368,8 +399,11 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         if value is None:
             continue
         scale = {"hundred": 100, **_SCALES}[m.group("scale").lower()] if m.group("scale") else 1.0
-        kind = "percent" if m.group("pct") else "number"
-        out.append(Quantity(m.group(0), a, b, float(value) * scale, kind, None, approx_before(a), scale, bool(m.group("scale"))))
+        kind = "percent" if m.group("pct") else "points" if m.group("pts") else "number"
+        value = float(value) * scale
+        if m.group("pts") and m.group("pts").lower().startswith("basis"):
+            value /= 100
+        out.append(Quantity(m.group(0), a, b, value, kind, None, approx_before(a), scale, bool(m.group("scale"))))
 
     for m in _ORDWORD_RE.finditer(text):
         a, b = m.span()
@@ -379,14 +413,38 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         if free(a, b):
             out.append(Quantity(m.group(0), a, b, float(_ORDINAL_WORDS[w]), "ordinal"))
     out.sort(key=lambda q: q.start)
-    return out
+    return [_with_measure(q, text) for q in out]
+
+
+def _with_measure(q: Quantity, text: str) -> Quantity:
+    """The unit written right after a plain figure ("10 minutes", "3-mile", "5 GW"), if any."""
+    if q.kind != "number" or q.currency:
+        return q
+    m = _MEASURE_RE.match(text, q.end)
+    if not m:
+        return q
+    unit = m.group("u").lower()
+    if unit in ("mb", "gb", "tb", "kb", "mw", "gw", "kw") and not m.group("u")[-1].isupper():
+        return q   # "5 mb" in running text is too often something else; units of data and power are capitalised
+    return Quantity(q.raw, q.start, q.end, q.value, q.kind, q.currency, q.approx, q.unit, q.scaled, unit)
 
 
 def numbers_match(claim: Quantity, source: Quantity) -> bool:
     if claim.kind != source.kind:
         return False
-    if claim.currency and source.currency and claim.currency != source.currency:
+    if claim.currency and source.currency and claim.currency != source.currency and \
+            frozenset((claim.currency, source.currency)) not in _CURRENCY_ALIKE:
         return False
+    c_value, s_value, rounding = claim.value, source.value, claim.unit
+    if claim.measure and source.measure and claim.measure != source.measure:
+        (c_dim, c_size), (s_dim, s_size) = _MEASURES[claim.measure], _MEASURES[source.measure]
+        if c_dim != s_dim:
+            return False
+        # The same length in another unit ("3 miles" for "5 km") is the same figure, to within rounding.
+        c_value, s_value, rounding = c_value * c_size, s_value * s_size, max(rounding * c_size, 0.02 * abs(s_value * s_size))
+        if c_size == s_size:
+            return math.isclose(c_value, s_value, rel_tol=1e-9)
+        return abs(c_value - s_value) <= rounding / 2 or (claim.approx and abs(c_value - s_value) <= APPROX_TOLERANCE * abs(s_value))
     if math.isclose(claim.value, source.value, rel_tol=1e-9, abs_tol=1e-9):
         return True
     diff = abs(claim.value - source.value)
@@ -794,6 +852,8 @@ def _slot_failures(
         c_neg = sum(_is_negation(w) for w in c_words)
         s_neg = sum(_is_negation(w) for w in s_words)
         short = c_len <= MAX_SLOT and s_len <= MAX_SLOT
+        if c_neg != s_neg and short and _reworded_polarity(ctoks[i1:i2], claim.text, stoks[j1:j2], doc.text):
+            continue   # "did not rise" where the source says "fell": the same direction in other words
         if c_neg != s_neg and short and (not edge or max(c_len, s_len) <= 2):
             added = c_neg > s_neg
             cue = " ".join(c_words if added else s_words)
@@ -845,6 +905,13 @@ def _slot_failures(
     if negations and sum(sign for sign, _ in negations) != 0:
         out = [f for _, f in negations] + out
     return out
+
+
+def _reworded_polarity(c_toks: list[Token], c_text: str, s_toks: list[Token], s_text: str) -> bool:
+    """Both sides of an edit say the same direction, one with a negation and the opposite word."""
+    c_cues = [c for c in _cues(c_toks, c_text, _clauses(c_toks, c_text)) if c.signed]
+    s_cues = [c for c in _cues(s_toks, s_text, _clauses(s_toks, s_text)) if c.signed]
+    return any(c.axis == s.axis and c.value != s.value and c.effective() == s.effective() for c in c_cues for s in s_cues)
 
 
 def _is_name_token(t: Token) -> bool:
@@ -915,6 +982,563 @@ def _entity_in(ent: Entity, haystacks: list[str]) -> bool:
         if found(keys):
             return True
     return False
+
+
+# --------------------------------------------------------------------------- meaning
+#
+# A paraphrase can keep every name and figure and still say the opposite. After the claim is aligned to its
+# evidence sentence(s), what the two say is compared, not only which tokens they share:
+#
+# - direction: words that say which way something went or came out (rose/fell, beat/missed, approved/rejected,
+#   more/fewer, above/below, profit/loss), each with the negation in its scope ("did not rise" is not "rose");
+# - order and time: before/after, earlier/later, since/until, last year/next year, ago/from now, first/second,
+#   former/incoming, earliest/latest;
+# - roles: titles (CEO/CFO, president/vice president, buyer/seller), and who did what to whom: the two names
+#   around the main verb, active or passive ("B was bought by A" is "A bought B"; "B bought A" is not);
+# - magnitude: a figure the sources do not have whose digits the evidence has with another scale word, unit,
+#   currency, or percent where the evidence has percentage points (5 percentage points is not 5%).
+#
+# Each word of the claim that carries such a meaning is paired with the evidence word of the same kind that
+# sits in the same place: aligned to it, or with the most words around it in common (same clause, a few words
+# either side). Only a pair that disagrees, with no agreeing word as well placed, is a contradiction. So the
+# lexicons only have to know which way a word points, and a word the claim shares with the evidence never
+# counts. Nothing here needs a model or a parser: a dependency parse (spaCy) would find subjects and objects in
+# harder sentences, but no English model is published on PyPI by its authors, and the heuristic below covers
+# the name-verb-name sentences in which news states who did what to whom.
+
+# Share of the claim's content words its evidence must hold before the two are taken to state the same fact.
+SAME_FACT = 0.5
+# Words either side of a cue that make up its context, within its clause.
+CUE_CONTEXT = 6
+
+# axis -> [(value, words)]. "v:" expands a verb's regular forms ("v:rise/rose/risen" adds the irregular ones).
+_LEXICON_SPEC: dict[str, list[tuple[object, str]]] = {
+    "level": [
+        (1, "v:rise/rose/risen v:increase v:climb v:jump v:grow/grew/grown v:surge v:soar v:rally/rallied v:advance "
+            "v:expand v:boost v:raise v:lift v:rebound v:spike v:swell/swollen v:double v:triple v:accelerate v:gain "
+            "v:upgrade v:hike v:widen v:strengthen v:outpace v:climb v:leap/leapt v:skyrocket v:balloon "
+            "growth upturn uptick recovery expansion higher upward upwards more greater larger bigger above increased "
+            "up over"),
+        (-1, "v:fall/fell/fallen v:drop/dropped/dropping v:decline v:decrease v:shrink/shrank/shrunk v:plunge v:plummet "
+             "v:tumble v:slump v:slide/slid v:sink/sank/sunk v:slip/slipped/slipping v:dip/dipped/dipping v:contract "
+             "v:cut/cutting v:reduce v:lower v:ease v:lose/lost/losing v:shed/shedding v:halve v:crash v:collapse "
+             "v:retreat v:weaken v:slow v:downgrade v:narrow v:trim/trimmed/trimming v:slash v:erode "
+             "reduction downturn slowdown contraction downward downwards fewer less smaller below reduced "
+             "down under"),
+    ],
+    "extreme": [
+        (1, "most largest biggest highest greatest maximum"),
+        (-1, "least fewest smallest lowest minimum"),
+    ],
+    "quality": [
+        (1, "better best v:improve strong stronger strongest robust upbeat"),
+        (-1, "worse worst v:worsen v:deteriorate weak weaker weakest poor poorer"),
+    ],
+    "outcome": [
+        (1, "v:beat/beaten/beating v:win/won/winning v:exceed v:surpass v:top/topped/topping v:outperform v:defeat "
+            "v:succeed victory"),
+        (-1, "v:miss v:lose/lost/losing v:trail v:underperform v:lag/lagged/lagging"),
+    ],
+    "assent": [
+        (1, "v:approve v:accept v:endorse v:uphold v:confirm v:allow v:permit v:authorize v:authorise v:legalize "
+            "v:legalise v:support v:favor v:favour v:agree backed backing greenlit"),
+        (-1, "v:reject v:refuse v:deny/denied v:oppose v:block v:veto/vetoes/vetoed v:overturn v:dismiss "
+             "v:ban/banned/banning v:prohibit v:bar/barred/barring v:forbid/forbade/forbidden v:outlaw"),
+    ],
+    "valence": [
+        (1, "positive bullish optimistic favorable favourable"),
+        (-1, "negative bearish pessimistic unfavorable unfavourable"),
+    ],
+    "balance": [
+        (1, "profit profits profitable surplus surpluses inflow inflows"),
+        (-1, "loss losses deficit deficits unprofitable outflow outflows"),
+    ],
+    "sequence": [
+        (-1, "before previously beforehand earlier preceding preceded until till"),
+        (1, "after following later subsequently afterwards afterward since followed"),
+    ],
+    "reltime": [
+        (-1, "previous past yesterday ago former formerly"),
+        (1, "next coming upcoming future tomorrow incoming"),
+    ],
+    "latest": [(-1, "earliest"), (1, "latest")],
+    "ordinal": [(1, "first"), (2, "second"), (3, "third"), (4, "fourth"), (5, "fifth"), ("last", "final last")],
+}
+# Several words that read as one cue (longest first when matched): (axis, value) or None for "not a cue".
+_PHRASES: dict[tuple[str, ...], tuple[str, object] | None] = {
+    ("fell", "short"): ("outcome", -1), ("fall", "short"): ("outcome", -1), ("falls", "short"): ("outcome", -1),
+    ("falling", "short"): ("outcome", -1), ("turned", "down"): ("assent", -1), ("turn", "down"): ("assent", -1),
+    ("voted", "down"): ("assent", -1), ("struck", "down"): ("assent", -1), ("strike", "down"): ("assent", -1),
+    ("signed", "off"): ("assent", 1), ("prior", "to"): ("sequence", -1), ("ahead", "of"): ("sequence", -1),
+    ("in", "advance", "of"): ("sequence", -1), ("from", "now"): ("reltime", 1), ("in", "the", "past"): ("reltime", -1),
+    ("last", "but", "not", "least"): None, ("at", "least"): None, ("at", "most"): None, ("more", "or", "less"): None,
+    ("once", "more"): None, ("no", "more"): None, ("any", "more"): None, ("at", "first"): None, ("first", "of", "all"): None,
+    ("most", "recently"): None, ("set", "up"): None, ("up", "to"): None, ("down", "to"): None, ("next", "to"): None,
+    ("over", "the"): None, ("after", "all"): None, ("the", "following"): None, ("better", "known"): None,
+    ("best", "known"): None, ("up", "and", "down"): None, ("ups", "and", "downs"): None,
+}
+# Time nouns: "last" before one is a relative date ("last year"), otherwise the last of a series.
+_TIME_NOUNS = frozenset(
+    """week weeks month months year years quarter quarters season seasons night weekend summer winter spring autumn
+    fall decade century day days term session cycle time election monday tuesday wednesday thursday friday saturday
+    sunday january february march april may june july august september october november december""".split()
+)
+# Titles and the roles of the two sides of a deal or a case. A rank word makes another role (vice president is
+# not president); a domain word narrows one (the finance minister is a minister, not the foreign minister).
+_TITLE_HEADS = {
+    "ceo": "ceo", "cfo": "cfo", "coo": "coo", "cto": "cto", "cmo": "cmo", "cio": "cio",
+    "chairman": "chair", "chairwoman": "chair", "chairperson": "chair", "president": "president",
+    "founder": "founder", "director": "director", "minister": "minister", "governor": "governor",
+    "senator": "senator", "representative": "representative", "congressman": "representative",
+    "congresswoman": "representative", "mayor": "mayor", "coach": "coach", "manager": "manager", "captain": "captain",
+    "editor": "editor", "publisher": "publisher", "spokesman": "spokesperson", "spokeswoman": "spokesperson",
+    "spokesperson": "spokesperson", "secretary": "secretary", "chancellor": "chancellor", "treasurer": "treasurer",
+    "judge": "judge", "prosecutor": "prosecutor", "sheriff": "sheriff", "commissioner": "commissioner",
+    "ambassador": "ambassador", "plaintiff": "plaintiff", "defendant": "defendant", "buyer": "buyer",
+    "seller": "seller", "lender": "lender", "borrower": "borrower", "employer": "employer", "employee": "employee",
+    "landlord": "landlord", "tenant": "tenant", "winner": "winner", "loser": "loser", "owner": "owner",
+}
+_TITLE_PHRASES = {
+    ("chief", "executive", "officer"): "ceo", ("chief", "executive"): "ceo", ("chief", "financial", "officer"): "cfo",
+    ("finance", "chief"): "cfo", ("chief", "operating", "officer"): "coo", ("chief", "technology", "officer"): "cto",
+    ("chief", "marketing", "officer"): "cmo", ("chief", "information", "officer"): "cio", ("runner", "up"): "runner-up",
+}
+_TITLE_RANKS = frozenset("vice deputy assistant lieutenant associate co under".split())
+_TITLE_DOMAINS = frozenset(
+    """prime finance foreign defence defense health interior home justice education trade economy energy transport
+    culture agriculture labour labor environment press state treasury""".split()
+)
+# Wording of the same kind for the coverage test: a reporting verb stands for another.
+_REPORTING = frozenset(
+    "said says stated states noted notes told tells added adds explained explains announced reported wrote "
+    "according confirmed commented remarked".split()
+)
+
+
+def _verb_forms(spec: str) -> list[str]:
+    base, *irregular = spec.split("/")
+    forms = [base, *irregular]
+    if base.endswith("e"):
+        forms += [base + "s", base + "d", base[:-1] + "ing"]
+    elif base.endswith("y") and base[-2:-1] not in ("a", "e", "o", "u"):
+        forms += [base[:-1] + "ies", base[:-1] + "ied", base + "ing"]
+    elif re.search(r"(?:s|x|z|ch|sh)$", base):
+        forms += [base + "es", base + "ed", base + "ing"]
+    else:
+        forms += [base + "s", base + "ed", base + "ing"]
+    return forms
+
+
+def _build_lexicon() -> dict[str, list[tuple[str, object]]]:
+    lex: dict[str, list[tuple[str, object]]] = {}
+    for axis, groups in _LEXICON_SPEC.items():
+        for value, words in groups:
+            for w in words.split():
+                for form in (_verb_forms(w[2:]) if w.startswith("v:") else [w]):
+                    entry = (axis, value)
+                    if entry not in lex.setdefault(form, []):
+                        lex[form].append(entry)
+    return lex
+
+
+_LEXICON = _build_lexicon()
+_MAX_PHRASE = max(len(p) for p in _PHRASES)
+_BE_FORMS = frozenset("is was were are been being be am 's get gets got".split())
+_TIME_AUX = frozenset("is was were are been has have had closed ended finished trading traded opened".split())
+
+
+@dataclass(frozen=True)
+class _Cue:
+    axis: str
+    value: object
+    start: int          # token range of the cue word(s)
+    end: int
+    negated: bool
+    phrase: str         # as written, with its negation ("did not rise")
+
+    @property
+    def signed(self) -> bool:
+        return isinstance(self.value, int) and self.axis != "ordinal"
+
+    def effective(self) -> object:
+        if self.signed and self.negated:
+            return -self.value   # type: ignore[operator]
+        return self.value
+
+
+def _clauses(tokens: Sequence[Token], text: str) -> list[int]:
+    """A clause number per token: punctuation and the words that join clauses start a new one."""
+    out, cid = [], 0
+    for k, t in enumerate(tokens):
+        if k and (re.search(r"[,;:()\[\]—–\"“”]", text[tokens[k - 1].end:t.start]) or
+                  t.low in ("but", "while", "whereas", "although", "though", "and", "which", "who", "that")):
+            cid += 1
+        out.append(cid)
+    return out
+
+
+def _negated_at(tokens: Sequence[Token], clause: Sequence[int], k: int) -> str:
+    """The negation whose scope covers token k ("did not rise", "failed to beat", "no increase"), or ""."""
+    for back in range(1, 5):
+        i = k - back
+        if i < 0 or clause[i] != clause[k]:
+            break
+        w = tokens[i].low
+        if _is_negation(w) or w in ("failed", "fails", "fail", "unable"):
+            return w
+        if w in _LEXICON and back > 1:
+            break   # "not only rose but ..." scopes the nearer word
+    return ""
+
+
+def _title_at(low: Sequence[str], k: int) -> tuple[tuple[str, str, str], int, int] | None:
+    """A title starting at word k (lower case words): ((rank, head, domain), start, end)."""
+    for phrase, head in _TITLE_PHRASES.items():
+        n = len(phrase)
+        if tuple(low[k:k + n]) == phrase:
+            rank = low[k - 1] if k and low[k - 1] in _TITLE_RANKS else ""
+            return (rank, head, ""), k - (1 if rank else 0), k + n
+    head = _TITLE_HEADS.get(low[k])
+    if head is None:
+        return None
+    start, rank, domain = k, "", ""
+    j = k - 1
+    while j >= 0 and j >= k - 2 and (low[j] in _TITLE_RANKS or low[j] in _TITLE_DOMAINS):
+        if low[j] in _TITLE_RANKS:
+            rank = rank or low[j]
+        else:
+            domain = domain or low[j]
+        start = j
+        j -= 1
+    return (rank, head, domain), start, k + 1
+
+
+def _cues(tokens: Sequence[Token], text: str, clause: Sequence[int]) -> list[_Cue]:
+    """Every word (or phrase) of a passage that says a direction, an order or time, or a title."""
+    out: list[_Cue] = []
+    k, n = 0, len(tokens)
+    low = [t.low[:-2] if t.low.endswith("'s") else t.low for t in tokens]   # "the president's office"
+    while k < n:
+        hit = None
+        for size in range(min(_MAX_PHRASE, n - k), 1, -1):
+            key = tuple(low[k:k + size])
+            if key in _PHRASES:
+                hit = (size, _PHRASES[key])
+                break
+        if hit is not None:
+            size, entry = hit
+            if entry is not None:
+                neg = _negated_at(tokens, clause, k)
+                out.append(_Cue(entry[0], entry[1], k, k + size, bool(neg),
+                                (neg + " " if neg else "") + text[tokens[k].start:tokens[k + size - 1].end]))
+            k += size
+            continue
+        title = _title_at(low, k)
+        if title is not None:
+            value, start, end = title
+            if not out or out[-1].end <= start:
+                out.append(_Cue("title", value, start, end, False, text[tokens[start].start:tokens[end - 1].end]))
+            k = end
+            continue
+        w = low[k]
+        entries = _LEXICON.get(w)
+        if entries and tokens[k].text[:1].isupper() and k and not _sentence_initial(text, tokens[k].start):
+            entries = None   # part of a name: "Sioux Falls", "Best Buy", "Morning Rise"
+        if entries:
+            nxt = low[k + 1] if k + 1 < n else ""
+            prev = low[k - 1] if k else ""
+            number_next = bool(re.match(r"\d", nxt)) or nxt in _CURRENCY_CANON
+            if w in ("up", "down", "over", "under") and not (
+                    number_next or (w in ("up", "down") and (prev in _TIME_AUX or nxt == "by"))):
+                entries = None   # "set up", "over the weekend", "under pressure"
+            elif w == "last":
+                # "last week" is the one before this; "the last week (of the season)" is the final one.
+                entries = [("reltime", -1)] if nxt in _TIME_NOUNS and prev not in _DETS | {"that", "this", "our", "my", "your"} \
+                    else [("ordinal", "last")]
+            elif w in ("following", "preceding", "prior", "previous") and nxt in _TIME_NOUNS:
+                entries = [("reltime", 1 if w == "following" else -1)]   # "the following year", "the previous year"
+            elif w == "next" and nxt not in _TIME_NOUNS and nxt not in ("the", "a"):
+                entries = None if nxt in ("to",) else entries
+            elif w == "past" and (nxt in _DETS or nxt in ("him", "her", "them", "it", "that", "this")):
+                entries = None   # "past the deadline": a preposition
+            elif w == "second" and prev in ("a", "per", "one", "split", "every", "each"):
+                entries = None
+            elif w in ("declined", "decline", "declines", "declining") and nxt == "to" and k + 2 < n and not re.match(r"\d", low[k + 2]):
+                entries = [("assent", -1)]   # "declined to comment"
+            elif w == "since" and k + 1 < n and not (re.match(r"\d", nxt) or nxt in _TIME_NOUNS or nxt in _MONTHS
+                                                    or nxt in ("then", "last", "the", "early", "late", "mid")):
+                entries = None   # "since" for "because"
+        if entries:
+            neg = _negated_at(tokens, clause, k)
+            for axis, value in entries:
+                out.append(_Cue(axis, value, k, k + 1, bool(neg) and axis not in ("ordinal", "title"),
+                                (neg + " " if neg else "") + tokens[k].text))
+        k += 1
+    return out
+
+
+def _context(tokens: Sequence[Token], clause: Sequence[int], cue: _Cue, cue_tokens: set[int]) -> set[str]:
+    """Content words near a cue, in its clause (a few words either side when the clause has none)."""
+    def grab(same_clause: bool, width: int) -> set[str]:
+        got = set()
+        for i in range(max(0, cue.start - width), min(len(tokens), cue.end + width)):
+            if cue.start <= i < cue.end or i in cue_tokens:
+                continue
+            if same_clause and clause[i] != clause[cue.start]:
+                continue
+            if _is_content(tokens[i]) and not _is_negation(tokens[i].low):
+                got.add(_stem(tokens[i].low))
+        return got
+    return grab(True, CUE_CONTEXT) or grab(False, 3)
+
+
+def _aligned_to(opcodes: Sequence[tuple[str, int, int, int, int]], i: int) -> tuple[int, int] | None:
+    """Window token range the claim token i was aligned to (an equal or a replaced stretch)."""
+    for tag, i1, i2, j1, j2 in opcodes:
+        if i1 <= i < i2:
+            if tag == "equal":
+                return j1 + (i - i1), j1 + (i - i1) + 1
+            if tag == "replace":
+                return j1, j2
+            return None
+    return None
+
+
+def _compare_cues(
+    c_cues: list[_Cue], c_ctx: list[set[str]], e_cues: list[_Cue], e_ctx: list[set[str]],
+    opcodes: Sequence[tuple[str, int, int, int, int]], offset: int,
+) -> list[tuple[_Cue, _Cue]]:
+    """Claim cues whose best-placed evidence cue of the same kind says otherwise: (claim cue, evidence cue)."""
+    out = []
+    for cue, ctx in zip(c_cues, c_ctx):
+        cands = [(e, x) for e, x in zip(e_cues, e_ctx) if e.axis == cue.axis]
+        if not cands:
+            continue
+        aligned = _aligned_to(opcodes, cue.start)
+        scored = []
+        for e, x in cands:
+            score = len(ctx & x)
+            if aligned is not None and aligned[0] - 1 <= e.start + offset < aligned[1] + 1:
+                score += 2
+            scored.append((score, e))
+        best = max(s for s, _ in scored)
+        if best < 1 or any(_agrees(cue, e) for s, e in scored if s >= best):
+            continue
+        other = next(e for s, e in scored if s == best)
+        out.append((cue, other))
+    return out
+
+
+def _agrees(c: _Cue, e: _Cue) -> bool:
+    if c.axis == "title":
+        (cr, ch, cd), (er, eh, ed) = c.value, e.value  # type: ignore[misc]
+        return cr == er and ch == eh and (not cd or not ed or cd == ed)
+    return c.effective() == e.effective()
+
+
+_AXIS_KIND = {
+    "level": "negation", "extreme": "negation", "quality": "negation", "outcome": "negation", "assent": "negation",
+    "valence": "negation", "balance": "negation",
+    "sequence": "date", "reltime": "date", "latest": "date", "ordinal": "date", "title": "entity",
+}
+_AXIS_WORDS = {
+    "level": "the direction", "extreme": "which end", "quality": "better or worse", "outcome": "the outcome",
+    "assent": "yes or no", "valence": "positive or negative", "balance": "profit or loss", "sequence": "the order",
+    "reltime": "the time", "latest": "the order", "ordinal": "the order", "title": "the role",
+}
+
+
+# --- roles: who did what to whom
+
+_VERB_IRREGULAR = {
+    "bought": "buy", "sold": "sell", "beaten": "beat", "won": "win", "led": "lead", "paid": "pay", "told": "tell",
+    "took": "take", "taken": "take", "overtook": "overtake", "overtaken": "overtake", "lent": "lend", "left": "leave",
+    "hit": "hit", "struck": "strike", "chose": "choose", "chosen": "choose", "gave": "give", "given": "give",
+    "owes": "owe", "sent": "send", "met": "meet", "caught": "catch", "fought": "fight", "held": "hold", "kept": "keep",
+}
+_VERB_CLASS = {"buy": "acquire", "purchas": "acquire", "acquir": "acquire", "defeat": "beat", "edg": "beat",
+               "hir": "hire", "recruit": "hire", "employ": "hire", "criticiz": "criticis", "sue": "su"}
+# Verbs whose two sides can swap without changing the fact.
+_SYMMETRIC = frozenset("meet merg partner marri marry ti draw play fac talk speak negotiat compet collaborat team clash "
+                       "fight battl debat trad swap shar join-forc link tie met".split())
+_DETS = frozenset("the a an its their his her rival fellow former new to".split())
+_NOT_VERBS = STOPWORDS - {"said", "says", "told"} | frozenset("vs versus between against".split())
+
+
+def _verb_key(word: str) -> str:
+    w = _VERB_IRREGULAR.get(word, word)
+    for suffix in ("ing", "ed", "es", "s"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[: -len(suffix)]
+            break
+    w = w[:-1] if w.endswith("e") and len(w) > 3 else w
+    if len(w) > 4 and w[-1] == w[-2] and w[-1] not in "aeiousl":
+        w = w[:-1]   # "dropp", "topp"
+    return _VERB_CLASS.get(w, w)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    verb: str           # verb key ("acquire")
+    agent: str          # name keys: last word of the name, lower case
+    patient: str
+    text: str           # "Google acquired Fitbit" as the passage words it
+
+
+def _name_key(e: Entity) -> str:
+    return e.tokens[-1].lower()
+
+
+def _frames(text: str) -> list[_Frame]:
+    """Name - verb - name in one clause: "A acquired B", "A has agreed to buy B", "B was bought by A"."""
+    ents = extract_entities(text)
+    out = []
+    for a, b in zip(ents, ents[1:]):
+        gap = text[a.end:b.start]
+        if re.search(r"[,;:()\"“”—–]|['’]s\b", gap):
+            continue
+        words = [t.low for t in tokenize(gap)]
+        if not 1 <= len(words) <= 6:
+            continue
+        passive = False
+        if "by" in words[-2:] and all(w in _DETS for w in words[words.index("by", len(words) - 2) + 1:]):
+            k = len(words) - 1 - words[::-1].index("by")
+            if k < 2 or not any(w in _BE_FORMS for w in words[:k - 1]):
+                continue
+            verb, passive = words[k - 1], True
+        else:
+            ws = list(words)
+            while ws and ws[-1] in _DETS:
+                ws.pop()
+            if not ws:
+                continue
+            verb = ws[-1]
+            if any(w in ("and", "or", "of", "in", "on", "at", "for", "with", "from", "than", "as", "vs", "versus",
+                         "between", "against", "like") for w in ws):
+                continue
+        if verb in _NOT_VERBS or verb in _BE_FORMS or verb.endswith("ly") or not verb.isalpha():
+            continue
+        key = _verb_key(verb)
+        if key in _SYMMETRIC:
+            continue
+        agent, patient = (b, a) if passive else (a, b)
+        out.append(_Frame(key, _name_key(agent), _name_key(patient), text[a.start:b.end]))
+    return out
+
+
+def _role_failures(claim: str, evidence: str, source_id: str) -> list[RuleFailure]:
+    out = []
+    e_frames = _frames(evidence)
+    for f in _frames(claim):
+        if f.agent == f.patient:
+            continue
+        same = [e for e in e_frames if e.verb == f.verb and {e.agent, e.patient} == {f.agent, f.patient}]
+        if same and not any(e.agent == f.agent for e in same):
+            out.append(RuleFailure(
+                type="entity",
+                detail=f"source {source_id} says “{same[0].text}”, draft says “{f.text}”: who did what to whom is reversed",
+                value=f.text,
+            ))
+    return out
+
+
+# --- magnitude: the same digits with another scale, unit, currency, or percent for percentage points
+
+def _mantissa(q: Quantity) -> float | None:
+    m = re.search(r"\d[\d,]*(?:\.\d+)?", q.raw)
+    if m:
+        return float(m.group(0).replace(",", ""))
+    w = re.match(r"[A-Za-z]+(?:[- ][A-Za-z]+)?", q.raw)
+    return float(_word_value(w.group(0))) if w and _word_value(w.group(0)) is not None else None
+
+
+def _with_unit(q: Quantity, text: str) -> str:
+    if q.measure:
+        m = _MEASURE_RE.match(text, q.end)
+        if m:
+            return text[q.start:m.end()].strip()
+    return q.raw
+
+
+def _magnitude_failures(parts: "_ClaimParts", region_q: list[Quantity], all_q: list[Quantity], doc_text: str,
+                        source_id: str) -> tuple[list[RuleFailure], set[str]]:
+    """Figures no source has whose digits the evidence has at another scale or in another unit, currency or kind."""
+    out, explained = [], set()
+    for q in parts.quantities:
+        if q.kind == "ordinal" or any(numbers_match(q, s) for s in all_q):
+            continue
+        mant = _mantissa(q)
+        why = None
+        for s in region_q:
+            if s.kind == "ordinal":
+                continue
+            same_value = math.isclose(q.value, s.value, rel_tol=1e-9)
+            if same_value and q.kind != s.kind and {q.kind, s.kind} <= {"percent", "points", "number"}:
+                why = "percent and percentage points are not the same" if {q.kind, s.kind} == {"percent", "points"} else "another kind of figure"
+            elif same_value and q.currency and s.currency and q.currency != s.currency:
+                why = "another currency"
+            elif (same_value or mant == _mantissa(s)) and q.measure and s.measure and q.measure != s.measure:
+                why = "another unit"
+            elif mant is not None and mant == _mantissa(s) and q.kind == s.kind and not same_value and \
+                    (q.scaled or s.scaled) and (not q.currency or not s.currency or q.currency == s.currency):
+                ratio = q.value / s.value if s.value else 0
+                why = (f"{ratio:,.0f} times larger" if ratio > 1 else f"{1 / ratio:,.0f} times smaller") if ratio else "another scale"
+            if why:
+                claim_shown = _with_unit(q, parts.text)
+                out.append(RuleFailure(type="number", detail=f"source {source_id} says {_with_unit(s, doc_text)}, "
+                                       f"draft says {claim_shown} ({why})", value=q.raw))
+                explained.add(q.raw)
+                break
+    return out, explained
+
+
+def _meaning_failures(parts: "_ClaimParts", al: "_Alignment", doc: "_SourceDoc", index: "SourceIndex",
+                      ev_start: int, ev_end: int) -> tuple[list[RuleFailure], set[str]]:
+    """What the claim says against what its evidence says: (contradictions, claim figures they explain)."""
+    lo, hi = al.region
+    e_tokens = al.window.tokens[lo:hi]
+    c_tokens = parts.tokens
+    c_clause, e_clause = _clauses(c_tokens, parts.text), _clauses(e_tokens, doc.text)
+    c_cues, e_cues = _cues(c_tokens, parts.text, c_clause), _cues(e_tokens, doc.text, e_clause)
+    out: list[RuleFailure] = []
+    if c_cues and e_cues:
+        c_taken = {i for c in c_cues for i in range(c.start, c.end)}
+        e_taken = {i for c in e_cues for i in range(c.start, c.end)}
+        c_ctx = [_context(c_tokens, c_clause, c, c_taken) for c in c_cues]
+        e_ctx = [_context(e_tokens, e_clause, c, e_taken) for c in e_cues]
+        seen = set()
+        for c, e in _compare_cues(c_cues, c_ctx, e_cues, e_ctx, al.opcodes, lo):
+            if (c.start, c.axis) in seen:
+                continue
+            seen.add((c.start, c.axis))
+            out.append(RuleFailure(
+                type=_AXIS_KIND[c.axis],  # type: ignore[arg-type]
+                detail=f"source {doc.id} says “{e.phrase}”, draft says “{c.phrase}” ({_AXIS_WORDS[c.axis]} is reversed)"
+                if c.signed else f"source {doc.id} says “{e.phrase}”, draft says “{c.phrase}” ({_AXIS_WORDS[c.axis]} differs)",
+                value=c.phrase,
+            ))
+    out += _role_failures(parts.text, doc.text[ev_start:ev_end], doc.id)
+    region_q = [q for q in doc.quantities if ev_start <= q.start < ev_end]
+    all_q = [q for d in index.docs for q in d.quantities]
+    mag, explained = _magnitude_failures(parts, region_q, all_q, doc.text, doc.id)
+    return out + mag, explained
+
+
+def _covered_by_meaning(parts: "_ClaimParts", al: "_Alignment", doc: "_SourceDoc") -> set[str]:
+    """Claim words the evidence says in other words: a cue whose kind and value the evidence also has
+    ("climbed" for "rose", "prior to" for "before"), a reporting verb for another."""
+    lo, hi = al.region
+    e_tokens = al.window.tokens[lo:hi]
+    e_cues = _cues(e_tokens, doc.text, _clauses(e_tokens, doc.text))
+    family = {"reltime": "sequence"}   # "several weeks ago" and "several weeks earlier" both look back
+    have = {(family.get(c.axis, c.axis), repr(c.effective())) for c in e_cues}
+    covered = set()
+    for c in _cues(parts.tokens, parts.text, _clauses(parts.tokens, parts.text)):
+        if (family.get(c.axis, c.axis), repr(c.effective())) in have and c.axis != "title":
+            covered |= {_stem(t.low) for t in parts.tokens[c.start:c.end]}
+    if any(t.low in _REPORTING for t in e_tokens):
+        covered |= {_stem(t.low) for t in parts.tokens if t.low in _REPORTING}
+    return covered
 
 
 # --------------------------------------------------------------------------- verdict
@@ -990,7 +1614,21 @@ def verify_offline(
         region = toks
     win_terms = set(content_terms(region))
     missing = [t for t in dict.fromkeys(parts.cover_terms) if t not in win_terms]
+    if missing and hi > lo:
+        covered = _covered_by_meaning(parts, best, doc)
+        missing = [t for t in missing if t not in covered]
     coverage = 1.0 - len(missing) / max(1, len(set(parts.cover_terms)))
+    if hi > lo and coverage >= SAME_FACT:
+        meaning, explained = _meaning_failures(parts, best, doc, index, ev_start, ev_end)
+        if meaning:
+            contradicted = True
+            # The comparison says what a changed word or figure means; the same edit reported by the slot rule
+            # ("claim says 'rose' where ... says 'fell'") or as a figure no source has would only repeat it.
+            failures = meaning + [
+                f for f in failures
+                if not (f.type == "number" and f.value in explained)
+                and not (f.type == "negation" and f.detail.startswith("claim says ") and any(m.type == "negation" for m in meaning))
+            ]
     # A name the evidence passage lacks is unsupported even if the rest is there:
     # "..., with backing from the FBI" borrows a real name for a claim no source makes.
     region_names = " " + " ".join(_entity_key(t.text) for t in region) + " "
