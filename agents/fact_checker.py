@@ -14,13 +14,19 @@ that keep their offsets into it. Then:
    atomic, self-contained claims, each with supported / contradicted /
    unverifiable, a source number and a verbatim quote. The whole draft goes
    in one call when prompt plus reply fit the judge model's window; only a
-   draft that does not fit is split, by tokens. A quote that is not verbatim
-   in the cited source does not count. A claim is supported if any finding
-   supports it, and contradicted only if one contradicts it and none
-   supports it. Unknown ids and claims that change their sentence's figures
-   get one repair round; a sentence with a figure, date, quotation or name
-   that the reply left out is asked again alone; a sentence still without an
-   answer is checked whole by the rules, never dropped.
+   draft that does not fit is split, by tokens. Each request carries its own
+   strict schema (`reply_schema`): claim ids, source numbers (only those of the
+   passages shown) and labels as enums, the number of findings bounded, so even
+   a decoder that fills the schema at random cannot leave it. What no schema
+   can say gets one repair round (`check_validator`): a statement with a
+   figure, date, quotation or name left without a claim, a claim that changes
+   its statement's figures or quotations or shares no word with it, a quote
+   that is not verbatim in the cited source. A quote that is not verbatim does
+   not count. A claim is supported if any finding supports it, and
+   contradicted only if one contradicts it and none supports it. Within the
+   draft's call cap, a sentence the reply still left out is asked again alone;
+   a sentence still without an answer is checked whole by the rules, never
+   dropped.
 3. Rules always run on every claim (pipeline.factrules: number, date, quote,
    entity, negation) plus checks on the sentence (an [n] that is no source, a
    URL that is no source's, "officially confirmed" with no source saying so).
@@ -44,9 +50,18 @@ that keep their offsets into it. Then:
    text changed.
 
 So a draft costs one check call plus at most `revise_rounds` reviser calls
-when the model answers well; the extra calls above happen only on failures.
-Offline, steps 2 and 5 fall away: every sentence is one claim checked by the
-rules with embedding retrieval, and the report says `method = "rules"`.
+when the model answers well; the extra calls above happen only on failures,
+and never beyond the draft's cap: `factcheck.max_calls_per_draft` judge and
+reviser requests, repair rounds included (default 4: one check call, its
+repair, one revision and its repair), whatever the server answers. A call that
+does not fit in what is left is not made (`DraftCalls`, `BoundedGateway`);
+judge calls after the first leave room for one revision. The report's `method`
+is "llm" only when the judge decided every statement it was to decide; when
+the rules decided some in its place (cap reached, replies unusable or not the
+statement's, model unavailable) it is "rules" and `fallback` says why and for
+how many statements. Offline, steps 2 and 5 fall away: every sentence is one
+claim checked by the rules with embedding retrieval, and the report says
+`method = "rules"`.
 """
 
 from __future__ import annotations
@@ -63,8 +78,8 @@ from functools import partial
 from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from sqlalchemy import func, select, update
 
 from pipeline import schema
 from pipeline.config import Config, FactCheck
@@ -85,7 +100,7 @@ from pipeline.factrules import (
     tokenize,
     verify_offline,
 )
-from pipeline.ledger import Ledger, as_utc, utcnow
+from pipeline.ledger import Ledger, as_utc, stable_hash, utcnow
 from pipeline.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
 from pipeline.models import (
     Article,
@@ -600,6 +615,48 @@ class JudgeReply(BaseModel):
     verdicts: list[JudgeFinding]
 
 
+# Atomic claims one statement may yield, as the reply schema's bound (maxItems, with the statements' count): a
+# decoder that fills arrays at random stays within it, a real model never needs more (a sentence holds few facts).
+MAX_CLAIMS_PER_STATEMENT = 6
+
+
+def reply_schema(batch: Sequence["JudgeItem"]) -> type[JudgeReply]:
+    """The reply schema for one request, built from what the request holds, so a constrained decoder cannot leave it:
+    claim ids as an enum of the statements sent, source numbers as an enum of the sources whose passages were shown
+    (null besides, for unverifiable), the verdict labels (only "unverifiable" when no passage was shown at all), and
+    between (statements that must be answered) and MAX_CLAIMS_PER_STATEMENT x statements findings.
+
+    The constraints are in the JSON schema only (what the provider's decoder enforces); the parsed reply is
+    validated by the JudgeReply types, and `check_validator` checks only what a schema cannot say. So a reply from
+    a server that ignores the schema still parses, and its usable findings are kept.
+    """
+    ids = [it.id for it in batch]
+    numbers = sorted({p.source_n for it in batch for p in it.passages})
+    required = sum(1 for it in batch if it.required)
+
+    def replaced(schema_for: dict[str, Any]):
+        def apply(node: dict[str, Any]) -> None:
+            node.clear()
+            node.update(schema_for)
+        return apply
+
+    labels = ["supported", "contradicted", "unverifiable"] if numbers else ["unverifiable"]
+    source_n = {"anyOf": [{"type": "integer", "enum": numbers}, {"type": "null"}]} if numbers else {"type": "null"}
+    finding = create_model(
+        "JudgeFinding",
+        __base__=JudgeFinding,
+        claim_id=(str, Field(json_schema_extra=replaced({"type": "string", "enum": ids}))),
+        verdict=(SupportVerdict, Field(json_schema_extra=replaced({"type": "string", "enum": labels}))),
+        source_n=(int | None, Field(json_schema_extra=replaced(source_n))),
+    )
+    counts = {"minItems": required, "maxItems": max(1, MAX_CLAIMS_PER_STATEMENT * len(ids))}
+    return create_model(
+        "JudgeReply",
+        __base__=JudgeReply,
+        verdicts=(list[finding], Field(json_schema_extra=lambda node: node.update(counts))),
+    )
+
+
 @dataclass(frozen=True)
 class JudgeItem:
     """A statement to check: a draft sentence (id "s1", ...) or a standalone claim, with its candidate windows."""
@@ -627,6 +684,16 @@ class JudgedClaim:
     judgement: Judgement | None      # None: no usable model verdict, the rules decide
 
 
+# Why the rules decided a statement in the judge's place (JudgeStats.fell_back), as the report says it.
+FALLBACK_REASONS = {
+    "cap": "call cap reached ({cap} model requests per draft, factcheck.max_calls_per_draft{kept})",
+    "flawed": "the judge's claims did not fit their statement",
+    "missing": "the judge left the statement out",
+    "unusable": "the judge's reply was unusable",
+    "outage": "the judge was unavailable",
+}
+
+
 @dataclass
 class JudgeStats:
     calls: int = 0            # check requests sent (repair rounds inside the gateway not counted)
@@ -635,6 +702,34 @@ class JudgeStats:
     unanswered: int = 0       # statements the rules checked whole because the model gave no usable answer
     rejected_quotes: int = 0
     dropped_claims: int = 0   # findings under an unknown id or with figures/quotations their statement lacks
+    # Statement id -> why the rules decided it (a key of FALLBACK_REASONS), and the first detail seen per reason.
+    fell_back: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    requests: int = 0             # judge + reviser requests the draft made (repair rounds included)
+    cap: int | None = None        # the draft's cap on them, when one applied
+    kept: int = 0                 # requests of the cap that judge calls after the first left for the reviser
+    revisions_capped: int = 0     # revisions not asked for because the cap left no room
+
+    def fall_back(self, ids: Iterable[str], reason: str, detail: str = "") -> None:
+        for i in ids:
+            self.fell_back.setdefault(i, reason)
+        if detail:
+            self.details.setdefault(reason, detail)
+
+    def fallback(self, statements: int) -> str | None:
+        """Why the rules decided in the judge's place, per reason with how many statements; None when they never had to."""
+        if not self.fell_back:
+            return None
+        counts: dict[str, int] = {}
+        for reason in self.fell_back.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        parts = []
+        for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            kept = f"; {self.kept} kept for a revision" if self.kept else ""
+            text = FALLBACK_REASONS.get(reason, reason).format(cap=self.cap, kept=kept)
+            detail = self.details.get(reason)
+            parts.append(f"{text}{f' ({detail})' if detail else ''} for {n} of {statements} statement(s)")
+        return "; ".join(parts)
 
 
 def _has_checkable_content(text: str) -> bool:
@@ -654,19 +749,52 @@ def claim_problems(claim: str, statement: str) -> list[str]:
     return problems
 
 
+def unrelated_claim(claim: str, statement: str) -> bool:
+    """A claim that shares no content word with its statement is not one of its facts (a decoder's random string)."""
+    if claim == statement:
+        return False
+    words = set(content_terms(tokenize(claim)))
+    return not words or not words & set(content_terms(tokenize(statement)))
+
+
+def finding_problems(finding: JudgeFinding, item: JudgeItem) -> list[str]:
+    """What a finding gets wrong that no JSON schema can say: a claim that is not its statement's (changed figures or
+    quotations, no word of it), and a quote that is not word for word in the source it cites."""
+    claim = " ".join(finding.claim.split()) or item.text
+    problems = claim_problems(claim, item.text)
+    if unrelated_claim(claim, item.text):
+        problems.append(f"claim {_clip(claim, 60)!r} shares no word with its statement; write a fact the statement states")
+    if finding.verdict != "unverifiable":
+        quote = finding.quote.replace("<\\/", "</").strip()
+        source = item.sources.get(finding.source_n) if finding.source_n is not None else None
+        if source is None or len(tokenize(quote)) < MIN_QUOTE_TOKENS or not quote_appears_verbatim(quote, source.text):
+            problems.append(f"quote {_clip(quote, 60)!r} is not word for word in source {finding.source_n}'s evidence; "
+                            "copy the deciding passage exactly, or answer unverifiable")
+    return problems
+
+
 def check_validator(batch: Sequence[JudgeItem]) -> Callable[[JudgeReply], list[str]]:
-    """Ids must be the given ones and claims must keep their statement's figures and quotations (one repair round)."""
+    """What the reply schema cannot say (one repair round): every statement that must be answered has a finding, a
+    claim keeps its statement's figures and quotations and shares its words, a quote is verbatim in its source.
+
+    Ids and source numbers are enums of the request's schema: a finding under an unknown id is dropped, not sent
+    back (its statement is then missing, which is)."""
     by_id = {it.id: it for it in batch}
-    shown = ", ".join(list(by_id)[:40]) + (", ..." if len(by_id) > 40 else "")
 
     def check(out: JudgeReply) -> list[str]:
         problems: list[str] = []
+        answered: set[str] = set()
         for i, f in enumerate(out.verdicts):
             item = by_id.get(f.claim_id)
             if item is None:
-                problems.append(f"verdicts[{i}].claim_id {f.claim_id!r} is not one of the given ids ({shown})")
                 continue
-            problems += [f"verdicts[{i}] (claim_id {f.claim_id}) {p}" for p in claim_problems(f.claim, item.text)]
+            answered.add(item.id)
+            problems += [f"verdicts[{i}] (claim_id {f.claim_id}) {p}" for p in finding_problems(f, item)]
+        missing = [it.id for it in batch if it.required and it.id not in answered]
+        if missing:
+            shown = ", ".join(missing[:40]) + (", ..." if len(missing) > 40 else "")
+            problems.append(f"no entry for statement(s) {shown}: each holds a number, date, quotation or name, so each "
+                            "needs at least one claim")
         return problems
 
     return check
@@ -717,6 +845,8 @@ REPLY_BASE_TOKENS = 20
 # json_object mode appends the schema to the system prompt with a sentence around it; json_schema
 # mode sends it as response_format, which the provider counts as input too.
 SCHEMA_WRAPPER_TOKENS = 40
+# What each statement adds to the request's own schema (its id in the claim_id enum; see reply_schema).
+SCHEMA_TOKENS_PER_ITEM = 4
 
 
 @dataclass(frozen=True)
@@ -731,7 +861,7 @@ class CallBudget:
 
     def fits(self, prompt_tokens: int, n: int) -> bool:
         reply = self.reply_tokens(n)
-        return reply <= self.max_output and prompt_tokens + reply <= self.limit
+        return reply <= self.max_output and prompt_tokens + n * SCHEMA_TOKENS_PER_ITEM + reply <= self.limit
 
 
 def call_budget(gateway, settings: FactCheck) -> CallBudget:
@@ -793,6 +923,108 @@ def _shrunk(item: JudgeItem, tokens: Callable[[Sequence[JudgeItem]], int], budge
     return replace(item, passages=passages)
 
 
+# --- the call cap: judge and reviser requests per draft, repair rounds included --------------------------------
+
+
+class CallCapReached(LLMError):
+    """The draft's judge and reviser requests (factcheck.max_calls_per_draft) would be exceeded; no request was made."""
+
+
+@dataclass
+class DraftCalls:
+    """One draft's model requests (judge and reviser, repair rounds included) against its cap.
+
+    A call reserves `per_call` requests, the most one gateway call can be answered (its first request and each
+    repair round), before it starts; when it ends, what it actually got is booked (see BoundedGateway). A call that
+    does not fit in what is left is not made, so the cap holds whatever the server answers.
+    """
+
+    cap: int
+    per_call: int           # 1 + llm.repair_rounds
+    used: int = 0           # answered requests booked
+    reserved: int = 0       # held by calls in flight
+    calls: int = 0          # gateway calls made
+    refused: int = 0        # calls not made because they did not fit
+
+    def allows(self, keep: int = 0) -> bool:
+        """A call fits, leaving `keep` requests for later calls (the reviser's)."""
+        return self.cap - self.used - self.reserved >= self.per_call + keep
+
+    @property
+    def reached(self) -> bool:
+        return self.refused > 0
+
+
+def draft_calls(settings: FactCheck, gateway) -> DraftCalls:
+    config = getattr(gateway, "config", None)
+    repair_rounds = config.llm.repair_rounds if isinstance(config, Config) else 1
+    return DraftCalls(cap=settings.max_calls_per_draft, per_call=1 + repair_rounds)
+
+
+# Outcomes of a gateway row that is an answer from the model (an error or a refused start is none).
+_ANSWERED = ("ok", "invalid", "truncated", "refused")
+
+
+class BoundedGateway:
+    """The gateway as one draft's check uses it: `call` only within the draft's DraftCalls, everything else as is.
+
+    What a call actually got is read back from the gateway's own ledger rows (one per answer and repair round,
+    none for a cache hit), found by the prompt's hash among the rows written since the call started; when they
+    cannot be read, the whole reservation is booked.
+    """
+
+    def __init__(self, gateway, calls: DraftCalls) -> None:
+        self._gateway = gateway
+        self.draft_calls = calls
+
+    def __getattr__(self, name: str):
+        return getattr(self._gateway, name)
+
+    async def call(self, role: str, prompt, schema_model, validators=(), stage: str | None = None, max_tokens: int | None = None):
+        account = self.draft_calls
+        if not account.allows():
+            account.refused += 1
+            raise CallCapReached(
+                f"{role} call not made: {account.used} of the draft's {account.cap} model requests used "
+                f"(factcheck.max_calls_per_draft), a call may take {account.per_call} with its repair rounds"
+            )
+        account.reserved += account.per_call
+        mark = self._mark()
+        try:
+            return await self._gateway.call(role, prompt, schema_model, validators=validators, stage=stage, max_tokens=max_tokens)
+        finally:
+            account.reserved -= account.per_call
+            account.calls += 1
+            account.used += self._answered_since(mark, prompt, account.per_call)
+
+    def _mark(self) -> int | None:
+        ledger = getattr(self._gateway, "ledger", None)
+        if not isinstance(ledger, Ledger):
+            return None
+        try:
+            with ledger.engine.connect() as connection:
+                return connection.execute(select(func.coalesce(func.max(schema.llm_calls.c.id), 0))).scalar_one()
+        except Exception:  # the cap still holds: the whole reservation is booked
+            return None
+
+    def _answered_since(self, mark: int | None, prompt, reserved: int) -> int:
+        if mark is None:
+            return reserved
+        table = schema.llm_calls
+        try:
+            with self._gateway.ledger.engine.connect() as connection:
+                rows = connection.execute(
+                    select(table.c.outcome, table.c.cache_hit).where(
+                        table.c.id > mark, table.c.prompt_hash == stable_hash(prompt.messages)
+                    )
+                ).all()
+        except Exception:
+            return reserved
+        if not rows:
+            return reserved  # no row to read what it got from: assume the most
+        return sum(1 for r in rows if not r.cache_hit and r.outcome in _ANSWERED)
+
+
 async def judge_items(
     items: Sequence[JudgeItem],
     gateway,
@@ -801,45 +1033,64 @@ async def judge_items(
     *,
     context: str = "",
     stats: JudgeStats | None = None,
+    calls: DraftCalls | None = None,
+    keep: int = 0,
 ) -> dict[str, list[JudgedClaim]]:
     """Atomic claims with verdicts by statement id: one call when everything fits, batches in parallel otherwise.
 
     An entry is the statement's claims ([] when the model found nothing to check
-    in a statement that is not `required`). A required statement the reply left
-    out (missing or mismatched id) is asked again alone; of a reply still flawed
-    after the gateway's repair round, the valid findings are kept. A reply that
-    is cut off, refused or no JSON of the schema at all is asked again in two
-    halves. A statement still without an answer is absent: the caller checks
-    it whole with the rules, never drops it. A provider outage, spent budget or
-    open circuit is not retried here.
+    in a statement that is not `required`). Each request has its own schema
+    (`reply_schema`); what no schema can say is sent back once (`check_validator`),
+    and of a reply still flawed after that repair round the valid findings are
+    kept. With `calls` (the draft's cap), every call after the first must leave
+    `keep` requests free (for the reviser); a call that does not fit is not made.
+    Within the cap, a required statement the reply left out is asked again alone,
+    and a reply that is cut off, refused or no JSON of the schema at all is asked
+    again in two halves. A statement still without an answer is absent: the caller
+    checks it whole with the rules, never drops it, and `stats.fell_back` says
+    why. A provider outage, spent budget or open circuit is not retried here.
     """
     stats = stats if stats is not None else JudgeStats()
     budget = call_budget(gateway, settings)
+    if calls is not None:
+        stats.cap, stats.kept = calls.cap, keep
 
     def render(batch: Sequence[JudgeItem]):
         return render_check_prompt(batch, prompts, context)
 
     results: dict[str, list[JudgedClaim]] = {}
+    first = [True]
 
-    async def ask(batch: Sequence[JudgeItem]) -> tuple[str, list[JudgeFinding]]:
+    def room(extra: bool) -> bool:
+        """Whether a call may be made now; a call beyond the draft's first keeps `keep` requests free."""
+        return calls is None or calls.allows(keep if extra else 0)
+
+    async def ask(batch: Sequence[JudgeItem]) -> tuple[str, list[JudgeFinding], str]:
+        extra, first[0] = not first[0], False
+        if not room(extra):
+            if calls is not None:
+                calls.refused += 1
+            return "cap", [], ""
         stats.calls += 1
         try:
             reply = await gateway.call(
-                "judge", render(batch), JudgeReply, validators=(check_validator(batch),), stage="check",
+                "judge", render(batch), reply_schema(batch), validators=(check_validator(batch),), stage="check",
                 max_tokens=min(budget.max_output, budget.reply_tokens(len(batch))),
             )
         except InvalidOutput as exc:
             if isinstance(exc.output, JudgeReply):
-                return "ok", exc.output.verdicts  # still flawed after repair: the valid findings are kept below
+                return "ok", exc.output.verdicts, ""  # still flawed after repair: the valid findings are kept below
             log.warning("check reply unusable for %d statement(s): %s", len(batch), exc)
-            return "unusable", []
+            return "unusable", [], "no reply of the schema"
         except (OutputTruncated, Refused) as exc:
             log.warning("check reply unusable for %d statement(s): %s", len(batch), exc)
-            return "unusable", []
+            return "unusable", [], "cut off" if isinstance(exc, OutputTruncated) else "refused"
+        except CallCapReached:
+            return "cap", [], ""
         except LLMError as exc:
             log.warning("judge unavailable for %d statement(s), the rules decide: %s", len(batch), exc)
-            return "outage", []
-        return "ok", reply.verdicts
+            return "outage", [], _clip(f"{type(exc).__name__}: {exc}", 100)
+        return "ok", reply.verdicts, ""
 
     def collect(batch: Sequence[JudgeItem], findings: Sequence[JudgeFinding]) -> dict[str, list[JudgedClaim]]:
         by_id = {it.id: it for it in batch}
@@ -851,7 +1102,7 @@ async def judge_items(
                 stats.dropped_claims += 1
                 continue
             text = " ".join(f.claim.split()) or item.text
-            if claim_problems(text, item.text):
+            if claim_problems(text, item.text) or unrelated_claim(text, item.text):
                 stats.dropped_claims += 1
                 flawed.add(item.id)
                 continue
@@ -866,31 +1117,37 @@ async def judge_items(
             # A claim that misquoted its statement is not checked in its place: the rules check the statement.
             if item.id in flawed and all(c.text != item.text for c in claims):
                 claims.append(JudgedClaim(item.text, None))
+                stats.fall_back([item.id], "flawed")
             if claims:
                 found[item.id] = claims
         return found
 
     async def run_batch(batch: list[JudgeItem]) -> None:
-        status, findings = await ask(batch)
-        if status == "outage":
+        status, findings, detail = await ask(batch)
+        if status in ("outage", "cap"):
             stats.unanswered += len(batch)
+            stats.fall_back([it.id for it in batch], status, detail)
             return
         if status == "unusable":
-            if len(batch) > 1:
+            if len(batch) > 1 and room(True):
                 stats.split += 1
                 middle = len(batch) // 2
                 await asyncio.gather(run_batch(batch[:middle]), run_batch(batch[middle:]))
             else:
-                stats.unanswered += 1
+                stats.unanswered += len(batch)
+                stats.fall_back([it.id for it in batch], "unusable", detail)
             return
         found = collect(batch, findings)
         missing = [it for it in batch if it.id not in found and it.required]
+        why: dict[str, tuple[str, str]] = {}
         if len(batch) > 1 and missing:
-            stats.retried_alone += len(missing)
             retries = await asyncio.gather(*(ask([it]) for it in missing))
-            for it, (again, again_findings) in zip(missing, retries):
+            for it, (again, again_findings, again_detail) in zip(missing, retries):
+                if again != "cap":
+                    stats.retried_alone += 1
                 if again == "ok":
                     found.update(collect([it], again_findings))
+                why[it.id] = (again if again != "ok" else "missing", again_detail)
         for it in batch:
             if it.id in found:
                 results[it.id] = found[it.id]
@@ -898,6 +1155,8 @@ async def judge_items(
                 results[it.id] = []   # nothing checkable in it, and the model said so by leaving it out
             else:
                 stats.unanswered += 1
+                reason, detail = why.get(it.id, ("missing", ""))
+                stats.fall_back([it.id], reason, detail)
 
     batches = plan_batches(items, render, budget)
     await asyncio.gather(*(run_batch(b) for b in batches))
@@ -1048,16 +1307,19 @@ async def claims_of(
     context: str = "",
     stats: JudgeStats | None = None,
     statements: list[JudgeItem] | None = None,
+    calls: DraftCalls | None = None,
+    keep: int = 0,
 ) -> list[SentenceClaims]:
     """Every sentence's claims: with a model, one check call for the draft (split only by tokens); offline, each
-    sentence is one claim for the rules. `statements`: from `statements_of`, when already built."""
+    sentence is one claim for the rules. `statements`: from `statements_of`, when already built. `calls`, `keep`:
+    the draft's call cap and what to leave of it for the reviser (see judge_items)."""
     sentences = rendered.sentences
     if gateway is None or not sentences:
         evidence.prepare([s.text for s in sentences])
         return [_whole(s) for s in sentences]
     prompts = prompts or PromptLibrary(gateway.config.prompts_dir)
     statements = statements if statements is not None else statements_of(rendered, evidence)
-    judged = await judge_items(statements, gateway, prompts, settings, context=context, stats=stats)
+    judged = await judge_items(statements, gateway, prompts, settings, context=context, stats=stats, calls=calls, keep=keep)
     # A sentence the model gave no usable answer for is checked whole by the rules.
     return [SentenceClaims(s, tuple(judged[s.id])) if s.id in judged else _whole(s) for s in sentences]
 
@@ -1101,14 +1363,37 @@ async def check_article(
     draft_id: str = "",
     stats: JudgeStats | None = None,
 ) -> FactCheckReport:
-    """Claims, evidence, judge (when `gateway` is given and available) and rules for one article, without revision."""
+    """Claims, evidence, judge (when `gateway` is given and available) and rules for one article, without revision;
+    the judge's requests are capped at `settings.max_calls_per_draft`."""
     settings = settings or FactCheck()
     use_model = gateway is not None and getattr(gateway, "available", False)
+    stats = stats if stats is not None else JudgeStats()
     rendered = render_draft(article)
-    checked = await claims_of(rendered, evidence, settings=settings, gateway=gateway if use_model else None,
-                              prompts=prompts, context=article.headline, stats=stats)
+    calls = draft_calls(settings, gateway) if use_model else None
+    checked = await claims_of(rendered, evidence, settings=settings,
+                              gateway=BoundedGateway(gateway, calls) if use_model else None,
+                              prompts=prompts, context=article.headline, stats=stats, calls=calls)
     verdicts = verdicts_for(rendered, checked, evidence)
-    return FactCheckReport(draft_id=draft_id, verdicts=verdicts, method="llm" if use_model else "rules", totals=totals(verdicts))
+    if calls is not None:
+        stats.requests = calls.used
+    method, fallback = decided_by(use_model, stats, len(rendered.sentences))
+    return FactCheckReport(draft_id=draft_id, verdicts=verdicts, method=method, fallback=fallback, totals=totals(verdicts))
+
+
+def decided_by(use_model: bool, stats: JudgeStats, statements: int) -> tuple[Literal["llm", "rules"], str | None]:
+    """The report's method: "llm" only when the judge decided every statement it was to decide; "rules" with the
+    fallback's reason when the rules decided some in its place (cap, unusable replies, outage); "rules" offline."""
+    if not use_model:
+        return "rules", None
+    fallback = stats.fallback(statements)
+    if fallback is None and stats.calls == 0:
+        return "rules", None   # nothing went to the model (an empty draft)
+    return ("llm" if fallback is None else "rules"), fallback
+
+
+def method_label(report: FactCheckReport) -> str:
+    """How a report was decided, as the stage notes and logs say it: llm, rules, or rules (fallback: why)."""
+    return report.method if report.fallback is None else f"{report.method} (fallback: {report.fallback})"
 
 
 # --- revision -----------------------------------------------------------------------------------------
@@ -1229,9 +1514,14 @@ async def check_prepared(
     use_model = model_available(gateway, config)
     stats = JudgeStats()
     current, rendered = prepared.article, prepared.rendered
-    checked = await claims_of(rendered, evidence, settings=settings, gateway=gateway if use_model else None,
+    # Judge and reviser share the draft's cap; judge calls after the first leave room for one revision.
+    calls = draft_calls(settings, gateway) if use_model else None
+    bounded = BoundedGateway(gateway, calls) if calls is not None else None
+    revising = use_model and spec is not None and settings.revise_rounds > 0
+    checked = await claims_of(rendered, evidence, settings=settings, gateway=bounded,
                               prompts=PromptLibrary(config.prompts_dir), context=current.headline, stats=stats,
-                              statements=prepared.statements)
+                              statements=prepared.statements, calls=calls,
+                              keep=calls.per_call if calls is not None and revising else 0)
     verdicts = verdicts_for(rendered, checked, evidence)
     revisions: list[Revision] = []
     if use_model and spec is not None:
@@ -1241,7 +1531,13 @@ async def check_prepared(
             flagged = [v for v in verdicts if v.verdict != "supported"]
             if not flagged:
                 break
-            candidate = as_article(await reviser(draft.model_copy(update={"article": current}), flagged, pack, spec, gateway))
+            if not calls.allows():
+                calls.refused += 1
+                stats.revisions_capped += 1
+                log.warning("draft %s: no revision %d, the draft's %d model requests are used (factcheck.max_calls_per_draft)",
+                            draft.id, round_number, calls.cap)
+                break
+            candidate = as_article(await reviser(draft.model_copy(update={"article": current}), flagged, pack, spec, bounded))
             if candidate == current:
                 revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
                 break
@@ -1256,12 +1552,16 @@ async def check_prepared(
             checked = carry_over(rendered, checked, revised)
             current, rendered = candidate, revised
             verdicts = verdicts_for(rendered, checked, evidence)
-    report = FactCheckReport(draft_id=draft.id, verdicts=verdicts, revisions=revisions,
-                             method="llm" if use_model else "rules", totals=totals(verdicts))
+    if calls is not None:
+        stats.requests = calls.used
+    method, fallback = decided_by(use_model, stats, len(prepared.rendered.sentences))
+    report = FactCheckReport(draft_id=draft.id, verdicts=verdicts, revisions=revisions, method=method, fallback=fallback,
+                             totals=totals(verdicts))
     if use_model:
-        log.info("draft %s: %d sentence(s) checked in %d call(s) (%d split, %d retried alone, %d left to the rules), %d revision(s)",
+        log.info("draft %s: %d sentence(s) checked in %d call(s) (%d split, %d retried alone, %d left to the rules), "
+                 "%d revision(s), %d of %d model request(s); method %s",
                  draft.id, len(rendered.sentences), stats.calls, stats.split, stats.retried_alone, stats.unanswered,
-                 sum(1 for r in revisions if r.spans_revised))
+                 sum(1 for r in revisions if r.spans_revised), stats.requests, stats.cap, method_label(report))
     return CheckOutcome(article=current, report=report, revised=current != prepared.article, stats=stats)
 
 
@@ -1311,7 +1611,7 @@ def check_drafts(run) -> StageReport:
     """
     config, ledger = run.config, run.ledger
     report = StageReport(stage="check")
-    counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0}
+    counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0, "revisions_capped": 0}
     report.notes.update(counts)
     with ledger.engine.connect() as connection:
         rows = connection.execute(
@@ -1334,7 +1634,9 @@ def check_drafts(run) -> StageReport:
             report.errors.append(f"the LLM gateway could not be set up, checking with rules only: {type(exc).__name__}: {exc}")
     embed = _store_embed(run)
 
-    methods: set[str] = set()
+    # Drafts per method that decided them: llm, rules (offline), rules (fallback: ...) by the fallback's first reason.
+    methods: dict[str, int] = {}
+    requests: list[int] = []
     with_model = model_available(gateway, config)
     left = [0]
 
@@ -1365,7 +1667,11 @@ def check_drafts(run) -> StageReport:
                 report.errors.append(f"draft {row.id}: fact-check failed: {type(exc).__name__}: {exc}")
                 return
         report.items_out += 1
-        methods.add(outcome.report.method)
+        label = "rules (fallback)" if outcome.report.fallback else outcome.report.method
+        methods[label] = methods.get(label, 0) + 1
+        if with_model:
+            requests.append(outcome.stats.requests)
+            counts["revisions_capped"] += outcome.stats.revisions_capped
         counts["drafts_checked"] += 1
         counts["revised_rounds"] += sum(1 for r in outcome.report.revisions if r.spans_revised)
         for key in ("claims", *VERDICTS):
@@ -1386,7 +1692,16 @@ def check_drafts(run) -> StageReport:
         log.warning("stop requested; %d draft(s) left unchecked", left[0])
     report.notes.update(counts)
     if methods:
-        report.notes["method"] = "+".join(sorted(methods))
+        # "llm 4, rules (fallback) 2": how many drafts each method decided, never one label for the stage.
+        order = ["llm", "rules", "rules (fallback)"]
+        report.notes["method"] = ", ".join(f"{m} {methods[m]}" for m in order if m in methods)
+        report.notes["drafts_llm"] = methods.get("llm", 0)
+        report.notes["drafts_rules"] = methods.get("rules", 0)
+        report.notes["drafts_fallback"] = methods.get("rules (fallback)", 0)
+    if requests:
+        report.notes["model_requests"] = sum(requests)
+        report.notes["max_requests_per_draft"] = max(requests)
+        report.notes["request_cap_per_draft"] = config.factcheck.max_calls_per_draft
     return report
 
 
@@ -1483,8 +1798,11 @@ async def check_claims_with_model(cases: Sequence[dict], gateway, *, embed: Embe
 
 
 __all__ = [
+    "BoundedGateway",
     "CallBudget",
+    "CallCapReached",
     "CheckOutcome",
+    "DraftCalls",
     "DraftSentence",
     "EvidenceIndex",
     "EvidenceSource",
@@ -1509,14 +1827,19 @@ __all__ = [
     "check_validator",
     "claim_problems",
     "claims_of",
+    "decided_by",
     "decide",
+    "draft_calls",
     "draft_from_row",
+    "finding_problems",
     "judge_items",
     "measure_revision",
+    "method_label",
     "plan_batches",
     "prepare_check",
     "render_check_prompt",
     "render_draft",
+    "reply_schema",
     "revision_likely",
     "save_check",
     "sentence_failures",
@@ -1525,5 +1848,6 @@ __all__ = [
     "statements_of",
     "strip_citation_markers",
     "totals",
+    "unrelated_claim",
     "verdicts_for",
 ]

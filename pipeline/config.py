@@ -268,6 +268,9 @@ class Classify(Section):
 class FactCheck(Section):
     # One check call per draft: claims and verdicts together, split only when the draft does not fit the judge's window.
     revise_rounds: int = Field(default=1, ge=0, le=5, description="reviser calls per draft at most; revised sentences are re-checked by the rules")
+    # Judge and reviser requests per draft, repair rounds included, whatever the server answers: one check call, its
+    # repair, one revision and its repair. Once spent, the draft's remaining statements are decided by the rules.
+    max_calls_per_draft: int = Field(default=4, ge=1, le=100, description="judge + reviser model requests per draft, repairs included")
     window_sentences: int = Field(default=4, ge=3, le=5)
     output_tokens_per_sentence: int = Field(default=300, ge=50, le=4000, description="reply tokens kept free per checked sentence")
     max_output_tokens: int = Field(default=16_000, ge=500, description="the judge model's reply limit; a longer draft is split")

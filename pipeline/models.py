@@ -233,7 +233,8 @@ class FactCheckReport(Record):
     draft_id: str
     verdicts: list[ClaimVerdict]
     revisions: list[Revision] = []
-    method: Literal["llm", "rules"] = "rules"
+    method: Literal["llm", "rules"] = "rules"   # "llm" only when the judge decided every statement it was to decide
+    fallback: str | None = None     # why the rules decided in the judge's place (call cap, unusable replies, outage)
     totals: dict[str, int] = {}     # "claims" and a count per label of VERDICTS (reports stored before the story
                                     # check carry only the first three labels)
 

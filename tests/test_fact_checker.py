@@ -331,7 +331,7 @@ def test_statements_answered_under_the_wrong_id_are_retried_alone_and_never_drop
             out.append(verdict)
         return out
 
-    config = make_config(tmp_path, templates_dir)
+    config = make_config(tmp_path, templates_dir, max_calls_per_draft=10)  # room to ask again (the default cap has none)
     model = scripted_model(sloppy)
     gateway = Gateway(config, ledger, backend=model)
     evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
@@ -380,7 +380,7 @@ def test_an_unusable_reply_is_asked_again_in_halves(ledger, tmp_path, templates_
             return ModelReply(content='{"verdicts": [', finish_reason="length")
         return {"verdicts": [honest_verdict(cid, text, evidence) for cid, text in claims]}
 
-    config = make_config(tmp_path, templates_dir)
+    config = make_config(tmp_path, templates_dir, max_calls_per_draft=10)  # room to ask again (the default cap has none)
     model = TestModel(function=respond)
     gateway = Gateway(config, ledger, backend=model)
     evidence = EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences)
