@@ -111,7 +111,7 @@ class Source:
 
 
 _SOURCE = re.compile(
-    r'<source n="(\d+)" role="(\w+)">\s*\nTitle: (.*?)\nOutlet: (.*?)\nPublished: .*?\nURL: (.*?)\nText:\n(.*?)\n</source>',
+    r'<source n="(\d+)" role="(\w+)">\s*\n(?:About: .*?\n)?Title: (.*?)\nOutlet: (.*?)\nPublished: .*?\nURL: (.*?)\nText:\n(.*?)\n</source>',
     re.DOTALL,
 )
 
