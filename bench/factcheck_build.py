@@ -514,8 +514,8 @@ def _word_spots(sentence: str, table: dict) -> list[re.Match]:
     for m in pattern.finditer(sentence):
         if any(a <= m.start() < b for a, b in quoted):
             continue  # a quotation is quoted verbatim, never paraphrased
-        if m.group(1)[:1].isupper() and sentence[:m.start()].strip():
-            continue  # capitalised mid-sentence: part of a name ("Sioux Falls", "Best Buy")
+        if m.group(1)[:1].isupper() and (sentence[:m.start()].strip() or re.match(r"\s+[A-Z]", sentence[m.end():])):
+            continue  # capitalised mid-sentence or before another capital: part of a name ("Sioux Falls", "Big Machine")
         spots.append(m)
     return spots
 
@@ -687,6 +687,8 @@ def swap_roles(sentence: str, rng: random.Random, faithful: bool = False) -> str
     if not faithful:
         titles = re.compile(r"(?<![\w-])(?:" + "|".join(sorted(map(re.escape, TITLES), key=len, reverse=True)) + r")(?![\w-])")
         for m in titles.finditer(sentence):
+            if re.search(r"\b(?:vice|deputy|assistant|lieutenant|associate|senior|co)[ -]$", sentence[:m.start()], re.I):
+                continue  # "assistant coach" is a title of its own
             if not any(x <= m.start() < y for x, y in quoted):
                 options.append(("title", m))
     if not options:
