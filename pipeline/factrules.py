@@ -624,7 +624,7 @@ def extract_entities(text: str, is_name: Callable[[str], bool] | None = None) ->
         initial = _sentence_initial(text, run[0].start)
         if initial:
             first = run[0].text
-            if first.lower() in COMMON_OPENERS or (is_name is not None and not is_name(first)):
+            if first.lower() in COMMON_OPENERS or first.lower() in _LEXICON or (is_name is not None and not is_name(first)):
                 run = run[1:]
                 initial = False
         while run and run[-1].text.lower() in _CONNECTORS:
@@ -894,8 +894,9 @@ def _slot_failures(
         s_caps = [t for t in stoks[j1:j2] if _is_name_token(t)]
         if c_caps and s_caps:
             c_first_initial = i1 == 0 or _sentence_initial(claim.text, ctoks[i1].start)
-            if c_first_initial and len(c_caps) == 1 and c_caps[0] is ctoks[i1] and not index.is_name(c_caps[0].text):
-                continue
+            if c_first_initial and len(c_caps) == 1 and c_caps[0] is ctoks[i1] and (
+                    not index.is_name(c_caps[0].text) or c_caps[0].low in COMMON_OPENERS or c_caps[0].low in _LEXICON):
+                continue   # an opening word reworded ("Following" for "After", "Authorities" for "Officials")
             c_keys = {_entity_key(t.text).lower() for t in c_caps}
             s_keys = {_entity_key(t.text).lower() for t in s_caps}
             if c_keys - s_keys:
@@ -981,7 +982,16 @@ def _entity_in(ent: Entity, haystacks: list[str]) -> bool:
         keys = keys[1:]
         if found(keys):
             return True
-    return False
+    # A title inside the run ("Norvik CEO Maria Gonzalez"): each name around it must be there; the title itself is
+    # compared with the evidence's by the role check.
+    parts: list[list[str]] = [[]]
+    for k in keys:
+        if k.lower().rstrip(".") in _TITLE_WORDS:
+            parts.append([])
+        else:
+            parts[-1].append(k)
+    parts = [p for p in parts if p]
+    return len(parts) > 1 and all(found(p) for p in parts)
 
 
 # --------------------------------------------------------------------------- meaning
@@ -1097,6 +1107,7 @@ _TITLE_HEADS = {
     "ambassador": "ambassador", "plaintiff": "plaintiff", "defendant": "defendant", "buyer": "buyer",
     "seller": "seller", "lender": "lender", "borrower": "borrower", "employer": "employer", "employee": "employee",
     "landlord": "landlord", "tenant": "tenant", "winner": "winner", "loser": "loser", "owner": "owner",
+    "chief": "chief",
 }
 _TITLE_PHRASES = {
     ("chief", "executive", "officer"): "ceo", ("chief", "executive"): "ceo", ("chief", "financial", "officer"): "cfo",
@@ -1177,18 +1188,21 @@ def _clauses(tokens: Sequence[Token], text: str) -> list[int]:
     return out
 
 
-def _negated_at(tokens: Sequence[Token], clause: Sequence[int], k: int) -> str:
-    """The negation whose scope covers token k ("did not rise", "failed to beat", "no increase"), or ""."""
+_AUXILIARIES = frozenset("do does did is are was were has have had will would could can should may might must be been".split())
+
+
+def _negated_at(tokens: Sequence[Token], clause: Sequence[int], k: int) -> int | None:
+    """Where the negation whose scope covers token k starts ("did not rise", "failed to beat", "no increase")."""
     for back in range(1, 5):
         i = k - back
         if i < 0 or clause[i] != clause[k]:
             break
         w = tokens[i].low
         if _is_negation(w) or w in ("failed", "fails", "fail", "unable"):
-            return w
+            return i - 1 if i and tokens[i - 1].low in _AUXILIARIES and clause[i - 1] == clause[k] else i
         if w in _LEXICON and back > 1:
             break   # "not only rose but ..." scopes the nearer word
-    return ""
+    return None
 
 
 def _title_at(low: Sequence[str], k: int) -> tuple[tuple[str, str, str], int, int] | None:
@@ -1229,8 +1243,9 @@ def _cues(tokens: Sequence[Token], text: str, clause: Sequence[int]) -> list[_Cu
             size, entry = hit
             if entry is not None:
                 neg = _negated_at(tokens, clause, k)
-                out.append(_Cue(entry[0], entry[1], k, k + size, bool(neg),
-                                (neg + " " if neg else "") + text[tokens[k].start:tokens[k + size - 1].end]))
+                first = k if neg is None else neg
+                out.append(_Cue(entry[0], entry[1], k, k + size, neg is not None,
+                                text[tokens[first].start:tokens[k + size - 1].end]))
             k += size
             continue
         title = _title_at(low, k)
@@ -1255,8 +1270,8 @@ def _cues(tokens: Sequence[Token], text: str, clause: Sequence[int]) -> list[_Cu
                 # "last week" is the one before this; "the last week (of the season)" is the final one.
                 entries = [("reltime", -1)] if nxt in _TIME_NOUNS and prev not in _DETS | {"that", "this", "our", "my", "your"} \
                     else [("ordinal", "last")]
-            elif w in ("following", "preceding", "prior", "previous") and nxt in _TIME_NOUNS:
-                entries = [("reltime", 1 if w == "following" else -1)]   # "the following year", "the previous year"
+            elif w in ("following", "preceding", "prior", "previous") and (nxt in _TIME_NOUNS or prev in _DETS):
+                entries = [("reltime", 1 if w == "following" else -1)]   # "the following year", "his previous physical"
             elif w == "next" and nxt not in _TIME_NOUNS and nxt not in ("the", "a"):
                 entries = None if nxt in ("to",) else entries
             elif w == "past" and (nxt in _DETS or nxt in ("him", "her", "them", "it", "that", "this")):
@@ -1265,14 +1280,12 @@ def _cues(tokens: Sequence[Token], text: str, clause: Sequence[int]) -> list[_Cu
                 entries = None
             elif w in ("declined", "decline", "declines", "declining") and nxt == "to" and k + 2 < n and not re.match(r"\d", low[k + 2]):
                 entries = [("assent", -1)]   # "declined to comment"
-            elif w == "since" and k + 1 < n and not (re.match(r"\d", nxt) or nxt in _TIME_NOUNS or nxt in _MONTHS
-                                                    or nxt in ("then", "last", "the", "early", "late", "mid")):
-                entries = None   # "since" for "because"
         if entries:
             neg = _negated_at(tokens, clause, k)
             for axis, value in entries:
-                out.append(_Cue(axis, value, k, k + 1, bool(neg) and axis not in ("ordinal", "title"),
-                                (neg + " " if neg else "") + tokens[k].text))
+                negated = neg is not None and axis not in ("ordinal", "title")
+                first = neg if negated else k
+                out.append(_Cue(axis, value, k, k + 1, negated, text[tokens[first].start:tokens[k].end]))
         k += 1
     return out
 
@@ -1534,7 +1547,8 @@ def _covered_by_meaning(parts: "_ClaimParts", al: "_Alignment", doc: "_SourceDoc
     have = {(family.get(c.axis, c.axis), repr(c.effective())) for c in e_cues}
     covered = set()
     for c in _cues(parts.tokens, parts.text, _clauses(parts.tokens, parts.text)):
-        if (family.get(c.axis, c.axis), repr(c.effective())) in have and c.axis != "title":
+        if (family.get(c.axis, c.axis), repr(c.effective())) in have or (
+                c.axis == "title" and any(e.axis == "title" and _agrees(c, e) for e in e_cues)):
             covered |= {_stem(t.low) for t in parts.tokens[c.start:c.end]}
     if any(t.low in _REPORTING for t in e_tokens):
         covered |= {_stem(t.low) for t in parts.tokens if t.low in _REPORTING}
