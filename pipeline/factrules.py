@@ -8,14 +8,27 @@ One claim (a sentence of a draft) is checked against the story's sources:
 - the claim is aligned token by token with its best evidence passage; where the
   claim is a near-copy of that passage, a slot whose value changed (a number,
   a date, a name) or a negation that was added or dropped is a contradiction;
+- when the evidence holds at least half the claim's content words, what the two
+  say is compared (see "meaning" below): direction (rose/fell, beat/missed,
+  approved/rejected, more/fewer, with negation scope), order and time
+  (before/after, last year/next year, first/second), roles (CEO/CFO; who did
+  what to whom around the main verb, active or passive) and magnitude (the same
+  digits at another scale, in another unit or currency, percent vs percentage
+  points);
 - a claim with no rule failure is `supported` only when nearly all its content
-  words occur in the evidence window: content that no source has (an
-  "unsupported addition") leaves it `unverifiable`.
+  words occur in the evidence window (a word the evidence says in other words,
+  "climbed" for "rose", counts): content that no source has (an "unsupported
+  addition") leaves it `unverifiable`.
 
 Verdict policy (documented choices):
 - negation added/removed against a near-copy source sentence -> contradicted;
 - number/date/entity that differs from the value in the same slot of a near-copy
   source sentence -> contradicted (the source says otherwise);
+- a direction, order/time, role or magnitude that the evidence states the other
+  way -> contradicted, with both sides in the reason ("source 2 says “fell”,
+  draft says “rose”"). These reuse the existing failure types: direction ->
+  "negation", order/time -> "date", titles and roles -> "entity", magnitude ->
+  "number";
 - any other failure (value absent from every source, quote not verbatim) ->
   unverifiable: the sources do not say it, but nothing says the opposite.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -315,3 +316,53 @@ def test_benchmark_with_model_explains_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pipeline.llm", None)  # import fails as if the gateway were absent
     with pytest.raises(SystemExit, match="needs the LLM gateway"):
         run.main(["--cases", str(cases), "--out", str(tmp_path / "o.jsonl"), "--with-model"])
+
+
+def test_benchmark_injects_paraphrase_errors_with_faithful_twins():
+    import random
+
+    build = _load("factcheck_build")
+    rng = random.Random(3)
+    for _ in range(10):
+        wrong = build.reverse_direction("Sales in Europe rose 8% in May, the company said.", rng)
+        assert wrong and re.search(r"\b(?:fell|declined|dropped)\b", wrong) and "rose" not in wrong
+        same = build.reverse_direction("Sales in Europe rose 8% in May, the company said.", rng, faithful=True)
+        assert same and re.search(r"\b(?:climbed|increased|advanced)\b", same)
+        wrong = build.change_order("The deal closed before the holiday, the company said.", rng)
+        assert wrong and "after the holiday" in wrong
+        wrong = build.swap_roles("Halvorsen Group acquired Brightwater Labs in March.", rng)
+        assert wrong in ("Brightwater Labs acquired Halvorsen Group in March.",
+                         "Halvorsen Group was acquired by Brightwater Labs in March.")
+        assert build.swap_roles("Halvorsen Group acquired Brightwater Labs in March.", rng, faithful=True) == \
+            "Brightwater Labs was acquired by Halvorsen Group in March."
+        wrong = build.change_scale("The company paid $40 million for the plant.", rng)
+        assert wrong and re.search(r"[$€£]40 (?:billion|thousand|million)", wrong) and wrong != "The company paid $40 million for the plant."
+    # Words inside a quotation are never changed, even one opened in an earlier sentence.
+    assert build.reverse_direction("“Prices rose,” she said.", rng) is None
+    assert build.reverse_direction("prices rose and kept rising,” she said.", rng) is None
+    # A capitalised word before another capital is a name, not a direction.
+    assert build.reverse_direction("Fallen Order borrows from Souls.", rng) is None
+
+
+def test_benchmark_reports_paraphrase_types_and_faithful_variants(capsys):
+    run = _load("factcheck")
+    source = {"id": "s", "text": "Sales rose 8% in May. Halvorsen Group acquired Brightwater Labs in March."}
+    cases = [
+        {"id": "1", "claim": "Sales fell 8% in May.", "sources": [source], "label": "contradicted", "error_type": "direction",
+         "split": "heldout", "variant": "paraphrase"},
+        {"id": "2", "claim": "Sales climbed 8% in May.", "sources": [source], "label": "supported", "error_type": None,
+         "split": "heldout", "variant": "direction-faithful"},
+        {"id": "3", "claim": "Brightwater Labs acquired Halvorsen Group in March.", "sources": [source],
+         "label": "contradicted", "error_type": "role", "split": "heldout", "variant": "paraphrase"},
+        {"id": "4", "claim": "Sales rose 8% in May.", "sources": [source], "label": "supported", "error_type": None, "split": "heldout"},
+    ]
+    verdicts, _ = run.rules_verdicts(cases)
+    report = run.score(cases, verdicts)["heldout"]
+    assert report["recall"] == {"direction": 1.0, "role": 1.0}
+    assert report["labelled"] == {"direction": 1, "role": 1}
+    assert report["faithful_variants"] == {"direction-faithful": (0, 1), "original": (0, 1)}
+    run.print_report({"heldout": report}, "heldout", 1.0, len(cases))
+    out = capsys.readouterr().out
+    assert "recall direction 1.000  (1/1, 1 given their label)" in out
+    assert "direction-faithful  0.000  (0/1)" in out
+    assert out.strip().splitlines()[-1] == "heldout: min-recall 1.00 false-alarms 0.00"
