@@ -204,7 +204,14 @@ def article_validator(spec: TemplateSpec, sources: list[SourceDoc]) -> Callable[
     return lambda article: validate_article(_with_pack_sources(article, sources), spec, sources)
 
 
+NO_SOURCES = "the research pack has no sources; there is nothing to write from"
+
+
 async def _write_with_model(story: Story, pack: ResearchPack, spec: TemplateSpec, gateway) -> Draft:
+    """One gateway call under the request's own schema (citations an enum of the pack's source numbers,
+    counts as minItems/maxItems), at most `llm.repair_rounds` repairs of what the schema cannot say (word
+    and sentence counts, URLs, inline [n] markers). A draft still invalid after them is kept as the model
+    wrote it, `needs_attention` with the exact violations: asking again next run would not change it."""
     from pipeline.llm import InvalidOutput, OutputTruncated, Refused
 
     prompt = render_writer_prompt(story, pack, spec, prompts=prompt_library(gateway))
@@ -213,14 +220,16 @@ async def _write_with_model(story: Story, pack: ResearchPack, spec: TemplateSpec
         id=draft_id(story.key), story_key=story.key, template=spec.name, writer_model=model,
         method="llm", prompt_versions={"writer": prompt.version},
     )
+    if not pack.sources:  # nothing to cite: no schema a reply could meet, and nothing worth paying for
+        article = Article(headline=_headline(story.title, "", spec.headline.max_chars), lead="", body=[], insights=[], sources=[])
+        return Draft(**base, article=article, violations=[NO_SOURCES], state=DraftState.needs_attention)
     try:
         result = await gateway.call(
-            "writer", prompt, article_model(spec),
+            "writer", prompt, article_model(spec, pack.sources),
             validators=(article_validator(spec, pack.sources),),
             stage="draft", max_tokens=_max_tokens(gateway, spec, len(pack.sources)),
         )
     except (InvalidOutput, OutputTruncated, Refused) as exc:
-        # The model answered, but not with a usable article; asking again next run would not change that.
         last = _last_article(exc)
         if last is None:
             article = Article(headline=_headline(story.title, "", spec.headline.max_chars), lead="", body=[], insights=[], sources=[])
@@ -289,7 +298,7 @@ async def revise_draft(draft: Draft, flagged: list[ClaimVerdict], pack: Research
     scope_rules = revision_scope_validator(draft.article, flagged)
     try:
         result = await gateway.call(
-            "reviser", prompt, article_model(spec),
+            "reviser", prompt, article_model(spec, pack.sources),
             validators=(template_rules, scope_rules),
             stage="check", max_tokens=_max_tokens(gateway, spec, len(pack.sources)),
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -350,37 +350,82 @@ def source_refs(article: Article, sources: list[SourceDoc]) -> list[SourceRef]:
 # --- structured-output schema ----------------------------------------------
 
 
-_MODELS: dict[str, type[Article]] = {}
+_MODELS: dict[tuple, type[Article]] = {}
+_MODELS_KEPT = 256  # per-pack classes: a long-running scheduler keeps only the recent ones
 
 
-def article_model(spec: TemplateSpec) -> type[Article]:
+def article_model(spec: TemplateSpec, sources: Sequence[SourceDoc] | None = None) -> type[Article]:
     """An `Article` subclass whose JSON schema carries the template's rules where JSON schema can say them.
 
-    Item counts become minItems/maxItems; word and sentence limits, which JSON
-    schema cannot express, go into field descriptions and are enforced by
-    `validate_article`. The same rules give the same class, so callers can key on it.
+    Item counts become minItems/maxItems (paragraphs, insights, citations per
+    paragraph and insight); word and sentence limits, which strict structured
+    output cannot express, go into field descriptions and are enforced by
+    `validate_article`. Given the research pack's `sources`, the schema is the
+    request's own: every citation is an enum of the source numbers actually
+    provided, no more citations than sources, and each sources-list entry is
+    one of the provided sources with its n, title, outlet and url as consts, so
+    a grammar-constrained decoder cannot cite or list a source that is not there.
+
+    Those per-request constraints live in the JSON schema only: a reply from a
+    server that does not enforce the schema still parses, and `validate_article`
+    names each stray citation in an editor's words ("body paragraph 1 cites [7],
+    but there is no source 7"). The sources list the model writes is rebuilt
+    from its citations anyway (agents/writer.py). The same rules and sources give
+    the same class, so callers can key on it.
     """
-    key = spec.model_dump_json()
+    listed = tuple((s.n, s.title, s.outlet, s.url) for s in sorted(sources, key=lambda s: s.n)) if sources is not None else None
+    key = (spec.model_dump_json(), listed)
     if key not in _MODELS:
-        _MODELS[key] = _build_article_model(spec)
+        while len(_MODELS) >= _MODELS_KEPT:
+            del _MODELS[next(iter(_MODELS))]
+        _MODELS[key] = _build_article_model(spec, listed)
     return _MODELS[key]
 
 
-def _build_article_model(spec: TemplateSpec) -> type[Article]:
+def _citations(low: int, numbers: list[int] | None, description: str) -> Any:
+    """A citations field: at least `low` numbers; with the provided `numbers`, an enum of them, at most one each."""
+    if numbers is None:
+        return (list[int], Field(min_length=low, description=description))
+    extra = {"items": {"type": "integer", "enum": numbers}, "maxItems": max(len(numbers), low)}
+    return (list[int], Field(min_length=low, description=description, json_schema_extra=extra))
+
+
+def _build_article_model(spec: TemplateSpec, listed: tuple[tuple[int, str, str, str], ...] | None) -> type[Article]:
     title = "".join(part.capitalize() for part in re.split(r"[_\-]", spec.name))
     body, ins = spec.body, spec.insights
+    numbers = sorted({n for n, *_ in listed}) if listed is not None else None
+    # A pack with fewer sources than the template wants cited per paragraph: ask for what exists (the
+    # validator still names the shortfall) rather than send a schema no reply can meet.
+    cap = (lambda low: min(low, len(numbers))) if numbers is not None else (lambda low: low)
     paragraph = create_model(
         f"{title}Paragraph",
         __base__=Paragraph,
         text=(str, Field(description=f"{_span(body.min_words, body.max_words)} words, written from the cited sources only")),
-        citations=(list[int], Field(min_length=body.min_citations, description="numbers n of the sources this paragraph relies on")),
+        citations=_citations(cap(body.min_citations), numbers, "numbers n of the sources this paragraph relies on"),
     )
     insight = create_model(
         f"{title}Insight",
         __base__=Insight,
         text=(str, Field(description=f"one key fact, at most {ins.max_words} words")),
-        citations=(list[int], Field(min_length=1 if ins.require_citation else 0, description="numbers n of the supporting sources")),
+        citations=_citations(cap(1 if ins.require_citation else 0), numbers, "numbers n of the supporting sources"),
     )
+    sources_field: dict[str, Any] = {"description": "every cited source, with n, title, outlet and url exactly as provided"}
+    if listed is not None:
+        entries = [
+            {
+                "type": "object",
+                "properties": {
+                    "n": {"type": "integer", "const": n},
+                    "title": {"type": "string", "const": t},
+                    "outlet": {"type": "string", "const": o},
+                    "url": {"type": "string", "const": u},
+                },
+                "required": ["n", "title", "outlet", "url"],
+                "additionalProperties": False,
+            }
+            for n, t, o, u in listed
+        ]
+        sources_field["json_schema_extra"] = {"items": {"anyOf": entries}, "maxItems": len(entries)}
     return create_model(
         f"{title}Article",
         __base__=Article,
@@ -388,12 +433,12 @@ def _build_article_model(spec: TemplateSpec) -> type[Article]:
         lead=(str, Field(description=f"{_span(spec.lead.min_sentences, spec.lead.max_sentences)} sentences, at most {spec.lead.max_words} words")),
         body=(list[paragraph], Field(min_length=body.min_paragraphs, max_length=body.max_paragraphs)),
         insights=(list[insight], Field(min_length=ins.min_count, max_length=ins.max_count)),
-        sources=(list[SourceRef], Field(description="every cited source, with n, title, outlet and url exactly as provided")),
+        sources=(list[SourceRef], Field(**sources_field)),
     )
 
 
-def article_json_schema(spec: TemplateSpec) -> dict[str, Any]:
-    return article_model(spec).model_json_schema()
+def article_json_schema(spec: TemplateSpec, sources: Sequence[SourceDoc] | None = None) -> dict[str, Any]:
+    return article_model(spec, sources).model_json_schema()
 
 
 def as_article(obj: Article) -> Article:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.templates import (
     load_template,
     load_templates,
     prune_uncited_sources,
+    source_refs,
     validate_article,
 )
 
@@ -365,3 +367,39 @@ def test_derived_model_is_an_article_and_enforces_counts(news):
     data["body"] = data["body"][:2]
     with pytest.raises(ValidationError, match="at least 3 items"):
         model.model_validate(data)
+
+
+def pack_sources(*numbers: int) -> list[SourceDoc]:
+    return [SourceDoc(n=n, item_id=f"i{n}", title=f"Source {n}: \"quoted\" title", outlet=f"Outlet {n}", url=f"https://outlet{n}.example/a",
+                      published=datetime(2025, 3, 1, tzinfo=timezone.utc), text="Text.") for n in numbers]
+
+
+def test_a_schema_filled_blindly_cites_and_lists_only_the_provided_sources(templates):
+    """Issue 14: a naive decoder follows the schema and nothing else; citations, the sources list and the counts
+    are then always right, and only what JSON schema cannot say (words, sentences) is left to the validator."""
+    import random
+
+    from pipeline.llm import strict_json_schema
+    from tests.fakes.naive_server import fill
+
+    sources = pack_sources(2, 3, 7)
+    for spec in templates.values():
+        model = article_model(spec, sources)
+        assert model is article_model(spec, list(reversed(sources))) and model is not article_model(spec)
+        strict = strict_json_schema(model)
+        for seed in range(40):
+            article = model.model_validate(fill(strict, random.Random(seed)))
+            assert {ref.n for ref in article.sources} <= {2, 3, 7}
+            assert all((ref.title, ref.outlet, ref.url) == (f"Source {ref.n}: \"quoted\" title", f"Outlet {ref.n}", f"https://outlet{ref.n}.example/a")
+                       for ref in article.sources)
+            # The writer stores the sources list rebuilt from the citations (duplicates in the model's own list vanish).
+            problems = validate_article(article.model_copy(update={"sources": source_refs(article, sources)}), spec, sources)
+            assert [p for p in problems if not re.search(r"\b(words?|sentences?)\b", p)] == []
+
+
+def test_a_pack_smaller_than_the_citation_rule_still_gets_a_satisfiable_schema(templates):
+    spec = templates["news"].model_copy(update={"body": templates["news"].body.model_copy(update={"min_citations": 2})})
+    schema = article_json_schema(spec, pack_sources(1))
+    citations = schema["$defs"]["NewsParagraph"]["properties"]["citations"]
+    assert citations["minItems"] <= citations["maxItems"] == 1
+    assert article_json_schema(spec)["$defs"]["NewsParagraph"]["properties"]["citations"]["minItems"] == 2

@@ -228,7 +228,7 @@ def test_invalid_first_reply_is_repaired_with_the_violations_fed_back(specs, led
     repair = model.requests[1].messages[-1]["content"]
     assert "body paragraph 1 cites [7], but there is no source 7 (provided sources: 1, 2)" in repair
     assert "headline is 119 characters; the limit is 90" in repair
-    assert model.requests[0].role == "writer" and model.requests[0].schema is article_model(specs["news"])
+    assert model.requests[0].role == "writer" and model.requests[0].schema is article_model(specs["news"], sources)
 
 
 def test_draft_that_stays_invalid_is_saved_as_needs_attention(specs, ledger):
@@ -279,6 +279,60 @@ def test_provider_failures_propagate_for_the_stage_to_report(specs, ledger):
     gateway, _ = gateway_with(ledger, lambda request: llm.RequestRejected("model not found", status=404))
     with pytest.raises(llm.RequestRejected):
         asyncio.run(write_draft(make_story(2), make_pack(all_sources()[:2]), specs["news"], gateway))
+
+
+def test_the_writer_schema_is_the_requests_own(specs, ledger):
+    """Citations can only name the pack's sources (not 3, which is not in it), counts come from the template."""
+    sources = [s for s in all_sources() if s.n != 3]
+    good = good_article(specs, sources[:2])
+    gateway, model = gateway_with(ledger, lambda request: good)
+    asyncio.run(write_draft(make_story(2), make_pack(sources), specs["news"], gateway))
+    sent = model.requests[0]
+    assert sent.mode == "json_schema" and sent.schema is article_model(specs["news"], sources)
+    schema = sent.json_schema
+    body, insights = schema["properties"]["body"], schema["properties"]["insights"]
+    assert (body["minItems"], body["maxItems"]) == (3, 5) and (insights["minItems"], insights["maxItems"]) == (2, 4)
+    for name in ("NewsParagraph", "NewsInsight"):
+        citations = schema["$defs"][name]["properties"]["citations"]
+        assert citations["items"] == {"type": "integer", "enum": [1, 2, 4]}
+        assert (citations["minItems"], citations["maxItems"]) == (1, 3)
+    entries = schema["properties"]["sources"]["items"]["anyOf"]
+    assert [e["properties"]["n"]["enum"] for e in entries] == [[1], [2], [4]]
+    assert [e["properties"]["url"]["enum"] for e in entries] == [[s.url] for s in sources]
+    assert schema["properties"]["sources"]["maxItems"] == 3
+
+
+def test_a_pack_without_sources_is_needs_attention_without_a_call(specs, ledger):
+    gateway, model = gateway_with(ledger, lambda request: pytest.fail("no call for an empty pack"))
+    draft = asyncio.run(write_draft(make_story(1), make_pack([]), specs["news"], gateway))
+    assert draft.state == DraftState.needs_attention and model.calls == 0
+    assert draft.violations == ["the research pack has no sources; there is nothing to write from"]
+
+
+def test_a_needs_attention_draft_is_saved_with_its_exact_reason(specs, ledger):
+    """Issue 14: drafts ended needs_attention with an empty state_reason."""
+    from sqlalchemy import select
+
+    from pipeline import schema
+    from pipeline.drafting import save_draft
+
+    sources = all_sources()[:2]
+    good = good_article(specs, sources)
+    bad = good.model_copy(update={"body": [p.model_copy(update={"text": "Too short."}) for p in good.body]})
+    gateway, model = gateway_with(ledger, lambda request: bad)
+    draft = asyncio.run(write_draft(make_story(2), make_pack(sources), specs["news"], gateway))
+    assert draft.state == DraftState.needs_attention and model.calls == 1 + Config().llm.repair_rounds
+    save_draft(ledger, draft, make_pack(sources))
+    fine = asyncio.run(write_draft(make_story(2, key="story-other"), make_pack(sources), specs["news"],
+                                   gateway_with(ledger, lambda request: good)[0]))
+    save_draft(ledger, fine, make_pack(sources))
+    with ledger.engine.connect() as connection:
+        rows = {r.story_key: r for r in connection.execute(select(schema.drafts))}
+    stored = rows["story-lumen-hack"]
+    assert stored.state == "needs_attention" and stored.violations == draft.violations
+    assert stored.state_reason == "; ".join(draft.violations)
+    assert "body paragraph 1 has 2 words; it must have 8–90" in stored.state_reason
+    assert rows["story-other"].state == "drafted" and rows["story-other"].state_reason is None
 
 
 def test_writer_uses_the_configured_prompts_folder(specs, ledger, tmp_path):
