@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from pipeline import schema
 from pipeline.config import Config
 from pipeline.ledger import Ledger, utcnow
-from pipeline.models import Draft, ResearchPack, StageReport, Story, StoryState
+from pipeline.models import Draft, DraftState, ResearchPack, StageReport, Story, StoryState
 from pipeline.prompts import Prompt
 from pipeline.stories import assign_stories, load_story, select_top, waiting_stories
 from pipeline.templates import TemplateSpec, choose_template, load_templates
@@ -75,10 +75,17 @@ async def _write(prepared: PreparedStory, gateway, embed) -> Draft:
     return await write_draft(prepared.story, prepared.pack, prepared.spec, gateway, embed=embed)
 
 
+def needs_attention_reason(draft: Draft) -> str | None:
+    """Why a draft is `needs_attention`, in the validator's own words (stored in drafts.state_reason)."""
+    if draft.state != DraftState.needs_attention:
+        return None
+    return "; ".join(draft.violations) or "the draft breaks its template (no violation was recorded)"
+
+
 def save_draft(ledger: Ledger, draft: Draft, pack: ResearchPack) -> None:
     now = utcnow()
     values = draft.model_dump(mode="json", exclude={"created"})
-    values.update(research=pack.model_dump(mode="json"), created=draft.created, updated=now)
+    values.update(research=pack.model_dump(mode="json"), created=draft.created, updated=now, state_reason=needs_attention_reason(draft))
     with ledger.begin() as connection:
         exists = connection.execute(select(schema.drafts.c.id).where(schema.drafts.c.story_key == draft.story_key)).first()
         if exists:  # another run got there first; never two drafts for one story
@@ -129,6 +136,9 @@ def draft_stories(run) -> StageReport:
             save_draft(ledger, draft, item.pack)  # on the loop thread: a short transaction, in order
             states[draft.state] = states.get(draft.state, 0) + 1
             report.items_out += 1
+            reason = needs_attention_reason(draft)
+            if reason is not None:  # saved for an editor, but not a draft the next stages can take: say so
+                report.errors.append(f"story {item.story.key} ({item.story.title[:60]}): draft {draft.id} needs attention: {reason}")
 
         async def write_all():
             await asyncio.gather(*(write_one(p) for p in prepared))
