@@ -1166,6 +1166,7 @@ def _build_lexicon() -> dict[str, list[tuple[str, object]]]:
 
 
 _LEXICON = _build_lexicon()
+del _LEXICON["hiking"]   # a walk far more often than a rise
 _MAX_PHRASE = max(len(p) for p in _PHRASES)
 _BE_FORMS = frozenset("is was were are been being be am 's get gets got".split())
 _TIME_AUX = frozenset("is was were are been has have had closed ended finished trading traded opened".split())
@@ -1333,26 +1334,82 @@ def _aligned_to(opcodes: Sequence[tuple[str, int, int, int, int]], i: int) -> tu
 def _compare_cues(
     c_cues: list[_Cue], c_ctx: list[set[str]], e_cues: list[_Cue], e_ctx: list[set[str]],
     opcodes: Sequence[tuple[str, int, int, int, int]], offset: int,
+    c_tokens: Sequence[Token], e_tokens: Sequence[Token],
 ) -> list[tuple[_Cue, _Cue]]:
     """Claim cues whose best-placed evidence cue of the same kind says otherwise: (claim cue, evidence cue)."""
-    out = []
+    scores: list[list[tuple[int, _Cue]]] = []
     for cue, ctx in zip(c_cues, c_ctx):
-        cands = [(e, x) for e, x in zip(e_cues, e_ctx) if e.axis == cue.axis]
-        if not cands:
-            continue
         aligned = _aligned_to(opcodes, cue.start)
         scored = []
-        for e, x in cands:
+        for e, x in zip(e_cues, e_ctx):
+            if e.axis != cue.axis:
+                continue
             score = len(ctx & x)
             if aligned is not None and aligned[0] - 1 <= e.start + offset < aligned[1] + 1:
                 score += 2
             scored.append((score, e))
+        scores.append(scored)
+    # Each claim cue's counterpart: its best-placed evidence cue, an agreeing one first on a tie.
+    partner: list[_Cue | None] = []
+    for cue, scored in zip(c_cues, scores):
+        ranked = sorted(scored, key=lambda p: (p[0], _agrees(cue, p[1])), reverse=True)
+        partner.append(ranked[0][1] if ranked and ranked[0][0] >= 1 and _agrees(cue, ranked[0][1]) else None)
+    out = []
+    for n, (cue, scored) in enumerate(zip(c_cues, scores)):
+        if not scored:
+            continue
         best = max(s for s, _ in scored)
         if best < 1 or any(_agrees(cue, e) for s, e in scored if s >= best):
             continue
-        other = next(e for s, e in scored if s == best)
+        # An evidence word that is another claim word's counterpart ("dropped on Monday before recovering later"
+        # where the source has only "later"; "editor" beside "deputy chief") is not this one's.
+        free = [e for s, e in scored if s == best and not any(p is e for m, p in enumerate(partner) if m != n)]
+        if not free:
+            continue
+        other = free[0]
+        # "B lost to A" for "A beat B", "the hearing ended before the vote" for "the vote came after the hearing
+        # ended": the opposite word with the two sides swapped says the same.
+        if _relational(cue, c_tokens) and _sides_swapped(c_tokens, cue, e_tokens, other):
+            continue
         out.append((cue, other))
     return out
+
+
+_RELATIONAL_ORDER = frozenset("before after earlier later prior ahead following preceding preceded followed".split())
+
+
+def _relational(cue: _Cue, tokens: Sequence[Token]) -> bool:
+    """A cue that relates two sides (A beat B; A before B; A higher than B), whose order a paraphrase may swap."""
+    if cue.axis == "outcome":
+        return True
+    if cue.axis == "sequence":
+        return tokens[cue.start].low in _RELATIONAL_ORDER
+    if cue.axis in ("level", "extreme", "quality"):
+        return any(t.low == "than" for t in tokens[cue.end:cue.end + 3])
+    return False
+
+
+def _sides(tokens: Sequence[Token], cue: _Cue, k: int = 3) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The k nearest content words before and after a cue, as (key, weight): a name weighs two."""
+    def key(t: Token) -> tuple[str, int]:
+        return _verb_key(t.low.rstrip("'s") if t.low.endswith("'s") else t.low), 2 if _is_name_token(t) else 1
+    def side_word(t: Token) -> bool:   # figures ("two days", "3-1") qualify a side, they do not name it
+        return _is_content(t) and not t.low[0].isdigit() and _word_value(t.low) is None
+    before = [key(t) for t in reversed(tokens[:cue.start]) if side_word(t)][:k]
+    after = [key(t) for t in tokens[cue.end:] if side_word(t)][:k]
+    return before, after
+
+
+def _sides_swapped(c_tokens: Sequence[Token], c: _Cue, e_tokens: Sequence[Token], e: _Cue) -> bool:
+    cb, ca = _sides(c_tokens, c)
+    eb, ea = _sides(e_tokens, e)
+
+    def overlap(x: list[tuple[str, int]], y: list[tuple[str, int]]) -> int:
+        ys = {k for k, _ in y}
+        return sum(w for k, w in dict(x).items() if k in ys)
+    straight = overlap(cb, eb) + overlap(ca, ea)
+    swapped = overlap(cb, ea) + overlap(ca, eb)
+    return swapped >= 2 and swapped > straight
 
 
 def _agrees(c: _Cue, e: _Cue) -> bool:
@@ -1380,7 +1437,7 @@ _VERB_IRREGULAR = {
     "bought": "buy", "sold": "sell", "beaten": "beat", "won": "win", "led": "lead", "paid": "pay", "told": "tell",
     "took": "take", "taken": "take", "overtook": "overtake", "overtaken": "overtake", "lent": "lend", "left": "leave",
     "hit": "hit", "struck": "strike", "chose": "choose", "chosen": "choose", "gave": "give", "given": "give",
-    "owes": "owe", "sent": "send", "met": "meet", "caught": "catch", "fought": "fight", "held": "hold", "kept": "keep",
+    "owes": "owe", "sent": "send", "lost": "lose", "met": "meet", "caught": "catch", "fought": "fight", "held": "hold", "kept": "keep",
 }
 _VERB_CLASS = {"buy": "acquire", "purchas": "acquire", "acquir": "acquire", "defeat": "beat", "edg": "beat",
                "hir": "hire", "recruit": "hire", "employ": "hire", "criticiz": "criticis", "sue": "su"}
@@ -1533,7 +1590,7 @@ def _meaning_failures(parts: "_ClaimParts", al: "_Alignment", doc: "_SourceDoc",
         c_ctx = [_context(c_tokens, c_clause, c, c_taken) for c in c_cues]
         e_ctx = [_context(e_tokens, e_clause, c, e_taken) for c in e_cues]
         seen = set()
-        for c, e in _compare_cues(c_cues, c_ctx, e_cues, e_ctx, al.opcodes, lo):
+        for c, e in _compare_cues(c_cues, c_ctx, e_cues, e_ctx, al.opcodes, lo, c_tokens, e_tokens):
             if (c.start, c.axis) in seen:
                 continue
             seen.add((c.start, c.axis))

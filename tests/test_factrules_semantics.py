@@ -186,3 +186,31 @@ def test_changed_order_or_time_is_contradicted(claim, words):
 def test_same_order_in_other_words_is_not_flagged(claim):
     v = check(claim, DEALS)
     assert v.verdict != "contradicted", v.failures
+
+
+# --------------------------------------------------------------------------- the two sides swapped
+
+
+@pytest.mark.parametrize("source, claim", [
+    ("Arcadia beat Vessel 3-1 in the final on Sunday.", "Vessel lost 3-1 to Arcadia in the final on Sunday."),
+    ("The stock lost 10% before rebounding on Friday.", "The stock rebounded on Friday after losing 10%."),
+    ("The vote came two days after the hearing ended.", "The hearing ended two days before the vote."),
+    ("Exports to China were higher than imports from China in 2023.",
+     "Imports from China were lower than exports to China in 2023."),
+    # "before" is the claim's own word; the source's "later" is the claim's "later"
+    ("Bitcoin fell 3% on Monday but recovered later in the week.",
+     "Bitcoin dropped 3% on Monday before recovering later in the week."),
+])
+def test_opposite_word_with_the_sides_swapped_says_the_same(source, claim):
+    v = verify_offline(claim, [("src", source)])
+    assert v.verdict != "contradicted", v.failures
+
+
+@pytest.mark.parametrize("source, claim, words", [
+    ("Arcadia beat Vessel 3-1 in the final on Sunday.", "Arcadia lost 3-1 to Vessel in the final on Sunday.", ["beat", "lost"]),
+    ("The vote came two days after the hearing ended.", "The vote came two days before the hearing ended.", ["after", "before"]),
+])
+def test_opposite_word_with_the_sides_in_place_is_contradicted(source, claim, words):
+    v = verify_offline(claim, [("src", source)])
+    assert v.verdict == "contradicted", v.failures
+    assert all(w in " ".join(f.detail for f in v.failures) for w in words)
