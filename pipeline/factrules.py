@@ -1278,7 +1278,7 @@ def _cues(tokens: Sequence[Token], text: str, clause: Sequence[int]) -> list[_Cu
             prev = low[k - 1] if k else ""
             number_next = bool(re.match(r"\d", nxt)) or nxt in _CURRENCY_CANON
             if w in ("up", "down", "over", "under") and not (
-                    number_next or (w in ("up", "down") and (prev in _TIME_AUX or nxt == "by"))):
+                    number_next or (w in ("up", "down") and (prev in _TIME_AUX or nxt in ("by", "from")))):
                 entries = None   # "set up", "over the weekend", "under pressure"
             elif w == "last":
                 # "last week" is the one before this; "the last week (of the season)" is the final one.
@@ -1556,8 +1556,8 @@ def _magnitude_failures(parts: "_ClaimParts", region_q: list[Quantity], all_q: l
             if s.kind == "ordinal":
                 continue
             same_value = math.isclose(q.value, s.value, rel_tol=1e-9)
-            if same_value and q.kind != s.kind and {q.kind, s.kind} <= {"percent", "points", "number"}:
-                why = "percent and percentage points are not the same" if {q.kind, s.kind} == {"percent", "points"} else "another kind of figure"
+            if same_value and {q.kind, s.kind} == {"percent", "points"}:
+                why = "percent and percentage points are not the same"
             elif same_value and q.currency and s.currency and q.currency != s.currency:
                 why = "another currency"
             elif (same_value or mant == _mantissa(s)) and q.measure and s.measure and q.measure != s.measure:
