@@ -283,32 +283,39 @@ def requests_by_draft(requests, drafts) -> dict[str, list]:
     return out
 
 
-@pytest.fixture(scope="module", params=[7, 2026])
+@pytest.fixture(scope="module", params=[(7, 0), (2026, 3)], ids=["seed7", "seed2026-429-every-3rd"])
 def naive_check(request, tmp_path_factory):
-    """Offline drafts of the sample feeds (one with a wrong figure), then the check stage against the naive server,
-    then the check stage again."""
-    config_file = desk(tmp_path_factory.mktemp(f"check-{request.param}"))
+    """Offline drafts of the sample feeds (one with a wrong figure), then the check stage against the naive server
+    (the second time with a 429 on every third request), then the check stage again."""
+    seed, fail_every = request.param
+    config_file = desk(tmp_path_factory.mktemp(f"check-{seed}"))
     clock = fixed_clock(SAMPLE_AS_OF)
     drafting = Run(load_config(config_file), command="test", clock=clock)
     drafted = {r.stage: r for r in drafting.run_stages(["fetch", "classify", "draft"])}
     misstated = misstate_a_figure(drafting)
     drafting.finish()
     drafting.ledger.close()
-    with allow_model_requests(), NaiveServer(seed=request.param) as server:
+    with allow_model_requests(), NaiveServer(seed=seed, fail_every=fail_every) as server:
         config = point_at(config_file, server.base_url)
         first = Run(config, command="test", clock=clock)
         (check,) = first.run_stages(["check"])
         first.finish()
-        sent = list(server.chat_requests)
+        every = list(server.chat_requests)
+        sent = list(server.answered)
         second = Run(config, command="test", clock=clock)
         (again,) = second.run_stages(["check"])
         second.finish()
-        resent = server.chat_requests[len(sent):]
+        resent = server.chat_requests[len(every):]
         second.ledger.close()
     with first.ledger.engine.connect() as connection:
         drafts = connection.execute(select(schema.drafts).order_by(schema.drafts.c.id)).all()
-    yield {"config": config, "drafted": drafted, "check": check, "sent": sent, "again": again, "resent": resent,
-           "drafts": drafts, "misstated": misstated}
+        booked = connection.execute(
+            select(schema.llm_calls.c.role, schema.llm_calls.c.outcome, schema.llm_calls.c.cost_usd)
+            .where(schema.llm_calls.c.run_id == first.id, schema.llm_calls.c.cache_hit.is_(False))
+        ).all()
+    yield {"config": config, "drafted": drafted, "check": check, "sent": sent, "rate_limited": len(every) - len(sent),
+           "fail_every": fail_every, "booked": booked, "again": again, "resent": resent, "drafts": drafts,
+           "misstated": misstated}
     first.ledger.close()
 
 
@@ -331,7 +338,8 @@ def test_judge_and_reviser_requests_per_draft_stay_within_the_cap(naive_check):
     per_draft = {d: len(rs) for d, rs in by_draft.items()}
     roles = Counter(r.schema_name for r in sent)
     repairs = sum(r.is_repair for r in sent)
-    print(f"\nnaive check: {len(checked)} drafts, {len(sent)} requests ({dict(roles)}), {repairs} repairs; "
+    print(f"\nnaive check: {len(checked)} drafts, {len(sent)} answered requests ({dict(roles)}), {repairs} repairs, "
+          f"{naive_check['rate_limited']} answered 429; "
           f"per draft {sorted(per_draft.values())} (cap {cap}); notes {naive_check['check'].notes}")
     assert sent and max(per_draft.values()) <= cap
     # Through the real SDK, strict json_schema, each request with its own schema.
@@ -346,6 +354,16 @@ def test_judge_and_reviser_requests_per_draft_stay_within_the_cap(naive_check):
     notes = naive_check["check"].notes
     assert notes["model_requests"] == len(sent) and notes["max_requests_per_draft"] == max(per_draft.values())
     assert naive_check["check"].llm_calls == len(sent)
+
+
+def test_a_rate_limited_server_is_retried_and_each_answer_booked_once(naive_check):
+    """429s are retried by the gateway and cost nothing; every answer is one paid row, whatever was retried."""
+    sent, booked = naive_check["sent"], naive_check["booked"]
+    if naive_check["fail_every"]:
+        assert naive_check["rate_limited"] >= len(sent) // naive_check["fail_every"] - 1 > 0
+    assert naive_check["check"].ok
+    assert len(booked) == len(sent) and all(r.outcome in ("ok", "invalid") for r in booked)
+    assert all(r.cost_usd > 0 for r in booked)
 
 
 def test_every_drafts_report_names_the_method_that_decided_it(naive_check):

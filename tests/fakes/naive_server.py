@@ -19,6 +19,9 @@ Choices are random but seeded: the seed and the request body decide the reply, s
 same request gets the same answer whatever the order in which concurrent requests
 arrive, and a repair round (a different body) gets a fresh one.
 
+`fail_every=n` answers every n-th chat request with 429 (Retry-After: 0) instead, as a
+rate-limited provider would; `answered` lists the requests that got a reply.
+
     with NaiveServer(seed=7) as server:
         config.llm.base_url = server.base_url
         ...
@@ -170,6 +173,7 @@ class NaiveRequest:
     path: str
     body: dict[str, Any]
     received: float
+    status: int = 200   # what the server answered: 200, or 429 under fail_every, 400/404 for a bad request
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -194,8 +198,9 @@ class NaiveRequest:
 class NaiveServer:
     """POST /v1/chat/completions answered with `fill(schema)`; every request recorded."""
 
-    def __init__(self, seed: int = 0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, seed: int = 0, host: str = "127.0.0.1", port: int = 0, fail_every: int = 0) -> None:
         self.seed = seed
+        self.fail_every = fail_every
         self.requests: list[NaiveRequest] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
@@ -233,8 +238,20 @@ class NaiveServer:
             return [r for r in self.requests if r.path.rstrip("/").endswith("/chat/completions")]
 
     @property
+    def answered(self) -> list[NaiveRequest]:
+        """Chat requests that got a completion (not a 429 or an error)."""
+        return [r for r in self.chat_requests if r.status == 200]
+
+    @property
     def repairs(self) -> int:
         return sum(r.is_repair for r in self.chat_requests)
+
+    def _fails(self) -> bool:
+        """Whether the chat request just recorded is one fail_every turns away (under the lock)."""
+        if not self.fail_every:
+            return False
+        chats = sum(1 for r in self.requests if r.path.rstrip("/").endswith("/chat/completions"))
+        return chats % self.fail_every == 0
 
     def reply_for(self, body: dict[str, Any]) -> str:
         digest = hashlib.sha256(json.dumps([self.seed, body], sort_keys=True).encode()).digest()
@@ -282,14 +299,23 @@ def _handler_for(server: NaiveServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send(400, {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}})
                 return
+            request = NaiveRequest(self.path, body, time.monotonic())
             with server._lock:
-                server.requests.append(NaiveRequest(self.path, body, time.monotonic()))
+                server.requests.append(request)
+                failing = server._fails()
             if not self.path.rstrip("/").endswith("/chat/completions"):
+                request.status = 404
                 self._send(404, {"error": {"message": f"no route POST {self.path}", "type": "invalid_request_error"}})
+                return
+            if failing:
+                request.status = 429
+                self._send(429, {"error": {"message": "rate limited (fail_every)", "type": "rate_limit_error"}},
+                           headers={"retry-after": "0"})
                 return
             try:
                 payload = server.completion(body)
             except SchemaError as exc:
+                request.status = 400
                 self._send(400, {"error": {"message": f"invalid json_schema: {exc}", "type": "invalid_request_error"}})
                 return
             self._send(200, payload)
@@ -298,12 +324,14 @@ def _handler_for(server: NaiveServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length") or 0)
             return self.rfile.read(length) if length else b""
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             try:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
