@@ -112,17 +112,10 @@ def draft_stories(run) -> StageReport:
     templates = load_templates(config.templates_dir, config.topic_names)
     gateway = run.gateway
 
-    prepared: list[PreparedStory] = []
-    for story in selected:
-        try:
-            prepared.append(prepare(story, config, ledger, store, gateway, templates, now=run.now()))
-        except Exception as exc:
-            report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
-
     from pipeline.progress import progress
 
     states: dict[str, int] = {}
-    with progress(run, "draft: writing stories", total=len(prepared)) as advance:
+    with progress(run, "draft: writing stories", total=len(selected)) as advance:
 
         async def write_one(item: PreparedStory) -> None:
             try:
@@ -141,7 +134,20 @@ def draft_stories(run) -> StageReport:
                 report.errors.append(f"story {item.story.key} ({item.story.title[:60]}): draft {draft.id} needs attention: {reason}")
 
         async def write_all():
-            await asyncio.gather(*(write_one(p) for p in prepared))
+            # Each story goes to the writer as soon as it is researched: its call is in flight while the next
+            # story is researched (on this thread, between the loop's turns), instead of every call waiting
+            # for the research of all of them.
+            writing = []
+            for story in selected:
+                try:
+                    item = prepare(story, config, ledger, store, gateway, templates, now=run.now())
+                except Exception as exc:
+                    report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
+                    advance()
+                    continue
+                writing.append(asyncio.ensure_future(write_one(item)))
+                await asyncio.sleep(0.005)  # let the request just queued go out before the next research blocks the loop
+            await asyncio.gather(*writing)
 
         run.run_async(write_all())
     report.notes.update({f"drafts_{state}": n for state, n in states.items()})
