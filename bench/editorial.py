@@ -12,9 +12,17 @@ function and registering it in SECTIONS.
   day, different actors, plus same-event coverage in different words; its
   labels list every item). Goal: F1 >= 0.95 on both.
 
-    python bench/editorial.py [clusters] [--set sample|near_miss|all] [--verbose]
+- `drafts`: run fetch → check offline on each set with every story drafted,
+  then count per sentence what an editor would strike (bench/draft_metrics.py):
+  off-story sentences written as story fact, repeated facts, paragraphs that
+  open on an unresolved reference, split quotes, headlines copied from a
+  source, unframed background. Goal: 0 of each.
+- `offstory`: the checker's recall on sentences planted from other stories,
+  and its false alarms on faithful drafts (bench/offstory.py). Goal: recall
+  >= 0.95, false alarms <= 5 %.
 
-The last line is the headline: the lowest B-cubed F1 over the sets run.
+    python bench/editorial.py [all|clusters|drafts|offstory] [--set sample|near_miss|all] [--verbose]
+
 """
 
 from __future__ import annotations
@@ -189,15 +197,93 @@ def clusters_section(args) -> tuple[list[str], float]:
     return lines, worst
 
 
-# Further editorial metrics (for example draft quality) register here: name -> function(args) -> (lines, headline).
+# --- the drafts section ----------------------------------------------------------------------
+
+DRAFT_KEYS = ("repeated_facts", "dangling_openings", "quote_splits", "headline_copied", "off_story_sentences", "unframed_background")
+
+
+def draft_labelled_set(labelled: LabelledSet, workdir: Path) -> tuple[list[dict], int, int]:
+    """Run fetch → check offline on one set (every waiting story drafted), then measure each draft.
+
+    Returns the per-draft metrics, the number of sentences drafted and the fact-check claims."""
+    from sqlalchemy import select
+
+    from bench.draft_metrics import draft_metrics, sentences
+    from pipeline import schema
+    from pipeline.clock import fixed_clock
+    from pipeline.config import load_config
+    from pipeline.models import Article, ResearchPack
+    from pipeline.runner import Run
+
+    workspace = Path(workdir) / f"drafts-{labelled.name}"
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    shutil.copytree(labelled.folder, workspace, ignore=shutil.ignore_patterns("data", "outbox", "near_miss"))
+    config_path = workspace / "config.toml"
+    config = load_config(config_path)
+    config.stories.max_per_run = 50  # every multi-source story and the singles too: the bench reads them all
+    run = Run(config, command=f"bench-drafts-{labelled.name}", clock=fixed_clock(labelled.as_of))
+    run.run_stages(["fetch", "classify", "draft", "check"])
+    with run.ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.drafts.c.article, schema.drafts.c.research, schema.drafts.c.factcheck)).all()
+    run.finish()
+    measured, sentence_count, claims = [], 0, 0
+    for article, research, factcheck in rows:
+        article, pack = Article.model_validate(article), ResearchPack.model_validate(research)
+        measured.append(draft_metrics(article, pack))
+        sentence_count += len(sentences(article))
+        claims += ((factcheck or {}).get("totals") or {}).get("claims", 0)
+    return measured, sentence_count, claims
+
+
+def drafts_section(args) -> tuple[list[str], float]:
+    names = list(SETS) if args.set == "all" else [args.set]
+    lines, defects = [], 0
+    with tempfile.TemporaryDirectory(prefix="newsdesk-editorial-") as scratch:
+        for name in names:
+            started = time.perf_counter()
+            measured, sentence_count, claims = draft_labelled_set(SETS[name], Path(scratch))
+            totals = {k: sum(int(m[k]) for m in measured) for k in DRAFT_KEYS}
+            n, per = len(measured), max(1, sentence_count)
+            lines.append(
+                f"drafts {name:<10} {n} drafts, {sentence_count} sentences: "
+                f"off-story sentence rate {totals['off_story_sentences'] / per:.3f} ({totals['off_story_sentences']}), "
+                f"repeated-fact rate {totals['repeated_facts'] / per:.3f} ({totals['repeated_facts']}), "
+                f"dangling-opening rate {totals['dangling_openings'] / per:.3f} ({totals['dangling_openings']}), "
+                f"quote splits {totals['quote_splits']}, headline copied {totals['headline_copied']}/{n}, "
+                f"unframed background {totals['unframed_background']} ({time.perf_counter() - started:.1f}s)"
+            )
+            defects += sum(totals.values())
+    lines.append(f"drafts: {defects} editorial defects over {', '.join(names)} (goal 0)")
+    return lines, float(defects)
+
+
+def offstory_section(args) -> tuple[list[str], float]:
+    from bench.offstory import section
+
+    return section(args)
+
+
+def all_sections(args) -> tuple[list[str], float]:
+    lines: list[str] = []
+    for name in ("clusters", "drafts", "offstory"):
+        section_lines, _ = SECTIONS[name](args)
+        lines.extend(section_lines)
+    return lines, 0.0
+
+
+# name -> function(args) -> (lines, headline figure)
 SECTIONS: dict[str, Callable] = {
     "clusters": clusters_section,
+    "drafts": drafts_section,
+    "offstory": offstory_section,
+    "all": all_sections,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", nargs="?", default="clusters", choices=sorted(SECTIONS), help="which metric to run (default: clusters)")
+    parser.add_argument("section", nargs="?", default="all", choices=sorted(SECTIONS), help="which metric to run (default: all)")
     parser.add_argument("--set", default="all", choices=["all", *SETS], help="labelled set (clusters)")
     parser.add_argument("--verbose", "-v", action="store_true", help="list every wrongly merged or split pair")
     args = parser.parse_args(argv)
