@@ -809,3 +809,42 @@ def test_a_benchmark_claim_split_into_atomic_claims_gets_the_worst_of_their_verd
     src = [{"id": "a1", "title": "t", "url": "https://x.example/a", "text": COINWIRE}]
     (row,) = run(check_claims_with_model([{"id": "added", "claim": claim, "sources": src}], gateway))
     assert row["verdict"] == "unverifiable"
+
+
+# --- the rules veto a judge that misses a reversal (issue 15) ----------------------------------------------------
+
+
+def test_the_judge_is_asked_to_compare_direction_magnitude_roles_and_order(ledger, tmp_path, templates_dir):
+    config = make_config(tmp_path, templates_dir)
+    model = scripted_model()
+    run(check_article(article(), EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences),
+                      settings=config.factcheck, gateway=Gateway(config, ledger, backend=model)))
+    (request,) = judge_requests(model)
+    system = next(m["content"] for m in request.messages if m["role"] == "system")
+    for check in ("direction:", "magnitude:", "roles:", "order and time:"):
+        assert check in system
+
+
+@pytest.mark.parametrize("reversal, word", [
+    ("Lumen's native token, LUM, rose 23% after the announcement.", "rose"),
+    ("Lumen's native token, LUM, fell 23% before the announcement.", "before"),
+    ("Lumen's native token, LUM, fell 23 percentage points after the announcement.", "percentage points"),
+])
+def test_a_judge_that_calls_a_reversed_paraphrase_supported_is_overruled_by_the_rules(
+        ledger, tmp_path, templates_dir, reversal, word):
+    """A gullible judge quotes the right passage and says supported; the draft says the opposite of it."""
+    passage = "Lumen's native token, LUM, fell 23% after the announcement"
+
+    def gullible(claims, evidence):
+        return [{"claim_id": cid, "verdict": "supported", "source_n": 2, "quote": passage} for cid, _ in claims]
+
+    config = make_config(tmp_path, templates_dir)
+    gateway = Gateway(config, ledger, backend=scripted_model(gullible))
+    draft = article()
+    draft = draft.model_copy(update={"insights": [Insight(text=reversal, citations=[2])]})
+    report = run(check_article(draft, EvidenceIndex(sources_from_pack(sources()), config.factcheck.window_sentences),
+                               settings=config.factcheck, gateway=gateway))
+    insight = next(v for v in report.verdicts if v.claim.section == "insights")
+    assert insight.verdict == "contradicted" and insight.method == "rules"
+    assert any(word in f.detail for f in insight.failures), [f.detail for f in insight.failures]
+    assert insight in report.flagged()
