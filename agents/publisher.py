@@ -18,8 +18,17 @@ draft id in appProperties (newsdeskDraftId) and description. Whenever the
 ledger has no doc id for a draft, Drive is searched for that marker first, so
 a run that died between files.create and writing the ledger adopts the
 existing document instead of making a second one. A known doc id is updated in
-place: one documents.get to learn the body's end, then a single batchUpdate
-that deletes the old body and writes the new one.
+place by one batchUpdate that deletes the old body and writes the new one.
+
+Document writes are never replayed blindly. A batchUpdate is not idempotent:
+when Google applies it and the answer is lost (5xx, timeout), sending the same
+requests again writes the article a second time. So every attempt of
+`GoogleClient.write_document` reads the document afresh, builds its requests
+from what the document holds now, and sends them with
+writeControl.requiredRevisionId set to the revision it read: a retry after a
+lost answer rebuilds over the text already written (replacing it, not
+appending), and a write that raced an editor's edit is refused by Google and
+rebuilt from the newer revision instead of landing on shifted indices.
 
 Google calls go through `GoogleClient._call`: 429 and 5xx answers and
 connection failures are retried with exponential backoff (tenacity; the wait
@@ -300,9 +309,22 @@ def _is_transient(exc: BaseException) -> bool:
     from google.auth.exceptions import TransportError
     from googleapiclient.errors import HttpError
 
+    if isinstance(exc, RevisionMoved):
+        return True
     if isinstance(exc, HttpError):
         return exc.status_code in RETRY_STATUSES
     return isinstance(exc, (OSError, TimeoutError, httplib2.HttpLib2Error, TransportError))
+
+
+class RevisionMoved(Exception):
+    """The document changed between our read and our write (Google refused the required revision): read again."""
+
+
+def _is_revision_conflict(exc: BaseException) -> bool:
+    from googleapiclient.errors import HttpError
+
+    # Google answers a stale requiredRevisionId with 400 and a message about the revision.
+    return isinstance(exc, HttpError) and exc.status_code == 400 and "revision" in _reason(exc).lower()
 
 
 class GoogleClient:
@@ -338,6 +360,11 @@ class GoogleClient:
                     return fn()
         except RetryError as exc:
             last = exc.last_attempt.exception()
+            if isinstance(last, RevisionMoved):
+                raise GoogleUnavailable(
+                    f"the document kept changing while {what} was written ({self.attempts} attempts, each from a "
+                    "fresh read); try again on a later run"
+                ) from None
             status = f"HTTP {last.status_code}" if isinstance(last, HttpError) else _first_line(last)
             raise GoogleUnavailable(f"Google unavailable for {what} after {self.attempts} attempts ({status})") from None
         except RefreshError as exc:
@@ -441,14 +468,47 @@ class GoogleClient:
         return added
 
     # -- Docs
-    def get_document(self, document_id: str) -> dict[str, Any]:
-        return self._call(lambda: self.docs.documents().get(documentId=document_id), "documents.get")
+    def get_document(self, document_id: str, retry: bool = True, **params: Any) -> dict[str, Any]:
+        return self._call(lambda: self.docs.documents().get(documentId=document_id, **params), "documents.get",
+                          retry=retry)
 
-    def batch_update(self, document_id: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._call(
-            lambda: self.docs.documents().batchUpdate(documentId=document_id, body={"requests": requests}),
-            "documents.batchUpdate", write=True,
-        )
+    def batch_update(self, document_id: str, requests: list[dict[str, Any]], revision_id: str | None) -> dict[str, Any]:
+        """One batchUpdate, sent once: not retried here, because a retry after a lost answer would apply it twice.
+
+        `revision_id` (the revision the requests were built from) makes Google refuse the batch when the
+        document moved on since; use `write_document` to get reads, rebuilds and retries."""
+        body: dict[str, Any] = {"requests": requests}
+        if revision_id:
+            body["writeControl"] = {"requiredRevisionId": revision_id}
+        from googleapiclient.errors import HttpError
+
+        try:
+            return self._call(
+                lambda: self.docs.documents().batchUpdate(documentId=document_id, body=body),
+                "documents.batchUpdate", write=True, retry=False,
+            )
+        except HttpError as exc:
+            if _is_revision_conflict(exc):
+                raise RevisionMoved(_reason(exc)) from exc
+            raise
+
+    def write_document(self, document_id: str, build: Callable[[dict[str, Any]], list[dict[str, Any]]],
+                       **read_params: Any) -> dict[str, Any]:
+        """Read, build, write with requiredRevisionId; on a transient failure or a moved revision, all three again.
+
+        `build(document)` returns the requests that take the document as read to the wanted state (an empty
+        list: nothing to write). Because every attempt starts from a fresh read, a batch Google applied
+        but whose answer was lost is never replayed on top of itself. `read_params` go to documents.get.
+        Returns the document as last read.
+        """
+        def once() -> dict[str, Any]:
+            document = self.get_document(document_id, retry=False, **read_params)
+            requests = build(document)
+            if requests:
+                self.batch_update(document_id, requests, document.get("revisionId"))
+            return document
+
+        return self._retrying(once, "documents.batchUpdate")
 
 
 def _q(value: str) -> str:
@@ -506,10 +566,14 @@ def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draf
         _mark_published(ledger, draft.id, "google", doc_id, url, content_hash)
         return Published(draft.id, blocks[0].text, url, created=False)
 
+    def build(current: dict[str, Any]) -> list[dict[str, Any]]:
+        # Built from a fresh read on every attempt: a retry replaces what a lost-answer write left, never appends.
+        return content_requests(blocks, body_end_index(current))
+
     document = None
     if doc_id:
         try:
-            document = client.get_document(doc_id)
+            document = client.write_document(doc_id, build)
         except PublishError as exc:
             if not _is_not_found(exc):
                 raise
@@ -522,12 +586,8 @@ def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draf
         file, created = client.find_or_create(name, google.folder_id, draft.id, after_create=remember)
         doc_id, url = file["id"], _doc_url(file)
         _save_publication(ledger, draft.id, doc_id=doc_id, url=url, state="creating")
-        if not created:
-            document = client.get_document(doc_id)
-
-    existing_end = body_end_index(document) if document is not None else 2
-    client.batch_update(doc_id, content_requests(blocks, existing_end))
-    if document is not None and document.get("title") != name:
+        document = client.write_document(doc_id, build)
+    if document.get("title") != name:
         client.rename(doc_id, name)
     already = set() if created else client.shared_with(doc_id)
     client.share(doc_id, editors, google.notify_editors, already)

@@ -25,6 +25,7 @@ from pipeline.models import (
     Paragraph,
     SourceRef,
 )
+from pipeline.gdocs import layout_draft
 from tests.fakes.google_server import DOC_MIME, DOCS, FakeGoogle, write_authorized_user, write_service_account
 
 FOLDER, APPROVED = "folder-drafts", "folder-approved"
@@ -376,7 +377,7 @@ def test_crash_after_create_but_before_writing_content_is_finished_next_run(setu
     insert_draft(ledger, draft, report)
     real_batch = publisher.GoogleClient.batch_update
 
-    def crash(self, document_id, requests):
+    def crash(self, document_id, requests, revision_id):
         raise SimulatedCrash()
 
     monkeypatch.setattr(publisher.GoogleClient, "batch_update", crash)
@@ -399,6 +400,88 @@ def test_create_whose_response_was_lost_is_not_repeated(setup, fake):
     assert result.errors == []
     assert len(fake.docs_of_mime(DOC_MIME)) == 1
     assert draft_row(ledger, draft.id).state == "published"
+
+
+def _expected_text(draft, report) -> str:
+    return "\n".join(b.text for b in layout_draft(draft, report)) + "\n"
+
+
+@pytest.mark.parametrize("republish", [False, True], ids=["first-publish", "republish"])
+def test_write_whose_response_was_lost_is_not_applied_twice(setup, fake, republish):
+    """Docs applied the batchUpdate but the answer never arrived: the retry must not write the article again."""
+    config, ledger = setup
+    draft, report = make_draft(unicode=True)
+    insert_draft(ledger, draft, report)
+    if republish:
+        publish(config, ledger)
+        revised = draft.article.model_copy(update={"headline": "Bitcoin 🚀 slips back under €65k"})
+        draft = draft.model_copy(update={"article": revised})
+        set_draft(ledger, draft.id, article=revised.model_dump(mode="json"), state="checked")
+    fake.fail("docs.documents.batchUpdate", 503, apply=True)
+
+    result = publish(config, ledger)
+
+    assert result.errors == []
+    document = fake.documents[publication_row(ledger, draft.id).doc_id]
+    assert document.text() == _expected_text(draft, report), "the article is in the document exactly once"
+    assert document.text().count(draft.article.headline) == 1
+    batches = [c for c in fake.calls if c.method == "docs.documents.batchUpdate"]
+    assert [c.status for c in batches][-2:] == [503, 200]
+    # Each attempt was built from its own read and pinned to that revision.
+    revisions = [c.body["writeControl"]["requiredRevisionId"] for c in batches[-2:]]
+    assert revisions[0] != revisions[1]
+    assert draft_row(ledger, draft.id).state == "published"
+
+
+def test_write_racing_an_editor_is_rebuilt_from_the_newer_revision(setup, fake, monkeypatch):
+    """An edit lands between our read and our write: Google refuses the stale revision, we read again."""
+    config, ledger = setup
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    publish(config, ledger)
+    set_draft(ledger, draft.id, state="checked", factcheck=None)
+    doc_id = publication_row(ledger, draft.id).doc_id
+    real_get = publisher.GoogleClient.get_document
+    edits = []
+
+    def get_then_someone_types(self, document_id, retry=True, **params):
+        document = real_get(self, document_id, retry=retry, **params)
+        if not edits:   # once: an editor adds a paragraph right after our read
+            edits.append(1)
+            with fake.lock:
+                fake.documents[doc_id].apply({"insertText": {"location": {"index": 1}, "text": "EDITOR NOTE\n"}}, "edit")
+                fake.documents[doc_id].revision += 1
+        return document
+
+    monkeypatch.setattr(publisher.GoogleClient, "get_document", get_then_someone_types)
+    result = publish(config, ledger)
+
+    assert result.errors == []
+    statuses = [c.status for c in fake.calls if c.method == "docs.documents.batchUpdate"]
+    assert statuses[-2:] == [400, 200], "the stale write is refused, the rebuilt one lands"
+    assert fake.documents[doc_id].text() == _expected_text(draft, None)
+
+
+def test_document_that_keeps_changing_is_reported_and_the_draft_stays_ready(setup, fake, monkeypatch):
+    config, ledger = setup
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    publish(config, ledger)
+    set_draft(ledger, draft.id, state="checked", factcheck=None)
+    doc_id = publication_row(ledger, draft.id).doc_id
+    real_get = publisher.GoogleClient.get_document
+
+    def always_moving(self, document_id, retry=True, **params):
+        document = real_get(self, document_id, retry=retry, **params)
+        fake.documents[doc_id].revision += 1
+        return document
+
+    monkeypatch.setattr(publisher.GoogleClient, "get_document", always_moving)
+    result = publish(config, ledger)
+
+    assert len(result.errors) == 1 and "kept changing" in result.errors[0]
+    assert draft_row(ledger, draft.id).state == "checked"
+    assert fake.documents[doc_id].text() == _expected_text(draft, report), "the earlier version is untouched"
 
 
 # --- sharing -------------------------------------------------------------------------------
