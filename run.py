@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from pipeline import cli  # noqa: E402
+from pipeline.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli.main())
+    sys.exit(main())

@@ -39,14 +39,15 @@ import numpy as np
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model
 from sqlalchemy import func, select, update
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.ledger import Ledger, utcnow
-from pipeline.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, ProviderUnavailable, plain_json_schema
-from pipeline.models import Classification, Item, ItemState, StageReport
-from pipeline.prompts import PromptLibrary
-from pipeline.text import split_sentences
-from pipeline.tokens import count_messages, count_tokens, truncate_to_tokens
+from pipeline.core import schema
+from pipeline.core.config import Config
+from pipeline.core.ledger import Ledger, row_to_item, utcnow
+from pipeline.services.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, ProviderUnavailable, plain_json_schema
+from pipeline.text.safety import instructs_a_model
+from pipeline.core.models import Classification, Item, ItemState, StageReport
+from pipeline.core.prompts import PromptLibrary
+from pipeline.text.sentences import split_sentences
+from pipeline.core.tokens import count_messages, count_tokens, truncate_to_tokens
 
 log = logging.getLogger("newsdesk.classifier")
 
@@ -65,25 +66,6 @@ INSTRUCTED_CAP = 0.1
 
 _NAME = re.compile(r"\b(?:[A-Z][\w&.\-]*[A-Za-z0-9](?:\s+(?:of\s+|de\s+)?[A-Z][\w&.\-]*[A-Za-z0-9])*|[A-Z]{2,}\d*)\b")
 _SENTENCE_START_WORDS = {"The", "A", "An", "In", "On", "At", "It", "This", "That", "But", "And", "He", "She", "They", "We", "I", "Its", "His", "Her"}
-# Text that addresses an AI rather than a reader. Such an item is classified alone, so whatever
-# it makes the model do cannot touch the other items of a batch.
-_INSTRUCTIONS = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?"
-    r"(?:previous|prior|above|earlier|preceding|system)\s+(?:instructions?|prompts?|rules|directions)"
-    r"|\b(?:rank|mark|classify|label|rate|score)\s+this\s+(?:item|story|article|post)\b"
-    # Orders for the whole batch, and rule changes announced as such.
-    r"|\b(?:classify|mark|label|rate|score)\s+(?:all|every|each)\s+(?:other\s+)?(?:items?|stories|articles|posts)\b"
-    r"|\bforget\s+(?:all\s+|your\s+|the\s+|previous\s+|prior\s+)*(?:rules|instructions?|prompts?)\b"
-    r"|\bnew\s+instructions?\s*:|\b(?:priority|admin|system)\s+override\b"
-    # Text addressed to a model rather than to a reader.
-    r"|\b(?:note|message|instructions?)\s+(?:to|for)\s+(?:any\s+|all\s+)?(?:AI|LLMs?|language\s+models?|assistants?|chatbots?)\b"
-    r"|\b(?:AI|LLM|language\s+model|assistant|chatbot)s?\s+(?:systems?\s+|models?\s+)?(?:reading|processing|summari[sz]ing|parsing)\s+(?:this|these)\b"
-    r"|\bwhen\s+summari[sz]ing\s+this\b"
-    # Forged chat turns: the role markers of common chat formats, and a line opening as a role.
-    r"|<\|\s*(?:im_start|im_end|system|assistant|user|endoftext)\s*\|>|\[/?(?:SYSTEM|INST)\]|<<\s*/?SYS\s*>>"
-    r"|^\s*#{2,}\s*(?:instruction|system|response)\b|^\s*(?:system|assistant)\s*:",
-    re.IGNORECASE | re.MULTILINE,
-)
 
 
 class ItemResult(BaseModel):
@@ -226,11 +208,6 @@ def topic_signals(items: list[Item], config: Config, store) -> list[Signals]:
 def clearly_off_beat(signals: Signals, config: Config) -> bool:
     """Far from every topic and no topic backed by its keywords: not worth a model call."""
     return signals.best < config.classify.prefilter_threshold and not signals.keyword_topics()
-
-
-def instructs_a_model(text: str) -> bool:
-    """Text that addresses an AI rather than a reader ("ignore previous instructions", a forged system turn)."""
-    return bool(_INSTRUCTIONS.search(text))
 
 
 def addresses_a_model(item: Item) -> bool:
@@ -561,7 +538,6 @@ class ModelClassifier:
 
 def pending_items(ledger: Ledger) -> list[Item]:
     """Fetched items that are indexed and not classified yet, oldest first."""
-    from pipeline.stages import row_to_item
 
     with ledger.engine.connect() as connection:
         rows = connection.execute(

@@ -27,7 +27,7 @@ that keep their offsets into it. Then:
    draft's call cap, a sentence the reply still left out is asked again alone;
    a sentence still without an answer is checked whole by the rules, never
    dropped.
-3. Rules always run on every claim (pipeline.factrules: number, date, quote,
+3. Rules always run on every claim (pipeline.text.factrules: number, date, quote,
    entity, negation) plus checks on the sentence (an [n] that is no source, a
    URL that is no source's, "officially confirmed" with no source saying so).
    A rule failure can only make a verdict worse, never better.
@@ -81,10 +81,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import func, select, update
 
-from pipeline import schema
-from pipeline.config import Config, FactCheck
-from pipeline.entities import capitalised_mid_sentence, distinct_names, lowercase_words, names, standalone_names, story_entities
-from pipeline.factrules import (
+from pipeline.core import schema
+from pipeline.core.config import Config, FactCheck
+from pipeline.text.entities import capitalised_mid_sentence, distinct_names, lowercase_words, names, standalone_names, story_entities
+from pipeline.text.factrules import (
     OfflineVerdict,
     SourceIndex,
     content_terms,
@@ -100,9 +100,10 @@ from pipeline.factrules import (
     tokenize,
     verify_offline,
 )
-from pipeline.ledger import Ledger, as_utc, stable_hash, utcnow
-from pipeline.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
-from pipeline.models import (
+from pipeline.core.ledger import Ledger, as_utc, stable_hash, utcnow
+from pipeline.services.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
+from pipeline.text.safety import instructs_a_model
+from pipeline.core.models import (
     Article,
     Claim,
     ClaimVerdict,
@@ -118,10 +119,10 @@ from pipeline.models import (
     VERDICTS,
     Verdict,
 )
-from pipeline.prompts import PromptLibrary
-from pipeline.templates import TemplateSpec, as_article, find_urls, load_templates, normalize_url, validate_article
-from pipeline.text import split_sentences
-from pipeline.tokens import count_messages, count_tokens
+from pipeline.core.prompts import PromptLibrary
+from pipeline.text.templates import TemplateSpec, as_article, find_urls, load_templates, normalize_url, validate_article
+from pipeline.text.sentences import split_sentences
+from pipeline.core.tokens import count_messages, count_tokens
 
 log = logging.getLogger("newsdesk.fact_checker")
 
@@ -132,7 +133,7 @@ Reviser = Callable[[Draft, list[ClaimVerdict], ResearchPack, TemplateSpec, Any],
 SECTION_GAP = "\n\n"
 # Candidate windows shown to the judge per sentence; the rules look at their own best five.
 EVIDENCE_WINDOWS = 3
-# Same weights as pipeline.factrules ranks with, so judge and rules see similar windows.
+# Same weights as pipeline.text.factrules ranks with, so judge and rules see similar windows.
 EXACT_WEIGHT = 0.3
 SEMANTIC_WEIGHT = 0.5
 # A judge quote shorter than this many tokens ("the", "Lumen") decides nothing.
@@ -318,7 +319,7 @@ class EvidenceIndex:
         return self._window_vectors @ self._text_vectors[text]
 
     def semantic_scorer(self, claim: str, texts: list[str]) -> list[float]:
-        """For pipeline.factrules.verify_offline, which asks for scores of all windows in index order."""
+        """For pipeline.text.factrules.verify_offline, which asks for scores of all windows in index order."""
         sims = self._similarities(claim)
         if sims is None or len(sims) != len(texts):
             return [0.0] * len(texts)
@@ -424,9 +425,9 @@ OPENING_SECTIONS = ("lead", "body", "insights")
 
 
 class StoryCheck:
-    """Who the story is about, from its own sources, and the two story rules (see pipeline.models.StoryVerdict).
+    """Who the story is about, from its own sources, and the two story rules (see pipeline.core.models.StoryVerdict).
 
-    - The story's actors: pipeline.entities.story_entities over its own sources (role "story"), plus the names
+    - The story's actors: pipeline.text.entities.story_entities over its own sources (role "story"), plus the names
       each of them opens with (a one-item story has no names "shared by most items"); a single word only when
       the sources use it as a name on its own ("Korvex", not the "Labs" of "Vantor Labs"). A capital that only
       opens a sentence ("Security researchers said", "Implied volatility rose") is no name: single words the
@@ -435,7 +436,7 @@ class StoryCheck:
       story source), or only in a story source's aside about another event ("Separately, Arcspan ..."), that
       names none of the story's actors and is not framed as background.
     - unresolved_reference: a sentence opening the lead, a paragraph or an insight with a reference
-      (pipeline.factrules.opening_reference) that no earlier sentence resolves; a pronoun or an organisation
+      (pipeline.text.factrules.opening_reference) that no earlier sentence resolves; a pronoun or an organisation
       noun resolves to the last actor named before it, which must be one the story's sources name.
     """
 
@@ -602,7 +603,7 @@ class JudgeFinding(BaseModel):
 
     claim_id: str          # the id of the statement (draft sentence or standalone claim) the claim comes from
     claim: str = ""        # the atomic, self-contained claim; "" means the statement as a whole
-    # Support only: the story labels (off_story, unresolved_reference) are the rules' (pipeline.models.StoryVerdict),
+    # Support only: the story labels (off_story, unresolved_reference) are the rules' (pipeline.core.models.StoryVerdict),
     # so the judge's schema enumerates exactly supported / contradicted / unverifiable.
     verdict: SupportVerdict
     source_n: int | None
@@ -1178,8 +1179,6 @@ _CONFIRM_WORD = re.compile(r"\b(?:confirm\w*|verified|officially|formally)\b", r
 
 def _confirmation_supported(sentence: str, evidence: EvidenceIndex) -> bool:
     """Some source sentence on the same subject says it was confirmed."""
-    from agents.classifier import instructs_a_model
-
     terms = set(content_terms(tokenize(sentence)))
     for passage in evidence.candidates(sentence, k=5):
         for s in split_sentences(passage.text):
@@ -1256,7 +1255,7 @@ def _source_number(source_id: str | None) -> int | None:
 
 
 def totals(verdicts: Sequence[ClaimVerdict]) -> dict[str, int]:
-    """A count per label (every label of pipeline.models.VERDICTS, zeros included) and "claims"."""
+    """A count per label (every label of pipeline.core.models.VERDICTS, zeros included) and "claims"."""
     out = dict.fromkeys(VERDICTS, 0)
     for v in verdicts:
         out[v.verdict] += 1
@@ -1493,7 +1492,8 @@ async def check_draft(
     embed: Embed | None = None,
     reviser: Reviser | None = None,
 ) -> CheckOutcome:
-    """Check a draft with one check call and, with a model, revise its flagged claims at most
+    """Check a draft with one check call and, with a model and a `reviser` (the writer's, which the
+    check stage passes in: agents never import each other), revise its flagged claims at most
     `factcheck.revise_rounds` times.
 
     After a revision only the changed sentences are checked again, by the rules
@@ -1517,16 +1517,14 @@ async def check_prepared(
     # Judge and reviser share the draft's cap; judge calls after the first leave room for one revision.
     calls = draft_calls(settings, gateway) if use_model else None
     bounded = BoundedGateway(gateway, calls) if calls is not None else None
-    revising = use_model and spec is not None and settings.revise_rounds > 0
+    revising = use_model and spec is not None and reviser is not None and settings.revise_rounds > 0
     checked = await claims_of(rendered, evidence, settings=settings, gateway=bounded,
                               prompts=PromptLibrary(config.prompts_dir), context=current.headline, stats=stats,
                               statements=prepared.statements, calls=calls,
                               keep=calls.per_call if calls is not None and revising else 0)
     verdicts = verdicts_for(rendered, checked, evidence)
     revisions: list[Revision] = []
-    if use_model and spec is not None:
-        if reviser is None:
-            from agents.writer import revise_draft as reviser  # type: ignore[no-redef]
+    if revising:
         for round_number in range(1, settings.revise_rounds + 1):
             flagged = [v for v in verdicts if v.verdict != "supported"]
             if not flagged:
@@ -1599,7 +1597,7 @@ def save_check(ledger: Ledger, draft: Draft, outcome: CheckOutcome) -> bool:
     return bool(changed)
 
 
-def check_drafts(run) -> StageReport:
+def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
     """Fact-check every `drafted` draft; `needs_attention` drafts are left for editors to fix first.
 
     Drafts are checked concurrently: each is prepared (evidence, embeddings,
@@ -1607,7 +1605,8 @@ def check_drafts(run) -> StageReport:
     the model, and each is saved in its own transaction as soon as its check is
     done, so a killed run keeps every draft it finished. After a stop request no
     further draft goes to the model; those in hand are finished. One draft's
-    failure is an error line in the report; the others still run.
+    failure is an error line in the report; the others still run. `reviser`
+    (the writer's `revise_draft`, given by the check stage) rewrites flagged claims.
     """
     config, ledger = run.config, run.ledger
     report = StageReport(stage="check")
@@ -1659,7 +1658,8 @@ def check_drafts(run) -> StageReport:
                 left[0] += 1
                 return
             try:
-                outcome = await check_prepared(prepared, templates.get(draft.template), config=config, gateway=gateway)
+                outcome = await check_prepared(prepared, templates.get(draft.template), config=config, gateway=gateway,
+                                                reviser=reviser)
                 if not save_check(ledger, draft, outcome):
                     log.info("draft %s changed state while it was checked; left as it is", draft.id)
                     return

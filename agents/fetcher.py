@@ -7,7 +7,7 @@ and its `sources` row land in one transaction, so a crash never leaves half
 a feed behind.
 
 Everything a feed says is untrusted: URLs go through the SSRF guard in
-`pipeline.http`, text is reduced to plain text, lengths are capped.
+`pipeline.services.http`, text is reduced to plain text, lengths are capped.
 
 Item identity: the id is derived from the canonical form of the feed's link,
 so the next run recognises the entry before any page fetch. `canonical_url`
@@ -43,13 +43,13 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity.wait import wait_base
 
-from pipeline import schema
-from pipeline.config import Config, Feed
-from pipeline.http import FetchError, Fetcher, make_client, read_local_file
-from pipeline.ledger import Ledger, as_utc
-from pipeline.logs import redact
-from pipeline.models import FeedEntry, Item, ItemState, StageReport, utcnow
-from pipeline.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
+from pipeline.core import schema
+from pipeline.core.config import Config, Feed
+from pipeline.services.http import FetchError, Fetcher, make_client, read_local_file
+from pipeline.core.ledger import Ledger, as_utc
+from pipeline.core.logs import redact
+from pipeline.core.models import FeedEntry, Item, ItemState, StageReport, utcnow
+from pipeline.text.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _extraction_pool() -> ProcessPoolExecutor:
 
 
 async def extract_in_pool(content: bytes, url: str):
-    from pipeline.extract import extract_article
+    from pipeline.text.extract import extract_article
 
     try:
         return await asyncio.get_running_loop().run_in_executor(_extraction_pool(), extract_article, content, url)

@@ -5,7 +5,7 @@ Targets (publishing.target):
     only with the configured editors (role "writer": they must be able to edit
     the text and move the file into the approved folder; "commenter" could do
     neither). Never link sharing, never "anyone".
-  - "local": Markdown + HTML files in the outbox folder (pipeline/outbox.py).
+  - "local": Markdown + HTML files in the outbox folder (pipeline/services/outbox.py).
 
 Only drafts in state `checked` are published. A draft becomes `published`
 together with its publication row being marked `written`, in one transaction.
@@ -52,10 +52,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.editdiff import article_text, edit_rate
-from pipeline.gdocs import (
+from pipeline.core import schema
+from pipeline.core.config import Config
+from pipeline.text.editdiff import article_text, edit_rate
+from pipeline.services.gdocs import (
     Block,
     article_from_blocks,
     body_end_index,
@@ -64,9 +64,9 @@ from pipeline.gdocs import (
     layout_draft,
     parse_document,
 )
-from pipeline.ledger import Ledger, stable_hash, utcnow
-from pipeline.models import Article, Draft, DraftState, FactCheckReport, StageReport
-from pipeline.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
+from pipeline.core.ledger import Ledger, stable_hash, utcnow
+from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, StageReport
+from pipeline.services.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
 
 log = logging.getLogger("newsdesk.publisher")
 

@@ -3,7 +3,7 @@
 The story's own items come first, then background retrieved from Chroma
 (time window and topic filters, the story's own items excluded), diversified
 with MMR and stripped of near-duplicates. Background is kept only when it is
-about the story's own actors (`pipeline.entities.concerns_story`): coverage of
+about the story's own actors (`pipeline.text.entities.concerns_story`): coverage of
 another event that merely shares a beat, a coin or a word with the story is
 left out, so it can never be written up as this story's fact. Packing never
 exceeds the budget: lowest-ranked material is dropped first and a source that
@@ -13,7 +13,6 @@ only partly fits is cut at a sentence boundary.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
@@ -21,13 +20,13 @@ from typing import Callable, Sequence
 import numpy as np
 from sqlalchemy import select
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.entities import concerns_story, passage_names, salient_names, story_profile
-from pipeline.ledger import Ledger, as_utc, utcnow
-from pipeline.models import ResearchPack, SourceDoc, Story
-from pipeline.store import where_all, where_published, where_topic
-from pipeline.text import split_sentences
+from pipeline.core import schema
+from pipeline.core.config import Config
+from pipeline.text.entities import StoryProfile, about_story
+from pipeline.core.ledger import Ledger, as_utc, utcnow
+from pipeline.core.models import ResearchPack, SourceDoc, Story
+from pipeline.services.store import where_all, where_published, where_topic
+from pipeline.text.sentences import split_sentences
 
 log = logging.getLogger("newsdesk.researcher")
 
@@ -224,55 +223,6 @@ def background_materials(store, config: Config, story: Story, own: list[Material
         if len(materials) == k:
             break
     return materials
-
-
-@dataclass(frozen=True)
-class StoryProfile:
-    """Who and what a story is about, from its own items: for telling related background from another event."""
-
-    core: set[str]        # the story's subject: salient names a majority of its headlines share
-    entities: set[str]    # the story's own entities (headline names, names most items share)
-    common: set[str]      # words its texts use in lower case (not names)
-    terms: set[str]       # lower-case content words of its headlines ("hot", "wallet", "breach")
-
-    @classmethod
-    def of(cls, titles: Sequence[str], texts: Sequence[str]) -> StoryProfile:
-        """The story's subject is who a majority of its headlines name (all of them for a one-item story):
-        background must name the subject, not only a party to it (the regulator in a lawsuit)."""
-        core, entities, common = story_profile(titles, texts)
-        per_title = [salient_names(t, common) & core for t in titles]
-        needed = len(titles) // 2 + 1  # a majority: both of two, two of three
-        subject = {n for n in core if sum(n in found for found in per_title) >= needed} or core
-        terms = {w for t in titles for w in _words(t) if len(w) > 3 and w not in _PLAIN}
-        return cls(subject, entities, common, terms)
-
-
-_PLAIN = frozenset("after before about from with into over what when where which that this these those their there "
-                   "says said will would could should have has been being than then them they your more most".split())
-
-
-def _words(text: str) -> set[str]:
-    """The words of `text`, lower-cased."""
-    return {w.strip("'’-") for w in re.findall(r"[a-z][a-z'’\-]*", text.lower())}
-
-
-def about_story(title: str, text: str, profile: StoryProfile) -> bool:
-    """Whether a background passage concerns the story or explains it.
-
-    It concerns the story when it names the story's subject (who most headlines name), or
-    shares several of its entities while naming few others
-    (`pipeline.entities.concerns_story`). It explains the story when it names no
-    other actor at all and uses at least two of the story's headline words
-    (an explainer such as "What is a hot wallet?"). A story whose headlines
-    name no one leaves nothing out.
-    """
-    if not profile.core and not profile.entities:
-        return True
-    passage = f"{title}. {text}"
-    if concerns_story(passage, profile.core, profile.entities, profile.common):
-        return True
-    found = passage_names(passage, profile.common)
-    return not (found - profile.entities) and len(_words(passage) & profile.terms) >= 2
 
 
 def context_window(config: Config, model: str) -> int:

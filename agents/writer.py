@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.entities import (
+from pipeline.text.entities import (
+    StoryProfile,
+    about_story,
     bare_surnames,
     dangles,
     names,
@@ -34,9 +36,9 @@ from pipeline.entities import (
     salient_names,
     unattributed_quote,
 )
-from pipeline.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
-from pipeline.prompts import Prompt, PromptLibrary, library
-from pipeline.templates import (
+from pipeline.core.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
+from pipeline.core.prompts import Prompt, PromptLibrary, library
+from pipeline.text.templates import (
     TemplateSpec,
     article_model,
     as_article,
@@ -46,7 +48,10 @@ from pipeline.templates import (
     source_refs,
     validate_article,
 )
-from pipeline.text import normalize_for_match, split_sentences
+from pipeline.text.sentences import normalize_for_match, split_sentences
+from pipeline.services.llm import LLMError
+from pipeline.services.llm import InvalidOutput, OutputTruncated, Refused
+from pipeline.core.logs import redact
 
 log = logging.getLogger("newsdesk.writer")
 
@@ -77,8 +82,6 @@ def render_writer_prompt(story: Story, pack: ResearchPack, spec: TemplateSpec, *
 def source_labels(story: Story, sources: Sequence[SourceDoc]) -> dict[int, str]:
     """What each source is about, as the writer prompt states it: the names it is about, and for background,
     that it is other coverage and not this story's event (and whether it concerns this story's actors at all)."""
-    from agents.researcher import StoryProfile, about_story
-
     story_sources = [s for s in sources if s.role == "story"] or list(sources)
     profile = StoryProfile.of([s.title for s in story_sources], [s.text for s in story_sources])
     labels = {}
@@ -189,8 +192,6 @@ def _with_pack_sources(article: Article, sources: list[SourceDoc]) -> Article:
 
 
 def _masked(article: Article) -> Article:
-    from pipeline.logs import redact
-
     return article.model_copy(update={
         "headline": redact(article.headline),
         "lead": redact(article.lead),
@@ -212,7 +213,6 @@ async def _write_with_model(story: Story, pack: ResearchPack, spec: TemplateSpec
     counts as minItems/maxItems), at most `llm.repair_rounds` repairs of what the schema cannot say (word
     and sentence counts, URLs, inline [n] markers). A draft still invalid after them is kept as the model
     wrote it, `needs_attention` with the exact violations: asking again next run would not change it."""
-    from pipeline.llm import InvalidOutput, OutputTruncated, Refused
 
     prompt = render_writer_prompt(story, pack, spec, prompts=prompt_library(gateway))
     model = gateway.model_for("writer")
@@ -291,7 +291,6 @@ async def revise_draft(draft: Draft, flagged: list[ClaimVerdict], pack: Research
     """
     if not flagged or gateway is None or not getattr(gateway, "available", False):
         return draft.article
-    from pipeline.llm import LLMError
 
     prompt = render_reviser_prompt(draft.article, flagged, pack, spec, prompts=prompt_library(gateway))
     template_rules = article_validator(spec, pack.sources)
@@ -687,8 +686,6 @@ class _Material:
 
 
 def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None) -> _Material:
-    from agents.researcher import StoryProfile, about_story
-
     story_sources = [s for s in pack_sources if s.role == "story"] or pack_sources
     story_ns = {s.n for s in story_sources}
     profile = StoryProfile.of([s.title for s in story_sources], [s.text for s in story_sources])

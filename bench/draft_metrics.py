@@ -10,7 +10,7 @@ These counts say where they do not; each is 0 (or False) for a clean draft.
   sentence leans on a sentence the reader never saw: a pronoun or definite
   reference ("It", "The penalty …"), a connective ("However"), "the judge
   wrote" before any judge, a bare quotation, or a person's surname before
-  their full name (`pipeline.entities.dangles` plus the surname check). A
+  their full name (`pipeline.text.entities.dangles` plus the surname check). A
   definite description the draft introduced before ("The penalty" after a lead
   about the penalty) is resolved.
 - `quote_splits`: a lead, paragraph, insight or headline whose quotation marks
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.entities import (  # noqa: E402
+from pipeline.text.entities import (  # noqa: E402
     FRAMING,
     bare_surnames,
     is_framed,
@@ -55,7 +55,7 @@ from pipeline.entities import (  # noqa: E402
     story_profile,
     unattributed_quote,
 )
-from pipeline.text import split_sentences  # noqa: E402
+from pipeline.text.sentences import split_sentences  # noqa: E402
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 _STOP = frozenset(
@@ -105,7 +105,7 @@ def view(draft: Any) -> DraftView:
         return _from_markdown(draft)
     article = getattr(draft, "article", draft)
     if isinstance(article, dict):
-        from pipeline.models import Article
+        from pipeline.core.models import Article
 
         article = Article.model_validate(article)
     parts: list[Part] = []
@@ -356,10 +356,10 @@ def explain(draft: Any, pack: Any) -> dict[str, list]:
 def _workspace_drafts(workspace: Path) -> Iterable[tuple[str, Any, Any]]:
     from sqlalchemy import select
 
-    from pipeline import schema
-    from pipeline.config import load_config
-    from pipeline.ledger import Ledger
-    from pipeline.models import Article, ResearchPack
+    from pipeline.core import schema
+    from pipeline.core.config import load_config
+    from pipeline.core.ledger import Ledger
+    from pipeline.core.models import Article, ResearchPack
 
     config = load_config(workspace / "config.toml" if workspace.is_dir() else workspace)
     ledger = Ledger(config.ledger_url)

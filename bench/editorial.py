@@ -125,11 +125,11 @@ def cluster_labelled_set(labelled: LabelledSet, workdir: Path) -> ClusterResult:
     """Fetch, classify and group one set offline in a scratch copy, then score it against its labels."""
     from sqlalchemy import select
 
-    from pipeline import schema
-    from pipeline.clock import fixed_clock
-    from pipeline.config import load_config
-    from pipeline.runner import Run
-    from pipeline.stories import assign_stories
+    from pipeline.core import schema
+    from pipeline.core.clock import fixed_clock
+    from pipeline.core.config import load_config
+    from pipeline.flow.runner import Run
+    from agents.editor import assign_stories
 
     started = time.perf_counter()
     workspace = Path(workdir) / labelled.name
@@ -209,11 +209,11 @@ def draft_labelled_set(labelled: LabelledSet, workdir: Path) -> tuple[list[dict]
     from sqlalchemy import select
 
     from bench.draft_metrics import draft_metrics, sentences
-    from pipeline import schema
-    from pipeline.clock import fixed_clock
-    from pipeline.config import load_config
-    from pipeline.models import Article, ResearchPack
-    from pipeline.runner import Run
+    from pipeline.core import schema
+    from pipeline.core.clock import fixed_clock
+    from pipeline.core.config import load_config
+    from pipeline.core.models import Article, ResearchPack
+    from pipeline.flow.runner import Run
 
     workspace = Path(workdir) / f"drafts-{labelled.name}"
     if workspace.exists():

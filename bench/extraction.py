@@ -110,7 +110,7 @@ def load_ground_truth(data_dir: Path) -> dict[str, dict]:
 
 
 def run(data_dir: Path, out: Path, limit: int | None = None) -> Score:
-    from pipeline.extract import extract_article
+    from pipeline.text.extract import extract_article
 
     truth = load_ground_truth(data_dir)
     keys = sorted(truth)[:limit] if limit else sorted(truth)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.factrules import SourceIndex, verify_offline  # noqa: E402
+from pipeline.text.factrules import SourceIndex, verify_offline  # noqa: E402
 
 ERROR_TYPES = ("number", "date", "entity", "negation", "quote", "addition")
 # The errors a model makes when it paraphrases (issue 15): direction reversed, order/time changed, roles
@@ -97,11 +97,11 @@ def model_verdicts(cases: list[dict], config_path: Path, ledger_url: str | None,
 
     try:
         from agents.fact_checker import check_claims_with_model
-        from pipeline.config import ConfigError, load_config
-        from pipeline.ledger import Ledger, LedgerError
-        from pipeline.llm import Gateway
+        from pipeline.core.config import ConfigError, load_config
+        from pipeline.core.ledger import Ledger, LedgerError
+        from pipeline.services.llm import Gateway
     except ImportError as exc:
-        raise SystemExit(f"error: --with-model needs the LLM gateway (pipeline/llm.py) and the fact-checker agent: {exc}")
+        raise SystemExit(f"error: --with-model needs the LLM gateway (pipeline/services/llm.py) and the fact-checker agent: {exc}")
 
     try:
         config = load_config(config_path)
@@ -119,7 +119,7 @@ def model_verdicts(cases: list[dict], config_path: Path, ledger_url: str | None,
         raise SystemExit(f"error: {gateway.unavailable_reason}")
     embed = None
     if use_embeddings:
-        from pipeline.embeddings import EmbeddingError, embedding_function_from_config
+        from pipeline.services.embeddings import EmbeddingError, embedding_function_from_config
 
         try:
             embed = embedding_function_from_config(config).embed

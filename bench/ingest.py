@@ -28,9 +28,9 @@ from xml.sax.saxutils import escape
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.chunking import chunk_text  # noqa: E402
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.ledger import Ledger  # noqa: E402
+from pipeline.text.chunking import chunk_text  # noqa: E402
+from pipeline.core.config import parse_config  # noqa: E402
+from pipeline.core.ledger import Ledger, row_to_item  # noqa: E402
 
 
 def load_pages(data: Path) -> dict[str, bytes]:
@@ -101,9 +101,8 @@ def main() -> None:
         )
         ledger = Ledger.from_config(config)
         from agents.fetcher import run_fetch
-        from pipeline.runner import Run
-        from pipeline.stages import row_to_item
-        from pipeline import schema
+        from pipeline.flow.runner import Run
+        from pipeline.core import schema
         from sqlalchemy import select
 
         started = time.perf_counter()

@@ -172,11 +172,11 @@ def main() -> int:
     port = ports.get(timeout=30)
 
     from agents.fetcher import run_fetch
-    from pipeline.config import parse_config
-    from pipeline.ledger import Ledger
+    from pipeline.core.config import parse_config
+    from pipeline.core.ledger import Ledger
     from sqlalchemy import func, select
 
-    from pipeline import schema
+    from pipeline.core import schema
 
     workspace = Path(tempfile.mkdtemp(prefix="newsdesk-load-"))
     config = parse_config({

@@ -57,8 +57,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agents.fact_checker import EvidenceIndex, check_article, render_draft, sources_from_pack, strip_citation_markers  # noqa: E402
-from pipeline.models import Article, ClaimVerdict, FactCheckReport, Insight, Paragraph, ResearchPack, SourceDoc  # noqa: E402
-from pipeline.text import split_sentences  # noqa: E402
+from pipeline.core.models import Article, ClaimVerdict, FactCheckReport, Insight, Paragraph, ResearchPack, SourceDoc  # noqa: E402
+from pipeline.text.sentences import split_sentences  # noqa: E402
 
 AS_OF = datetime(2026, 11, 22, 21, 0, tzinfo=timezone.utc)
 EXAMPLES = ROOT / "examples"
@@ -100,12 +100,12 @@ def demo_material(workdir: Path, set_name: str = "sample") -> tuple[list[Case], 
     """A set's offline drafts (fetch, classify, draft at the set's clock) and every relevant item by URL."""
     from sqlalchemy import select
 
-    from pipeline import schema
-    from pipeline.clock import fixed_clock
-    from pipeline.config import load_config
-    from pipeline.demo import prepare_workspace
-    from pipeline.ledger import as_utc
-    from pipeline.runner import Run
+    from pipeline.core import schema
+    from pipeline.core.clock import fixed_clock
+    from pipeline.core.config import load_config
+    from pipeline.cli.demo import prepare_workspace
+    from pipeline.core.ledger import as_utc
+    from pipeline.flow.runner import Run
 
     folder, as_of = SETS[set_name]
     if set_name == "sample":

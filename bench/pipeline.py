@@ -55,11 +55,11 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from agents.fact_checker import render_draft  # noqa: E402
-from pipeline import schema  # noqa: E402
-from pipeline.config import load_config, parse_config  # noqa: E402
-from pipeline.ledger import as_utc  # noqa: E402
-from pipeline.models import Article  # noqa: E402
-from pipeline.runner import Run  # noqa: E402
+from pipeline.core import schema  # noqa: E402
+from pipeline.core.config import load_config, parse_config  # noqa: E402
+from pipeline.core.ledger import as_utc  # noqa: E402
+from pipeline.core.models import Article  # noqa: E402
+from pipeline.flow.runner import Run  # noqa: E402
 from tests.fakes.newsroom_model import NewsroomModel  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
@@ -418,7 +418,7 @@ def scenario(stories: int, args) -> Scenario:
         config = bench_config(Path(tmp), site, args.base_url or server.base_url, args, stories)
         first = run_once(config, site, server)
         second = run_once(config, site, server)
-        from pipeline.ledger import Ledger
+        from pipeline.core.ledger import Ledger
 
         ledger = Ledger.from_config(config)
         with ledger.engine.connect() as connection:
@@ -596,7 +596,7 @@ def main() -> int:
         print(f"note: more than {len(KINDS)} stories reuse story kinds; similar stories may be clustered together")
 
     if args.base_url:  # a bad URL is one line naming it, before anything runs
-        from pipeline.config import ConfigError
+        from pipeline.core.config import ConfigError
 
         try:
             parse_config({"llm": {"base_url": args.base_url}}, root=ROOT)

@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from agents.researcher import context_budget, research  # noqa: E402
-from pipeline import schema  # noqa: E402
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.ledger import Ledger, utcnow  # noqa: E402
-from pipeline.models import Classification, Item, Story  # noqa: E402
-from pipeline.store import Store, chunk_id, classification_metadata  # noqa: E402
-from pipeline.tokens import count_tokens  # noqa: E402
+from pipeline.core import schema  # noqa: E402
+from pipeline.core.config import parse_config  # noqa: E402
+from pipeline.core.ledger import Ledger, utcnow  # noqa: E402
+from pipeline.core.models import Classification, Item, Story  # noqa: E402
+from pipeline.services.store import Store, chunk_id, classification_metadata  # noqa: E402
+from pipeline.core.tokens import count_tokens  # noqa: E402
 
 TOPICS = ["markets", "regulation", "security", "defi", "infrastructure"]
 

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-import pipeline.llm
-from pipeline.testing import NetworkGuard, allow_model_requests as _allow_model_requests
+import pipeline.services.llm
+from pipeline.services.testing import NetworkGuard, allow_model_requests as _allow_model_requests
 
 
 # The bundled sample feeds (examples/feeds) end on 2026-11-22 at 20:00 UTC. Tests that
@@ -33,9 +33,9 @@ def network_guard():
 
 @pytest.fixture(autouse=True)
 def _no_model_requests(monkeypatch):
-    """Real provider calls fail loudly (pipeline.llm.ModelRequestsBlocked); a developer's own
+    """Real provider calls fail loudly (pipeline.services.llm.ModelRequestsBlocked); a developer's own
     OpenAI environment never leaks into tests."""
-    monkeypatch.setattr(pipeline.llm, "ALLOW_MODEL_REQUESTS", False)
+    monkeypatch.setattr(pipeline.services.llm, "ALLOW_MODEL_REQUESTS", False)
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
         monkeypatch.delenv(name, raising=False)
 
@@ -50,7 +50,7 @@ def allow_model_requests():
 @pytest.fixture
 def ledger(tmp_path):
     """A real SQLite ledger file in the test's temp folder, migrated."""
-    from pipeline.ledger import Ledger
+    from pipeline.core.ledger import Ledger
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     yield ledger

@@ -26,6 +26,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
+from agents.writer import revise_draft
 from agents.fact_checker import (
     EvidenceIndex,
     JudgeItem,
@@ -39,14 +40,14 @@ from agents.fact_checker import (
     statements_of,
     render_draft,
 )
-from pipeline import schema
-from pipeline.clock import fixed_clock
-from pipeline.config import load_config, parse_config
-from pipeline.demo import prepare_workspace
-from pipeline.llm import Gateway, strict_json_schema
-from pipeline.models import Article, Draft, DraftState, FactCheckReport
-from pipeline.runner import Run
-from pipeline.testing import TestModel, allow_model_requests
+from pipeline.core import schema
+from pipeline.core.clock import fixed_clock
+from pipeline.core.config import load_config, parse_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.services.llm import Gateway, strict_json_schema
+from pipeline.core.models import Article, Draft, DraftState, FactCheckReport
+from pipeline.flow.runner import Run
+from pipeline.services.testing import TestModel, allow_model_requests
 from tests.conftest import SAMPLE_AS_OF
 from tests.fakes.naive_server import NaiveServer, fill
 
@@ -87,7 +88,7 @@ def lumen_pack():
 
 
 def brief_spec(tmp_path):
-    from pipeline.templates import load_templates
+    from pipeline.text.templates import load_templates
     from tests.test_fact_checker import BRIEF_TEMPLATE
 
     folder = tmp_path / "templates"
@@ -160,7 +161,8 @@ def test_a_drafts_requests_never_exceed_its_cap(ledger, tmp_path, cap, repair_ro
     model = naive_model(cap)
     draft = Draft(id="d-1", story_key="lumen", template="brief", writer_model="m", method="llm",
                   article=lumen_article("$52 million"))
-    outcome = asyncio_run(check_draft(draft, lumen_pack(), spec, config=config, gateway=Gateway(config, ledger, backend=model)))
+    outcome = asyncio_run(check_draft(draft, lumen_pack(), spec, config=config, gateway=Gateway(config, ledger, backend=model),
+                                      reviser=revise_draft))
 
     roles = Counter(r.role for r in model.requests)
     assert sum(roles[r] for r in CHECK_ROLES) <= cap and set(roles) <= set(CHECK_ROLES)
@@ -204,7 +206,7 @@ def test_an_honest_judge_decides_and_the_report_says_llm(ledger, tmp_path):
 
 
 def test_an_outage_is_a_fallback_with_its_cause(ledger, tmp_path):
-    from pipeline.llm import RequestRejected
+    from pipeline.services.llm import RequestRejected
 
     config = parse_config({}, root=tmp_path)
     model = TestModel(function=lambda request: RequestRejected("HTTP 400: model not found"))

@@ -21,18 +21,19 @@ from sqlalchemy import func, insert, select
 
 from agents.classifier import BatchResult, ITEM_FRAME_TOKENS, TITLE_TOKENS, batch_schema, batch_validator, classify_pending
 from agents.fetcher import run_fetch
-from pipeline import schema
-from pipeline.config import load_config, parse_config
-from pipeline.demo import EXAMPLES, prepare_workspace
-from pipeline.embeddings import LocalEmbeddingFunction
-from pipeline.ledger import utcnow
-from pipeline.llm import Gateway
-from pipeline.models import Classification, Item, ItemState
-from pipeline.runner import Run
-from pipeline.stages import index_pending, row_to_item
-from pipeline.store import Store, where_all, where_topic
-from pipeline.testing import TestModel
-from pipeline.tokens import count_messages, count_tokens
+from pipeline.core import schema
+from pipeline.core.config import load_config, parse_config
+from pipeline.cli.demo import EXAMPLES, prepare_workspace
+from pipeline.services.embeddings import LocalEmbeddingFunction
+from pipeline.core.ledger import utcnow
+from pipeline.services.llm import Gateway
+from pipeline.core.models import Classification, Item, ItemState
+from pipeline.flow.runner import Run
+from pipeline.core.ledger import row_to_item
+from pipeline.flow.stages import index_pending
+from pipeline.services.store import Store, where_all, where_topic
+from pipeline.services.testing import TestModel
+from pipeline.core.tokens import count_messages, count_tokens
 from tests.fakes.openai_server import Fault, FakeOpenAIServer
 
 OFF_BEAT = (
@@ -336,7 +337,7 @@ def test_model_output_is_stored_as_one_typed_classification(sample_items, tmp_pa
 
 
 def test_the_batch_schema_can_only_say_what_the_project_accepts():
-    from pipeline.llm import strict_json_schema
+    from pipeline.services.llm import strict_json_schema
 
     ids, topics = ["i1", "i2", "i3"], ["markets", "security"]
     model = batch_schema(ids, topics)

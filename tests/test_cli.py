@@ -14,10 +14,11 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy import func, insert, select
 
-from pipeline import cli, schema
-from pipeline.config import load_config
-from pipeline.ledger import Ledger
-from pipeline.scheduler import next_run_times
+from pipeline.cli import main as cli
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.core.ledger import Ledger
+from pipeline.flow.scheduler import next_run_times
 
 ROOT = Path(__file__).resolve().parent.parent
 FEEDS = Path(__file__).parent / "fixtures" / "feeds"

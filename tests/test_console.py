@@ -21,8 +21,8 @@ import pytest
 from rich.table import Table
 from sqlalchemy import create_engine, func, select
 
-from pipeline import schema
-from pipeline.console import make_console, say
+from pipeline.core import schema
+from pipeline.cli.console import make_console, say
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = ROOT / "run.py"

@@ -5,12 +5,12 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
-import pipeline.drafting as drafting
-from pipeline import schema
-from pipeline.clock import fixed_clock
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
-from pipeline.runner import Run
+import pipeline.flow.drafting as drafting
+from pipeline.core import schema
+from pipeline.core.clock import fixed_clock
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.flow.runner import Run
 from tests.conftest import SAMPLE_AS_OF
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import schema
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
-from pipeline.models import Article, ResearchPack
-from pipeline.runner import Run
-from pipeline.templates import load_templates, validate_article
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.core.models import Article, ResearchPack
+from pipeline.flow.runner import Run
+from pipeline.text.templates import load_templates, validate_article
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,13 +22,13 @@ import pytest
 from sqlalchemy import select
 
 from agents.writer import extractive_draft, render_writer_prompt
-from pipeline import schema
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
-from pipeline.entities import dangles, is_framed, key_figures, quotes_balanced, unattributed_quote
-from pipeline.models import Article, DraftState, ResearchPack, SourceDoc, Story
-from pipeline.runner import Run
-from pipeline.templates import load_templates, validate_article
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.text.entities import dangles, is_framed, key_figures, quotes_balanced, unattributed_quote
+from pipeline.core.models import Article, DraftState, ResearchPack, SourceDoc, Story
+from pipeline.flow.runner import Run
+from pipeline.text.templates import load_templates, validate_article
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -277,7 +277,7 @@ def test_metrics_count_the_defects_issue_13_describes():
     """A stitched draft with the issue's defects, counted one by one."""
     sources = [*story_sources(), other_company()]
     pack = ResearchPack(story_key="s", sources=sources, budget_tokens=1, used_tokens=1)
-    from pipeline.models import Insight, Paragraph
+    from pipeline.core.models import Insight, Paragraph
 
     stitched = Article(
         headline="Brantwood exchange loses $27.4 million in hot-wallet hack",

@@ -14,9 +14,9 @@ import pytest
 import respx
 from chromadb.utils.embedding_functions import config_to_embedding_function, known_embedding_functions
 
-import pipeline.embeddings as embeddings
-from pipeline.config import parse_config
-from pipeline.embeddings import (
+import pipeline.services.embeddings as embeddings
+from pipeline.core.config import parse_config
+from pipeline.services.embeddings import (
     DIMENSION,
     MODEL_SHA256,
     TOKENIZER_PATH,
@@ -218,7 +218,7 @@ def test_openai_without_key_or_endpoint_says_which_variable_to_set(tmp_path, all
 
 
 def test_openai_embeddings_obey_the_test_switch_for_real_requests(tmp_path, monkeypatch):
-    from pipeline.llm import ModelRequestsBlocked
+    from pipeline.services.llm import ModelRequestsBlocked
 
     monkeypatch.setenv("NEWSDESK_TEST_KEY", "sk-test-123")
     ef = embedding_function_from_config(openai_config(tmp_path), http_client=httpx.Client())

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.extract import (
+from pipeline.text.extract import (
     ExtractedPage,
     choose,
     consensus,
@@ -236,7 +236,7 @@ def test_fallback_replaces_trafilatura_only_when_it_found_next_to_nothing():
 
 
 def test_oversized_pages_skip_trafilatura_for_the_linear_density_extractor(monkeypatch):
-    import pipeline.extract as extract_module
+    import pipeline.text.extract as extract_module
 
     monkeypatch.setattr(extract_module, "MAX_TRAFILATURA_ELEMENTS", 50)
     rows = "".join(f"<p>Entry {i} of a very long listing, with commas, words and more words.</p>" for i in range(60))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from agents.writer import revise_draft
 from agents.fact_checker import (
     EvidenceIndex,
     JudgeFinding,
@@ -25,14 +26,14 @@ from agents.fact_checker import (
     settle,
     sources_from_pack,
 )
-from pipeline import schema
-from pipeline.config import Config, parse_config
-from pipeline.drafting import save_draft
-from pipeline.ledger import Ledger
-from pipeline.llm import Gateway
-from pipeline.models import Article, Draft, DraftState, FactCheckReport, Insight, Paragraph, ResearchPack, SourceDoc
-from pipeline.templates import source_refs, validate_article
-from pipeline.testing import TestModel
+from pipeline.core import schema
+from pipeline.core.config import Config, parse_config
+from pipeline.flow.drafting import save_draft
+from pipeline.core.ledger import Ledger
+from pipeline.services.llm import Gateway
+from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, Insight, Paragraph, ResearchPack, SourceDoc
+from pipeline.text.templates import source_refs, validate_article
+from pipeline.services.testing import TestModel
 
 T = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
@@ -117,7 +118,7 @@ def make_config(tmp_path: Path, templates_dir: Path, **factcheck) -> Config:
 
 @pytest.fixture
 def spec(templates_dir):
-    from pipeline.templates import load_templates
+    from pipeline.text.templates import load_templates
 
     return load_templates(templates_dir)["brief"]
 
@@ -253,7 +254,7 @@ def test_a_draft_that_fits_is_checked_in_one_call_with_its_headline_as_context(l
 def test_a_draft_too_large_for_the_window_is_split_by_tokens(ledger, tmp_path, templates_dir):
     """A window one token short of the whole draft: two calls, every sentence in exactly one, each call within the window."""
     from agents.fact_checker import call_budget
-    from pipeline.tokens import count_messages
+    from pipeline.core.tokens import count_messages
 
     config = make_config(tmp_path, templates_dir)
     whole = scripted_model()
@@ -370,7 +371,7 @@ def test_a_left_out_sentence_is_asked_again_only_when_it_holds_something_checkab
 
 def test_an_unusable_reply_is_asked_again_in_halves(ledger, tmp_path, templates_dir):
     """A reply cut off at the token limit: the draft is asked again in two halves, the halves answer."""
-    from pipeline.llm import ModelReply
+    from pipeline.services.llm import ModelReply
 
     def respond(request):
         if request.role != "judge":
@@ -391,7 +392,7 @@ def test_an_unusable_reply_is_asked_again_in_halves(ledger, tmp_path, templates_
 
 
 def test_a_provider_outage_leaves_every_sentence_to_the_rules(ledger, tmp_path, templates_dir):
-    from pipeline.llm import RequestRejected
+    from pipeline.services.llm import RequestRejected
 
     config = make_config(tmp_path, templates_dir)
     model = TestModel(function=lambda request: RequestRejected("400 bad request") if request.role == "judge" else None)
@@ -572,7 +573,8 @@ def test_the_writers_reviser_is_asked_through_the_gateway_with_the_flags(ledger,
     config = make_config(tmp_path, templates_dir)
     model = scripted_model(revised=article())
     gateway = Gateway(config, ledger, backend=model)
-    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config, gateway=gateway))
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config, gateway=gateway,
+                              reviser=revise_draft))
     (request,) = [r for r in model.requests if r.role == "reviser"]
     assert "$52 million" in user_text(request) and 'verdict="contradicted"' in user_text(request)
     assert outcome.revised and outcome.article.lead == article().lead
@@ -604,7 +606,7 @@ def test_measure_revision_counts_changed_sentences_and_characters():
 
 
 class FakeRun:
-    """What check_drafts uses of pipeline.runner.Run, over a real SQLite ledger.
+    """What check_drafts uses of pipeline.flow.runner.Run, over a real SQLite ledger.
 
     `stop_after`: a stop is requested once that many drafts are checked (as SIGTERM would, mid-stage).
     """
@@ -647,7 +649,7 @@ def test_the_stage_checks_drafted_drafts_and_leaves_needs_attention_alone(ledger
 
     fake = FakeRun(config, ledger, gateway=Gateway(config, ledger))  # no model configured: rules only
     try:
-        report = check_drafts(fake)
+        report = check_drafts(fake, reviser=revise_draft)
     finally:
         fake.close()
 
@@ -668,19 +670,18 @@ def test_the_stage_checks_drafted_drafts_and_leaves_needs_attention_alone(ledger
 
 
 def test_the_stage_stores_a_revised_article_with_its_report_and_stops_starting_drafts_on_request(
-    ledger, tmp_path, templates_dir, monkeypatch
+    ledger, tmp_path, templates_dir
 ):
     async def fixing_reviser(draft, flagged, pack, spec, gateway):
         return draft.article.model_copy(update={"lead": draft.article.lead.replace("$52 million", "$48 million")})
 
-    monkeypatch.setattr("agents.writer.revise_draft", fixing_reviser)
     # One draft at a time, so the stop request lands between two drafts.
     config = make_config(tmp_path, templates_dir).model_copy(update={"llm": parse_config({"llm": {"concurrency": 1}}, root=tmp_path).llm})
     save_draft(ledger, make_draft(article("$52 million"), "d-fix", "story-a"), pack())
     save_draft(ledger, make_draft(article(), "d-later", "story-b"), pack())
     fake = FakeRun(config, ledger, gateway=Gateway(config, ledger, backend=scripted_model()), stop_after=1)
     try:
-        report = check_drafts(fake)
+        report = check_drafts(fake, reviser=fixing_reviser)
     finally:
         fake.close()
 
@@ -714,14 +715,13 @@ class CountingBackend:
             self.in_flight -= 1
 
 
-def test_the_stage_checks_drafts_concurrently_with_one_check_call_each(ledger, tmp_path, templates_dir, monkeypatch):
+def test_the_stage_checks_drafts_concurrently_with_one_check_call_each(ledger, tmp_path, templates_dir):
     revisions = []
 
     async def fixing_reviser(draft, flagged, pack, spec, gateway):
         revisions.append(draft.id)
         return draft.article.model_copy(update={"lead": draft.article.lead.replace("$52 million", "$48 million")})
 
-    monkeypatch.setattr("agents.writer.revise_draft", fixing_reviser)
     config = make_config(tmp_path, templates_dir)  # llm.concurrency 4 by default or more
     drafts = [make_draft(article("$52 million" if i % 2 else "$48 million"), f"d-{i}", f"story-{i}") for i in range(4)]
     for d in drafts:
@@ -729,7 +729,7 @@ def test_the_stage_checks_drafts_concurrently_with_one_check_call_each(ledger, t
     backend = CountingBackend(scripted_model())
     fake = FakeRun(config, ledger, gateway=Gateway(config, ledger, backend=backend))
     try:
-        report = check_drafts(fake)
+        report = check_drafts(fake, reviser=fixing_reviser)
     finally:
         fake.close()
 
@@ -742,19 +742,18 @@ def test_the_stage_checks_drafts_concurrently_with_one_check_call_each(ledger, t
     assert report.notes["claims"] == 28 and report.notes["supported"] == 28 and report.notes["revised_rounds"] == 2
 
 
-def test_drafts_likely_to_need_a_revision_go_to_the_model_first(ledger, tmp_path, templates_dir, monkeypatch):
+def test_drafts_likely_to_need_a_revision_go_to_the_model_first(ledger, tmp_path, templates_dir):
     """A figure no source has means a revision after the check: that draft's calls start first."""
     async def fixing_reviser(draft, flagged, pack, spec, gateway):
         return draft.article.model_copy(update={"lead": draft.article.lead.replace("$52 million", "$48 million")})
 
-    monkeypatch.setattr("agents.writer.revise_draft", fixing_reviser)
     config = make_config(tmp_path, templates_dir).model_copy(update={"llm": parse_config({"llm": {"concurrency": 1}}, root=tmp_path).llm})
     for i, amount in enumerate(["$48 million", "$48 million", "$52 million"]):
         save_draft(ledger, make_draft(article(amount), f"d-{i}", f"story-{i}"), pack())
     model = scripted_model()
     fake = FakeRun(config, ledger, gateway=Gateway(config, ledger, backend=model))
     try:
-        report = check_drafts(fake)
+        report = check_drafts(fake, reviser=fixing_reviser)
     finally:
         fake.close()
     assert report.items_out == 3
@@ -764,7 +763,7 @@ def test_drafts_likely_to_need_a_revision_go_to_the_model_first(ledger, tmp_path
 
 
 def load_brief(templates_dir):
-    from pipeline.templates import load_templates
+    from pipeline.text.templates import load_templates
 
     return load_templates(templates_dir)["brief"]
 

@@ -1,4 +1,4 @@
-"""Rule-based claim checking (pipeline/factrules.py) and its benchmark scripts."""
+"""Rule-based claim checking (pipeline/text/factrules.py) and its benchmark scripts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.factrules import (
+from pipeline.text.factrules import (
     SourceIndex,
     extract_dates,
     extract_numbers,
@@ -313,7 +313,7 @@ def test_benchmark_with_model_explains_what_is_missing(tmp_path, monkeypatch):
     run = _load("factcheck")
     cases = tmp_path / "c.jsonl"
     cases.write_text(json.dumps({"id": "1", "claim": "x", "sources": [{"id": "s", "text": "x"}]}) + "\n")
-    monkeypatch.setitem(sys.modules, "pipeline.llm", None)  # import fails as if the gateway were absent
+    monkeypatch.setitem(sys.modules, "pipeline.services.llm", None)  # import fails as if the gateway were absent
     with pytest.raises(SystemExit, match="needs the LLM gateway"):
         run.main(["--cases", str(cases), "--out", str(tmp_path / "o.jsonl"), "--with-model"])
 

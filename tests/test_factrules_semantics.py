@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.factrules import extract_numbers, numbers_match, verify_offline
+from pipeline.text.factrules import extract_numbers, numbers_match, verify_offline
 
 MARKETS = (
     "Shares of Norvik Energy rose 5% on Tuesday after the company reported a quarterly profit of $1.2 million. "

@@ -41,12 +41,12 @@ from tenacity import wait_none
 from agents import fetcher as fetcher_module
 from agents.fetcher import run_fetch
 from agents.publisher import publish_ready
-from pipeline import schema
-from pipeline.config import PACKAGE_ROOT, parse_config
-from pipeline.ledger import Ledger
-from pipeline.llm import Gateway
-from pipeline.models import ItemState
-from pipeline.runner import Run
+from pipeline.core import schema
+from pipeline.core.config import PACKAGE_ROOT, parse_config
+from pipeline.core.ledger import Ledger
+from pipeline.services.llm import Gateway
+from pipeline.core.models import ItemState
+from pipeline.flow.runner import Run
 from tests.fakes.openai_server import Fault, FakeOpenAIServer, Reply
 
 FEEDS = Path(__file__).parent / "fixtures" / "feeds"
@@ -75,7 +75,7 @@ def rss(entries: list[dict]) -> str:
 
 
 class StubStore:
-    """Just enough of pipeline.store.Store for the classify stage: deterministic vectors, no Chroma."""
+    """Just enough of pipeline.services.store.Store for the classify stage: deterministic vectors, no Chroma."""
 
     def __init__(self) -> None:
         self.classified: dict[str, object] = {}
@@ -266,7 +266,7 @@ def test_an_unreachable_model_server_is_one_line_naming_the_endpoint(tmp_path, a
 
 
 def test_a_stage_that_raises_an_exception_group_is_reported_by_its_cause(tmp_path, monkeypatch):
-    import pipeline.runner as runner
+    import pipeline.flow.runner as runner
 
     def broken(run):
         raise ExceptionGroup("unhandled errors in a TaskGroup", [ConnectionRefusedError("connect to 127.0.0.1:9 refused")])
@@ -442,7 +442,7 @@ def busy_desk(tmp_path: Path) -> tuple[Path, object, Ledger]:
         '[ledger]\nurl = "sqlite:///ledger.sqlite"\nbusy_timeout_s = 0.5\n\n[llm]\noffline = true\n'
         '[store]\npath = "chroma"\n'
     )
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
 
     config = load_config(path)
     return path, config, Ledger.from_config(config)
@@ -485,9 +485,9 @@ sys.path.insert(0, {root!r})
 from sqlalchemy import update
 from agents.fetcher import run_fetch
 from agents.publisher import publish_ready
-from pipeline import schema
-from pipeline.config import parse_config
-from pipeline.ledger import Ledger
+from pipeline.core import schema
+from pipeline.core.config import parse_config
+from pipeline.core.ledger import Ledger
 from tests.test_publisher import insert_draft, make_draft
 
 root = Path(sys.argv[1])

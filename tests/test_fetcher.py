@@ -18,11 +18,11 @@ from tenacity import wait_none
 
 from agents import fetcher as fetcher_module
 from agents.fetcher import fetch_all, plain_text, run_fetch
-from pipeline import schema
-from pipeline.config import parse_config
-from pipeline.http import Fetcher, FetchError, make_client
-from pipeline.ledger import as_utc
-from pipeline.urls import ResolveError, UnsafeUrlError
+from pipeline.core import schema
+from pipeline.core.config import parse_config
+from pipeline.services.http import Fetcher, FetchError, make_client
+from pipeline.core.ledger import as_utc
+from pipeline.text.urls import ResolveError, UnsafeUrlError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
 PUBLIC_IP = "93.184.216.34"

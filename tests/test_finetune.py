@@ -17,10 +17,12 @@ from rich.console import Console
 from sqlalchemy import insert, select
 
 from agents.writer import render_writer_prompt, write_draft
-from pipeline import cli, cli_finetune, schema
-from pipeline.config import parse_config
-from pipeline.finetune import activate_writer_model, active_writer_model
-from pipeline.finetune_dataset import (
+from pipeline.cli import main as cli
+from pipeline.cli import finetune as cli_finetune
+from pipeline.core import schema
+from pipeline.core.config import parse_config
+from pipeline.finetune.workflow import activate_writer_model, active_writer_model
+from pipeline.finetune.dataset import (
     TITLE_ONLY_TEXT,
     DatasetError,
     Case,
@@ -32,14 +34,14 @@ from pipeline.finetune_dataset import (
     split_markers,
     validate_messages,
 )
-from pipeline.finetune_eval import evaluate, latest_report, save_report
-from pipeline.finetune_jobs import JobError, cancel_job, follow_job, start_job
-from pipeline.ledger import Ledger
-from pipeline.llm import Gateway, make_client
-from pipeline.models import Article, Insight, Paragraph, ResearchPack, SourceDoc, Story
-from pipeline.templates import load_templates
-from pipeline.testing import TestModel
-from pipeline.tokens import count_messages
+from pipeline.finetune.eval import evaluate, latest_report, save_report
+from pipeline.finetune.jobs import JobError, cancel_job, follow_job, start_job
+from pipeline.core.ledger import Ledger
+from pipeline.services.llm import Gateway, make_client
+from pipeline.core.models import Article, Insight, Paragraph, ResearchPack, SourceDoc, Story
+from pipeline.text.templates import load_templates
+from pipeline.services.testing import TestModel
+from pipeline.core.tokens import count_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLES = ROOT / "examples" / "articles"
@@ -278,7 +280,7 @@ def _good_messages():
     spec = TEMPLATES["news"]
     prompt = render_writer_prompt(case.story, case.pack, spec)
     reply = case.article.model_copy(update={"sources": []})
-    from pipeline.finetune_dataset import assistant_json, writer_form
+    from pipeline.finetune.dataset import assistant_json, writer_form
 
     return [*prompt.messages, {"role": "assistant", "content": assistant_json(writer_form(reply, case.pack.sources))}], spec, case.pack.sources
 
@@ -317,7 +319,7 @@ def test_too_few_examples_writes_nothing_and_says_why(tmp_path):
 
 def test_html_and_json_articles_give_the_same_example_as_markdown(tmp_path):
     source = ARTICLES / "2026-10-22-restaked-ether-collateral.md"
-    from pipeline.finetune_dataset import read_past_article
+    from pipeline.finetune.dataset import read_past_article
 
     past = read_past_article(source)
     links = "".join(f'<li><a href="{s["url"]}">{s["title"]}</a> — {s["outlet"]}</li>' for s in past.sources)
@@ -639,7 +641,7 @@ def test_cli_eval_through_the_sdk_then_use(tmp_path, monkeypatch, allow_model_re
     def reply(body):
         return answers[body["messages"][1]["content"]] if body["model"] == CANDIDATE else None
 
-    from pipeline.finetune_jobs import JobView, record_job
+    from pipeline.finetune.jobs import JobView, record_job
 
     ledger = Ledger.from_config(make_config(tmp_path))
     record_job(ledger, JobView(id="ftjob-1", status="succeeded", model="gpt-4o-mini-2024-07-18", fine_tuned_model=CANDIDATE))

@@ -53,13 +53,13 @@ from agents.fact_checker import check_draft
 from agents.fetcher import fetch_all, plain_text, run_fetch
 from agents.publisher import publish_ready, publish_to_outbox
 from agents.writer import write_draft
-from pipeline import schema
-from pipeline.config import PACKAGE_ROOT, parse_config
-from pipeline.gdocs import layout_draft, safe_url
-from pipeline.http import Fetcher, FetchError, make_client
-from pipeline.ledger import Ledger
-from pipeline.llm import Gateway
-from pipeline.models import (
+from pipeline.core import schema
+from pipeline.core.config import PACKAGE_ROOT, parse_config
+from pipeline.services.gdocs import layout_draft, safe_url
+from pipeline.services.http import Fetcher, FetchError, make_client
+from pipeline.core.ledger import Ledger
+from pipeline.services.llm import Gateway
+from pipeline.core.models import (
     Article,
     Claim,
     ClaimVerdict,
@@ -74,12 +74,12 @@ from pipeline.models import (
     SourceRef,
     Story,
 )
-from pipeline.outbox import STYLESHEET, parse_markdown
-from pipeline.prompts import PromptLibrary
-from pipeline.stages import row_to_item
-from pipeline.templates import load_templates
-from pipeline.testing import TestModel
-from pipeline.urls import ResolveError, UnsafeUrlError, UrlError, check_url, without_credentials
+from pipeline.services.outbox import STYLESHEET, parse_markdown
+from pipeline.core.prompts import PromptLibrary
+from pipeline.core.ledger import row_to_item
+from pipeline.text.templates import load_templates
+from pipeline.services.testing import TestModel
+from pipeline.text.urls import ResolveError, UnsafeUrlError, UrlError, check_url, without_credentials
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
 INJECTIONS = json.loads((HOSTILE / "injections.json").read_text(encoding="utf-8"))["payloads"]
@@ -686,10 +686,10 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from agents.fetcher import run_fetch
-from pipeline.config import parse_config
-from pipeline.ledger import Ledger
+from pipeline.core.config import parse_config
+from pipeline.core.ledger import Ledger
 from sqlalchemy import select
-from pipeline import schema
+from pipeline.core import schema
 
 spec = json.loads(sys.argv[1])
 config = parse_config(spec["config"], root=Path(spec["root"]))
@@ -964,7 +964,7 @@ def test_credentials_in_a_private_feed_url_never_reach_errors_the_ledger_or_item
 
 
 def test_planted_secrets_never_reach_drafts_documents_or_writer_exceptions(tmp_path, fake_google, monkeypatch, allow_model_requests):
-    from pipeline.logs import register_secret
+    from pipeline.core.logs import register_secret
     from tests.fakes.openai_server import Fault, FakeOpenAIServer
 
     fake, key = fake_google

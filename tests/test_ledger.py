@@ -4,8 +4,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from pipeline.ledger import Ledger, redact_url
-from pipeline.schema import metadata
+from pipeline.core.ledger import Ledger, redact_url
+from pipeline.core.schema import metadata
 
 
 def test_migrations_build_exactly_the_schema_the_code_uses(tmp_path):

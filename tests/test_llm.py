@@ -17,10 +17,10 @@ import respx
 from pydantic import AnyUrl, BaseModel, Field
 from sqlalchemy import select
 
-import pipeline.llm as llm
-from pipeline.config import parse_config
-from pipeline.ledger import Ledger
-from pipeline.llm import (
+import pipeline.services.llm as llm
+from pipeline.core.config import parse_config
+from pipeline.core.ledger import Ledger
+from pipeline.services.llm import (
     BudgetExceeded,
     CircuitOpen,
     Gateway,
@@ -37,9 +37,9 @@ from pipeline.llm import (
     parse_retry_after,
     strict_json_schema,
 )
-from pipeline.prompts import Prompt
-from pipeline.schema import llm_cache, llm_calls
-from pipeline.testing import NetworkBlocked, TestModel, TestModelError, sample
+from pipeline.core.prompts import Prompt
+from pipeline.core.schema import llm_cache, llm_calls
+from pipeline.services.testing import NetworkBlocked, TestModel, TestModelError, sample
 from tests.fakes.openai_server import FakeOpenAIServer, Fault, Garbage, Reply
 
 
@@ -691,13 +691,13 @@ def test_strict_schemas_keep_in_the_schema_what_strict_mode_accepts_and_hint_the
     assert "minLength" not in props["title"] and props["title"]["description"] == "Constraints: maxLength 40, minLength 5."
     assert props["kind"] == {"type": "string", "enum": ["news", "analysis"]}
     assert strict["required"] == list(Constrained.model_fields) and strict["additionalProperties"] is False
-    from pipeline.testing import sample_json
+    from pipeline.services.testing import sample_json
 
     assert Constrained.model_validate(sample_json(strict))
 
 
 def test_strict_schemas_still_sample_validly_from_their_hints():
-    from pipeline.testing import sample_json
+    from pipeline.services.testing import sample_json
 
     strict = strict_json_schema(Article)
     assert "minLength 20" in strict["properties"]["headline"]["description"]
@@ -715,9 +715,9 @@ def test_totals_per_stage(tmp_path, ledger):
 
 
 def test_offline_config_never_calls_a_model_even_with_a_key(tmp_path, monkeypatch):
-    from pipeline.config import parse_config
-    from pipeline.ledger import Ledger
-    from pipeline.llm import Gateway
+    from pipeline.core.config import parse_config
+    from pipeline.core.ledger import Ledger
+    from pipeline.services.llm import Gateway
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-offline-0000000000000000")
     config = parse_config({"llm": {"offline": True}, "ledger": {"url": "sqlite:///l.sqlite"}}, root=tmp_path)

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from pipeline import schema
-from pipeline.ledger import Ledger, as_utc, utcnow
-from pipeline.lock import LockHeld, PipelineLock
+from pipeline.core import schema
+from pipeline.core.ledger import Ledger, as_utc, utcnow
+from pipeline.core.lock import LockHeld, PipelineLock
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Takes the lock, says so, then holds it until a line arrives on stdin (or the test kills it).
 HOLDER = """
 import sys
-from pipeline.ledger import Ledger
-from pipeline.lock import LockHeld, PipelineLock
+from pipeline.core.ledger import Ledger
+from pipeline.core.lock import LockHeld, PipelineLock
 lock = PipelineLock(Ledger(sys.argv[1]), holder=sys.argv[2])
 sys.stdin.readline() if sys.argv[3] == "wait-for-go" else None
 try:

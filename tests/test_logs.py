@@ -18,14 +18,16 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import JSON, String, Text, insert, inspect, select
 
-from pipeline import cli, runner, schema
-from pipeline.config import load_config
-from pipeline.ledger import Ledger
-from pipeline.logs import redact, register_credentials_file, register_secret, setup_logging
-from pipeline.models import StageReport
-from pipeline.progress import progress
-from pipeline.runner import Run
-from pipeline.stages import index_pending
+from pipeline.cli import main as cli
+from pipeline.flow import runner
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.core.ledger import Ledger
+from pipeline.core.logs import redact, register_credentials_file, register_secret, setup_logging
+from pipeline.core.models import StageReport
+from pipeline.core.progress import progress
+from pipeline.flow.runner import Run
+from pipeline.flow.stages import index_pending
 from tests.fakes.openai_server import Fault, FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent

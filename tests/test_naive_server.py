@@ -21,13 +21,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from agents.classifier import batch_schema
-from pipeline import schema
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
-from pipeline.llm import strict_json_schema
-from pipeline.models import Classification, ItemState
-from pipeline.runner import Run
-from pipeline.testing import allow_model_requests
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.services.llm import strict_json_schema
+from pipeline.core.models import Classification, ItemState
+from pipeline.flow.runner import Run
+from pipeline.services.testing import allow_model_requests
 from tests.fakes.naive_server import NaiveServer, fill
 
 TOPICS = ["markets", "regulation", "security", "defi", "infrastructure"]

@@ -9,13 +9,13 @@ from html.parser import HTMLParser
 
 import pytest
 
-import pipeline.outbox as outbox
+import pipeline.services.outbox as outbox
 from agents.publisher import publish_ready
-from pipeline.config import parse_config
-from pipeline.gdocs import layout_draft
-from pipeline.ledger import Ledger
-from pipeline.models import Paragraph, SourceRef
-from pipeline.outbox import parse_markdown, render_markdown
+from pipeline.core.config import parse_config
+from pipeline.services.gdocs import layout_draft
+from pipeline.core.ledger import Ledger
+from pipeline.core.models import Paragraph, SourceRef
+from pipeline.services.outbox import parse_markdown, render_markdown
 from tests.test_publisher import draft_row, insert_draft, make_draft, publication_row, set_draft
 
 XSS = [

@@ -12,11 +12,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pipeline.config import parse_config
-from pipeline.ledger import Ledger
-from pipeline.lock import LockHeld, PipelineLock
-from pipeline.runner import Run
-from pipeline.schema import metadata
+from pipeline.core.config import parse_config
+from pipeline.core.ledger import Ledger
+from pipeline.core.lock import LockHeld, PipelineLock
+from pipeline.flow.runner import Run
+from pipeline.core.schema import metadata
 
 FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
 

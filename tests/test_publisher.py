@@ -12,10 +12,10 @@ from tenacity import wait_none
 
 import agents.publisher as publisher
 from agents.publisher import WriteRateLimiter, build_services, load_credentials, publish_ready
-from pipeline import schema
-from pipeline.config import parse_config
-from pipeline.ledger import Ledger
-from pipeline.models import (
+from pipeline.core import schema
+from pipeline.core.config import parse_config
+from pipeline.core.ledger import Ledger
+from pipeline.core.models import (
     Article,
     Claim,
     ClaimVerdict,
@@ -25,7 +25,7 @@ from pipeline.models import (
     Paragraph,
     SourceRef,
 )
-from pipeline.gdocs import layout_draft
+from pipeline.services.gdocs import layout_draft
 from tests.fakes.google_server import DOC_MIME, DOCS, FakeGoogle, write_authorized_user, write_service_account
 
 FOLDER, APPROVED = "folder-drafts", "folder-approved"
@@ -750,7 +750,7 @@ def test_a_document_deleted_in_drive_is_made_again_on_republish(setup, fake):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from pipeline.gdocs import clean_text, content_requests, layout_draft  # noqa: E402
+from pipeline.services.gdocs import clean_text, content_requests, layout_draft  # noqa: E402
 from tests.fakes.google_server import FakeDocument  # noqa: E402
 
 _pieces = st.sampled_from(list("abc XYZ,.-'") + ["é", "ß", "東", "€", "😀", "🚀", "𝔘", "👩‍💻", "\u0301", "\t", "\n", "\ue000"])

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.researcher import Material, cut_to_tokens, mmr, pack_sources, source_header
-from pipeline.tokens import count_tokens
+from pipeline.core.tokens import count_tokens
 
 WHEN = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
 WORDS = ["bitcoin", "exchange", "regulator", "approved", "$48.2", "million", "ETF", "on", "Tuesday", "said", "Ünïcode", "🚀", "the", "court"]
@@ -84,9 +84,9 @@ def test_mmr_prefers_diverse_results_and_skips_near_duplicates():
 # --- background must be about the story (issue 13) -----------------------------------------------
 
 from agents.researcher import StoryProfile, about_story, background_materials  # noqa: E402
-from pipeline.config import Config  # noqa: E402
-from pipeline.models import Story  # noqa: E402
-from pipeline.store import ChunkHit  # noqa: E402
+from pipeline.core.config import Config  # noqa: E402
+from pipeline.core.models import Story  # noqa: E402
+from pipeline.services.store import ChunkHit  # noqa: E402
 
 KORVEX_TITLES = [
     "Korvex exchange drained of $48.2 million in hot-wallet breach",

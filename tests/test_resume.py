@@ -35,8 +35,8 @@ from typing import Callable
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
 from tests.fakes.newsroom_model import NewsroomModel, role_of
 from tests.fakes.openai_server import FakeOpenAIServer, Fault
 
@@ -376,7 +376,7 @@ def test_every_kill_landed_at_its_point(chain):
 
 
 def test_chroma_holds_each_chunk_once(chain):
-    from pipeline.store import Store
+    from pipeline.services.store import Store
 
     config = load_config(chain.config_path)
     store = Store.from_config(config)
@@ -411,7 +411,7 @@ def test_one_draft_per_story_and_one_document_per_draft(chain):
 
 def test_every_feed_entry_ends_as_an_item_that_moved_on(chain):
     from agents.fetcher import content_hash, parse_feed, to_feed_entry
-    from pipeline.models import utcnow
+    from pipeline.core.models import utcnow
 
     config = load_config(chain.config_path)
     items = chain.ledger.rows("select canonical_url, content_hash, state, chunk_count, story_key from items")

@@ -19,12 +19,13 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.util import obj_to_ref, ref_to_obj
 from sqlalchemy import create_engine, inspect, select, text
 
-from pipeline import runner, schema
-from pipeline.config import load_config
-from pipeline.ledger import Ledger
-from pipeline.lock import PipelineLock
-from pipeline.models import StageReport
-from pipeline.scheduler import JOB_TABLE, build_scheduler, next_run_times, run_job
+from pipeline.flow import runner
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.core.ledger import Ledger
+from pipeline.core.lock import PipelineLock
+from pipeline.core.models import StageReport
+from pipeline.flow.scheduler import JOB_TABLE, build_scheduler, next_run_times, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ def test_configured_jobs_land_in_the_ledger_job_store(tmp_path):
     jobs = stored_jobs(config_path)
     assert set(jobs) == {"ingest", "write"}
     for name, job in jobs.items():
-        assert job["func"] == "pipeline.scheduler:run_job"
+        assert job["func"] == "pipeline.flow.scheduler:run_job"
         assert job["args"] == (str(config_path.resolve()), name)
         assert job["coalesce"] is True
         assert job["max_instances"] == 1
@@ -131,8 +132,8 @@ def test_restarting_with_an_edited_config_replaces_and_removes_jobs(tmp_path):
 
 
 def test_the_job_callable_is_importable_by_reference():
-    assert obj_to_ref(run_job) == "pipeline.scheduler:run_job"
-    assert ref_to_obj("pipeline.scheduler:run_job") is run_job
+    assert obj_to_ref(run_job) == "pipeline.flow.scheduler:run_job"
+    assert ref_to_obj("pipeline.flow.scheduler:run_job") is run_job
 
 
 def test_next_run_times_follow_the_configured_timezone_across_a_dst_change(tmp_path):

@@ -19,11 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.chunking import chunk_text, estimate_tokens
-from pipeline.config import parse_config
-from pipeline.embeddings import LocalEmbeddingFunction
-from pipeline.models import Classification, Item
-from pipeline.store import Store, StoreError, where_all, where_published, where_topic
+from pipeline.text.chunking import chunk_text, estimate_tokens
+from pipeline.core.config import parse_config
+from pipeline.services.embeddings import LocalEmbeddingFunction
+from pipeline.core.models import Classification, Item
+from pipeline.services.store import Store, StoreError, where_all, where_published, where_topic
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -83,7 +83,7 @@ def test_empty_and_whitespace_text_give_no_chunks():
 def test_token_estimate_errs_high_for_english_wordpiece():
     from tokenizers import Tokenizer
 
-    from pipeline.embeddings import TOKENIZER_PATH
+    from pipeline.services.embeddings import TOKENIZER_PATH
 
     tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
     tokenizer.no_padding()  # the file pads to 128
@@ -303,8 +303,8 @@ import json, sys
 from pathlib import Path
 import chromadb
 from chromadb.config import Settings
-from pipeline.config import parse_config
-from pipeline.store import Store
+from pipeline.core.config import parse_config
+from pipeline.services.store import Store
 
 root = Path(sys.argv[1])
 store = Store.from_config(parse_config({"store": {"path": "chroma", "chunk_tokens": 200}}, root=root))

@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from pipeline import schema
-from pipeline.clock import fixed_clock
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
-from pipeline.runner import Run
-from pipeline.stories import assign_stories, select_top, story_key, waiting_stories
+from pipeline.core.ledger import row_to_item
+from pipeline.core import schema
+from pipeline.core.clock import fixed_clock
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.flow.runner import Run
+from agents.editor import assign_stories, select_top, story_key, waiting_stories
 from tests.conftest import SAMPLE_AS_OF
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +88,8 @@ def test_a_late_source_joining_a_drafted_story_is_recorded_not_redrafted(classif
 def test_more_independent_sources_rank_higher_all_else_equal(classified):
     from datetime import timedelta
 
-    from pipeline.models import Classification
-    from pipeline.stories import Candidate, Group, score_group
-    from pipeline.stages import row_to_item
+    from pipeline.core.models import Classification
+    from agents.editor import Candidate, Group, score_group
 
     with classified.ledger.engine.connect() as connection:
         rows = connection.execute(select(schema.items).limit(3)).all()
@@ -105,7 +105,7 @@ def test_more_independent_sources_rank_higher_all_else_equal(classified):
 def test_status_shows_the_editor_which_drafted_stories_gained_sources(classified):
     from rich.console import Console
 
-    from pipeline.status import late_sources_table
+    from pipeline.cli.status import late_sources_table
 
     with classified.ledger.engine.connect() as connection:
         rows = connection.execute(select(schema.stories.c.key, schema.stories.c.late_item_ids).where(schema.stories.c.state == "drafted")).all()
@@ -121,7 +121,7 @@ def test_status_shows_the_editor_which_drafted_stories_gained_sources(classified
 
 
 def test_an_undated_story_ranks_after_every_dated_one_never_as_news_of_now():
-    from pipeline.models import Story
+    from pipeline.core.models import Story
 
     def story(key, score, dated):
         return Story(key=key, title=key, item_ids=[key], sources=["a"], topics=[], score=score,
@@ -134,9 +134,8 @@ def test_an_undated_story_ranks_after_every_dated_one_never_as_news_of_now():
 def test_an_undated_item_gets_no_recency_credit_from_its_fetch_time(classified):
     from datetime import timedelta
 
-    from pipeline.models import Classification
-    from pipeline.stages import row_to_item
-    from pipeline.stories import Candidate, Group, score_group
+    from pipeline.core.models import Classification
+    from agents.editor import Candidate, Group, score_group
 
     with classified.ledger.engine.connect() as connection:
         row = connection.execute(select(schema.items).limit(1)).one()
@@ -157,7 +156,7 @@ NEAR_MISS = ROOT / "examples" / "near_miss"
 def _hack_item(n: int, source: str, title: str, text: str, hour: int):
     from datetime import datetime, timezone
 
-    from pipeline.models import Item
+    from pipeline.core.models import Item
 
     return Item(id=f"item{n}", source=source, url=f"https://{source}.example/{n}", canonical_url=f"https://{source}.example/{n}",
                 title=title, text=text, published=datetime(2026, 11, 24, hour, tzinfo=timezone.utc), content_hash=f"h{n}")
@@ -166,8 +165,8 @@ def _hack_item(n: int, source: str, title: str, text: str, hour: int):
 def _candidates(items):
     import numpy as np
 
-    from pipeline.models import Classification
-    from pipeline.stories import Candidate, entity_set
+    from pipeline.core.models import Classification
+    from agents.editor import Candidate, entity_set
 
     same = Classification(relevant=True, topics=["security"], newsworthiness=0.6, summary="s",
                           entities=["USDC", "Trellis Analytics"], reason="r")
@@ -177,7 +176,7 @@ def _candidates(items):
 
 
 def test_two_hacks_at_two_exchanges_on_the_same_day_are_two_stories(classified):
-    from pipeline.stories import cluster
+    from agents.editor import cluster
 
     items = [
         _hack_item(1, "wire-a", "Pellucid exchange loses $23.6 million in hot-wallet hack",
@@ -197,7 +196,7 @@ def test_two_hacks_at_two_exchanges_on_the_same_day_are_two_stories(classified):
 
 
 def test_event_conflict_needs_both_sides_to_be_about_someone_else():
-    from pipeline.stories import event_conflict
+    from agents.editor import event_conflict
 
     pellucid, zentra, follow_up = _candidates([
         _hack_item(1, "a", "Pellucid exchange loses $23.6 million in hot-wallet hack",
@@ -214,7 +213,7 @@ def test_event_conflict_needs_both_sides_to_be_about_someone_else():
 
 
 def test_money_figures_read_the_ways_outlets_write_sums():
-    from pipeline.stories import money_figures
+    from agents.editor import money_figures
 
     assert money_figures("drained $48.2 million, or $48,200,000, and $1.8bn in deposits at $3,390 per ether") == (
         48.2e6, 48.2e6, 1.8e9, 3390.0)

@@ -15,16 +15,17 @@ from pathlib import Path
 import feedparser
 import pytest
 
+from agents.writer import revise_draft
 from agents.fact_checker import EvidenceIndex, JudgeReply, check_article, check_draft, sources_from_pack
 from agents.fetcher import plain_text
-from pipeline.config import parse_config
-from pipeline.factrules import framed_as_background, opening_reference
-from pipeline.gdocs import layout_draft, metadata_line
-from pipeline.llm import Gateway, plain_json_schema
-from pipeline.models import Article, ClaimVerdict, Draft, FactCheckReport, Insight, Paragraph, ResearchPack, SourceDoc
-from pipeline.outbox import render_html, render_markdown
-from pipeline.templates import source_refs
-from pipeline.testing import TestModel
+from pipeline.core.config import parse_config
+from pipeline.text.factrules import framed_as_background, opening_reference
+from pipeline.services.gdocs import layout_draft, metadata_line
+from pipeline.services.llm import Gateway, plain_json_schema
+from pipeline.core.models import Article, ClaimVerdict, Draft, FactCheckReport, Insight, Paragraph, ResearchPack, SourceDoc
+from pipeline.services.outbox import render_html, render_markdown
+from pipeline.text.templates import source_refs
+from pipeline.services.testing import TestModel
 
 FEEDS = Path(__file__).resolve().parent.parent / "examples" / "feeds"
 T = datetime(2026, 11, 22, 21, tzinfo=timezone.utc)
@@ -363,7 +364,7 @@ default = true
 
 
 def test_the_reviser_gets_story_flags_with_instructions_and_a_reframed_sentence_passes(ledger, tmp_path):
-    from pipeline.templates import load_templates
+    from pipeline.text.templates import load_templates
 
     folder = tmp_path / "templates"
     folder.mkdir()
@@ -388,7 +389,7 @@ def test_the_reviser_gets_story_flags_with_instructions_and_a_reframed_sentence_
     model = TestModel(function=respond)
     gateway = Gateway(config, ledger, backend=model)
     draft = Draft(id="d-r", story_key="korvex", template="brief", writer_model="m", method="llm", article=article)
-    outcome = asyncio.run(check_draft(draft, pack, spec, config=config, gateway=gateway))
+    outcome = asyncio.run(check_draft(draft, pack, spec, config=config, gateway=gateway, reviser=revise_draft))
 
     (request,) = [r for r in model.requests if r.role == "reviser"]
     system = next(m["content"] for m in request.messages if m["role"] == "system")

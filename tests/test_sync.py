@@ -9,12 +9,12 @@ from sqlalchemy import select
 from tenacity import wait_none
 
 from agents.publisher import build_services, load_credentials, publish_ready, sync_approvals
-from pipeline import schema
-from pipeline.config import parse_config
-from pipeline.editdiff import article_text, edit_rate
-from pipeline.gdocs import utf16_len
-from pipeline.ledger import Ledger
-from pipeline.models import Article
+from pipeline.core import schema
+from pipeline.core.config import parse_config
+from pipeline.text.editdiff import article_text, edit_rate
+from pipeline.services.gdocs import utf16_len
+from pipeline.core.ledger import Ledger
+from pipeline.core.models import Article
 from tests.test_publisher import (  # noqa: F401  (fixtures)
     APPROVED,
     FOLDER,

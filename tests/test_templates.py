@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 import yaml
 
-from pipeline.models import Article, Insight, Paragraph, SourceDoc, SourceRef, Story
-from pipeline.templates import (
+from pipeline.core.models import Article, Insight, Paragraph, SourceDoc, SourceRef, Story
+from pipeline.text.templates import (
     TemplateError,
     article_json_schema,
     article_model,
@@ -379,7 +379,7 @@ def test_a_schema_filled_blindly_cites_and_lists_only_the_provided_sources(templ
     are then always right, and only what JSON schema cannot say (words, sentences) is left to the validator."""
     import random
 
-    from pipeline.llm import strict_json_schema
+    from pipeline.services.llm import strict_json_schema
     from tests.fakes.naive_server import fill
 
     sources = pack_sources(2, 3, 7)

@@ -1,4 +1,4 @@
-"""Sentence splitting, match normalisation and windows (pipeline/text.py)."""
+"""Sentence splitting, match normalisation and windows (pipeline/text/sentences.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.text import normalize_for_match, split_sentences, windows
+from pipeline.text.sentences import normalize_for_match, split_sentences, windows
 
 
 def texts(text: str) -> list[str]:

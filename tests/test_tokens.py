@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import tokens
+from pipeline.core import tokens
 
 REFERENCE = {name: tokens.load_encoding(name) for name in tokens.KNOWN_ENCODINGS}
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from pipeline.http import BoundedDecoder, ResponseTooLarge
-from pipeline.urls import (
+from pipeline.services.http import BoundedDecoder, ResponseTooLarge
+from pipeline.text.urls import (
     ResolveError,
     UnsafeUrlError,
     UrlError,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from agents.writer import draft_id, extractive_draft, render_reviser_prompt, render_writer_prompt, revise_draft, write_draft
-from pipeline.config import Config
-import pipeline.llm as llm
-from pipeline.llm import Gateway
-from pipeline.models import (
+from pipeline.core.config import Config
+import pipeline.services.llm as llm
+from pipeline.services.llm import Gateway
+from pipeline.core.models import (
     Article,
     Claim,
     ClaimVerdict,
@@ -27,10 +27,10 @@ from pipeline.models import (
     SourceDoc,
     Story,
 )
-from pipeline.prompts import library
-from pipeline.templates import article_model, load_templates, validate_article
-from pipeline.testing import TestModel
-from pipeline.text import split_sentences
+from pipeline.core.prompts import library
+from pipeline.text.templates import article_model, load_templates, validate_article
+from pipeline.services.testing import TestModel
+from pipeline.text.sentences import split_sentences
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 T = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
@@ -313,8 +313,8 @@ def test_a_needs_attention_draft_is_saved_with_its_exact_reason(specs, ledger):
     """Issue 14: drafts ended needs_attention with an empty state_reason."""
     from sqlalchemy import select
 
-    from pipeline import schema
-    from pipeline.drafting import save_draft
+    from pipeline.core import schema
+    from pipeline.flow.drafting import save_draft
 
     sources = all_sources()[:2]
     good = good_article(specs, sources)

@@ -22,14 +22,14 @@ from collections import defaultdict
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import schema
-from pipeline.clock import fixed_clock
-from pipeline.config import load_config
-from pipeline.demo import prepare_workspace
-from pipeline.models import Article, ResearchPack
-from pipeline.runner import Run
-from pipeline.templates import load_templates
-from pipeline.testing import allow_model_requests
+from pipeline.core import schema
+from pipeline.core.clock import fixed_clock
+from pipeline.core.config import load_config
+from pipeline.cli.demo import prepare_workspace
+from pipeline.core.models import Article, ResearchPack
+from pipeline.flow.runner import Run
+from pipeline.text.templates import load_templates
+from pipeline.services.testing import allow_model_requests
 from tests.conftest import SAMPLE_AS_OF
 from tests.fakes.naive_server import NaiveServer
 

@@ -28,8 +28,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.templates import count_sentences, count_words
-from pipeline.text import split_sentences
+from pipeline.text.templates import count_sentences, count_words
+from pipeline.text.sentences import split_sentences
 
 _SCHEMA_ROLES = {"BatchResult": "classifier", "JudgeReply": "judge"}
 _SYSTEM_ROLES = (

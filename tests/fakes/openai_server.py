@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from pipeline.testing import sample_json
-from pipeline.tokens import count_messages, count_tokens
+from pipeline.services.testing import sample_json
+from pipeline.core.tokens import count_messages, count_tokens
 
 
 @dataclass

@@ -1,0 +1,248 @@
+"""The runner: chains the stages and records each stage's outcome in the ledger.
+
+Stages are module-level functions `stage(run) -> StageReport`. Each reads the
+work in its input state from the ledger and moves it on, so a run that was
+stopped anywhere resumes where it left off. One stage failing is recorded and
+reported; the stages after it still run on whatever work is ready for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import time
+import signal
+import threading
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+from sqlalchemy import insert, update
+
+from pipeline.core import schema
+from pipeline.core.clock import Clock, system_clock
+from pipeline.core.config import Config
+from pipeline.core.ledger import Ledger, utcnow
+from pipeline.core.logs import redact
+from pipeline.core.models import StageReport
+from pipeline.core.lock import PipelineLock
+from pipeline.services.llm import Gateway
+
+log = logging.getLogger("newsdesk.runner")
+
+STAGE_ORDER = ("fetch", "classify", "draft", "check", "publish", "sync")
+
+# name -> "module:function"; imported on use so one stage's import cost or
+# breakage never touches the others.
+STAGES: dict[str, str] = {name: f"pipeline.flow.stages:{name}" for name in STAGE_ORDER}
+
+
+STOP = threading.Event()
+
+
+def close_abandoned_runs(ledger: Ledger) -> int:
+    """Mark runs still 'running' as interrupted: their processes were killed or crashed.
+
+    Call only while holding the pipeline lock, when no other run of this ledger can be alive.
+    """
+    with ledger.begin() as connection:
+        return connection.execute(
+            update(schema.runs)
+            .where(schema.runs.c.status == "running")
+            .values(status="interrupted", ended=utcnow(), error="the process ended without finishing this run (killed or crashed)")
+        ).rowcount
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and SIGINT ask the run to stop at the next item boundary; a second signal exits at once."""
+
+    def handle(signum, _frame):
+        if STOP.is_set():
+            raise SystemExit(128 + signum)
+        log.warning("signal %s: finishing the current item, then stopping", signal.Signals(signum).name)
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+# Test hook, for tests/test_resume.py only: "<stage>:after" SIGKILLs the process right after
+# <stage> is recorded; "<stage>:commit:<n>" SIGKILLs it just before the n-th ledger commit
+# <stage> makes from the runner's thread (n-1 transactions landed, the n-th is lost).
+# Unset, it costs one environment lookup per stage.
+KILL_AT_ENV = "NEWSDESK_TEST_KILL_AT"
+
+
+def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
+    stage_at, _, point = os.environ.get(KILL_AT_ENV, "").partition(":")
+    if stage_at != stage:
+        return
+    if moment == "after" and point == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif moment == "start" and point.startswith("commit:"):
+        from sqlalchemy import event
+
+        target, thread, reports, commits = int(point.removeprefix("commit:")), threading.get_ident(), len(run.reports), [0]
+
+        def kill_before_commit(_connection) -> None:
+            # Only this stage's own commits count: not the lock's heartbeat thread, not later stages.
+            if threading.get_ident() == thread and len(run.reports) == reports:
+                commits[0] += 1
+                if commits[0] == target:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        event.listen(run.ledger.engine, "commit", kill_before_commit)
+
+
+class StageUnavailable(Exception):
+    pass
+
+
+def stage_function(name: str) -> Callable[["Run"], StageReport]:
+    target = STAGES.get(name)
+    if target is None:
+        raise StageUnavailable(f"unknown stage '{name}'; stages: {', '.join(STAGE_ORDER)}")
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+@dataclass
+class Run:
+    """One pipeline run: the config, the ledger, lazily built services and the stage reports."""
+
+    config: Config
+    command: str
+    ledger: Ledger | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    reports: list[StageReport] = field(default_factory=list)
+    status: str = "running"
+    progress: Callable[[str], None] | None = None
+    # The editorial "now" (story windows, ranking, research recency); see pipeline/core/clock.py.
+    clock: Clock = system_clock
+
+    def now(self):
+        return self.clock()
+
+    def __post_init__(self) -> None:
+        if self.ledger is None:
+            self.ledger = Ledger.from_config(self.config)
+        self.started = utcnow()
+        with self.ledger.begin() as connection:
+            connection.execute(
+                insert(schema.runs).values(id=self.id, command=self.command, started=self.started, status="running", stages=[])
+            )
+
+    @property
+    def stop_requested(self) -> bool:
+        """Set by SIGTERM/SIGINT: stages finish the item in hand, then return."""
+        return STOP.is_set()
+
+    @cached_property
+    def store(self):
+        from pipeline.services.store import Store
+
+        return Store.from_config(self.config)
+
+    @cached_property
+    def gateway(self):
+        return Gateway(self.config, self.ledger, run_id=self.id)
+
+    @cached_property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        # One loop for the whole run: the gateway's async HTTP client must not outlive its loop.
+        return asyncio.new_event_loop()
+
+    def run_async(self, coroutine):
+        """Run a stage's coroutine; stages are called synchronously by the CLI and the scheduler."""
+        return self.loop.run_until_complete(coroutine)
+
+    def run_stage(self, name: str) -> StageReport:
+        started = time.perf_counter()
+        spend_before = self._llm_totals()
+        _test_kill_hook(self, name, "start")
+        try:
+            report = stage_function(name)(self)
+        except Exception as exc:  # a stage's failure is reported, never a crash of the run
+            log.exception("stage %s failed", name, extra={"run_id": self.id, "stage": name, "event": "failed"})
+            while isinstance(exc, ExceptionGroup) and exc.exceptions:  # the cause, not "unhandled errors in a TaskGroup"
+                exc = exc.exceptions[0]
+            report = StageReport(stage=name, errors=[redact(f"{type(exc).__name__}: {exc}")])
+        report.stage = name
+        # Stage errors quote exceptions and provider answers; they reach the ledger, the summary and `status`.
+        report.errors = [redact(error) for error in report.errors]
+        report.duration_s = round(time.perf_counter() - started, 3)
+        calls, tokens, cost = (after - before for after, before in zip(self._llm_totals(), spend_before))
+        report.llm_calls, report.tokens, report.cost_usd = calls, tokens, round(cost, 6)
+        self.reports.append(report)
+        self._save(status="running")
+        _test_kill_hook(self, name, "after")
+        log.info(
+            "stage %s: %d in, %d out, %d error(s), %.2fs",
+            name, report.items_in, report.items_out, len(report.errors), report.duration_s,
+            extra={"run_id": self.id, "stage": name, "event": "done", "count": report.items_out, "duration_s": report.duration_s},
+        )
+        return report
+
+    def run_stages(self, names: list[str]) -> list[StageReport]:
+        for name in sorted(names, key=STAGE_ORDER.index):
+            if self.stop_requested:
+                log.warning("stop requested; skipping stage %s", name)
+                break
+            self.run_stage(name)
+        return self.reports
+
+    def finish(self, error: str | None = None) -> str:
+        if error is not None:
+            status = "failed"
+        elif self.stop_requested:
+            status = "interrupted"
+        else:
+            status = "ok" if all(r.ok for r in self.reports) else "failed"
+        self._save(status=status, ended=utcnow(), error=redact(error) if error else None)
+        if "gateway" in self.__dict__:
+            if "loop" in self.__dict__:
+                # The provider client was made on the run's loop; close it there, or its
+                # connections are collected later on another loop ("Event loop is closed").
+                self.loop.run_until_complete(self.gateway.aclose())
+            self.gateway.close()
+        if "loop" in self.__dict__:
+            self.loop.close()
+        return status
+
+    def _save(self, **values) -> None:
+        stages = [r.model_dump(mode="json") for r in self.reports]
+        with self.ledger.begin() as connection:
+            connection.execute(update(schema.runs).where(schema.runs.c.id == self.id).values(stages=stages, **values))
+
+    def _llm_totals(self) -> tuple[int, int, float]:
+        if "gateway" not in self.__dict__:
+            return 0, 0, 0.0
+        totals = self.gateway.totals
+        return totals.calls, totals.tokens, totals.cost_usd
+
+
+def run_locked(config: Config, command: str, stages: list[str], ledger: Ledger | None = None, clock: Clock = system_clock) -> Run:
+    """Run stages under the pipeline lock (raises LockHeld when another run holds it).
+
+    Taking the lock proves no other run of this ledger is alive, so runs left
+    'running' by killed processes are closed as interrupted first.
+    """
+
+    ledger = ledger or Ledger.from_config(config)
+    lock = PipelineLock(ledger, holder=command)
+    lock.acquire()
+    try:
+        close_abandoned_runs(ledger)
+        run = Run(config, command=command, ledger=ledger, clock=clock)
+        try:
+            run.run_stages(stages)
+        except BaseException as exc:
+            run.status = run.finish(error=f"{type(exc).__name__}: {exc}")
+            raise
+        run.status = run.finish()
+        return run
+    finally:
+        lock.release()

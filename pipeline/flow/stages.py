@@ -1,0 +1,91 @@
+"""Stage adapters: each takes a Run, does one stage's work through its agent, returns a StageReport.
+
+The agents hold the logic; these functions only connect them to the run's
+config, ledger, store and gateway, so the runner and the scheduler can call
+every stage the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select, update
+
+from agents.classifier import classify_pending
+from agents.fact_checker import check_drafts
+from agents.fetcher import run_fetch
+from agents.publisher import publish_ready, sync_approvals
+from agents.writer import revise_draft
+from pipeline.core import schema
+from pipeline.core.progress import progress
+from pipeline.flow.drafting import draft_stories
+from pipeline.text.chunking import chunk_text
+from pipeline.services.store import item_body
+from pipeline.core.ledger import row_to_item
+from pipeline.core.models import Item, ItemState, StageReport
+
+log = logging.getLogger("newsdesk.stages")
+
+
+def fetch(run) -> StageReport:
+    report = run_fetch(run.config, run.ledger)
+    indexed, index_errors = index_pending(run)
+    report.notes["chunks_indexed"] = indexed
+    report.errors.extend(index_errors)
+    return report
+
+
+def index_pending(run, batch: int = 64) -> tuple[int, list[str]]:
+    """Chunk and embed every stored item that is not in Chroma yet.
+
+    `chunk_count` is set in the same step as the upsert, so an item killed
+    mid-way is simply indexed again (upserts by deterministic chunk ids never
+    duplicate).
+    """
+    unindexed = (schema.items.c.chunk_count.is_(None), schema.items.c.state != ItemState.failed.value)
+    with run.ledger.engine.connect() as connection:
+        waiting = connection.execute(select(func.count()).select_from(schema.items).where(*unindexed)).scalar_one()
+    total, errors = 0, []
+    with progress(run, "fetch: indexing items", total=waiting) as advance:
+        while not run.stop_requested:
+            with run.ledger.engine.connect() as connection:
+                rows = connection.execute(
+                    select(schema.items).where(*unindexed).order_by(schema.items.c.published).limit(batch)
+                ).all()
+            if not rows:
+                break
+            items = [row_to_item(row) for row in rows]
+            try:
+                written = run.store.index_items(items)
+            except Exception as exc:  # the store is down: leave the items unindexed for the next run
+                errors.append(f"index: {type(exc).__name__}: {exc}")
+                break
+            with run.ledger.begin() as connection:
+                for item in items:
+                    chunks = len(chunk_text(item_body(item), run.config.store.chunk_tokens))
+                    connection.execute(update(schema.items).where(schema.items.c.id == item.id).values(chunk_count=chunks))
+            total += written
+            advance(len(items))
+            if len(rows) < batch:
+                break
+    return total, errors
+
+
+def classify(run) -> StageReport:
+    return classify_pending(run)
+
+
+def draft(run) -> StageReport:
+    return draft_stories(run)
+
+
+def check(run) -> StageReport:
+    return check_drafts(run, reviser=revise_draft)
+
+
+def publish(run) -> StageReport:
+    return publish_ready(run.config, run.ledger)
+
+
+def sync(run) -> StageReport:
+    return sync_approvals(run.config, run.ledger)
