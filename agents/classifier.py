@@ -42,7 +42,7 @@ from sqlalchemy import func, select, update
 from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, row_to_item, utcnow
-from pipeline.services.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, ProviderUnavailable, plain_json_schema
+from pipeline.services.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LLMError, ProviderUnavailable, plain_json_schema, strip_code_fence
 from pipeline.text.safety import instructs_a_model
 from pipeline.core.models import Classification, Item, ItemState, StageReport
 from pipeline.core.prompts import PromptLibrary
@@ -298,7 +298,7 @@ def salvage(raw: str | None, schema: type[BatchResult]) -> list[ItemResult] | No
     """The results of a reply that broke the batch schema, each checked on its own against the
     schema's result type; None when the reply is not a JSON object with a results list."""
     try:
-        data = json.loads(_strip_code_fence(raw or ""))
+        data = json.loads(strip_code_fence(raw or ""))
     except json.JSONDecodeError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
@@ -311,14 +311,6 @@ def salvage(raw: str | None, schema: type[BatchResult]) -> list[ItemResult] | No
         except ValidationError:
             continue
     return kept
-
-
-def _strip_code_fence(text: str) -> str:
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = re.sub(r"^```[A-Za-z]*\s*", "", stripped)
-        stripped = re.sub(r"\s*```$", "", stripped)
-    return stripped
 
 
 def to_classification(r: ItemResult) -> Classification:

@@ -805,7 +805,7 @@ class Gateway:
 
     @staticmethod
     def _validate(content: str, schema: type[T], validators: Sequence[Validator]) -> tuple[T | None, list[str]]:
-        text = _strip_code_fence(content)
+        text = strip_code_fence(content)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -962,7 +962,8 @@ def _rejects_response_format(exc: ProviderError) -> bool:
     return any(word in text for word in ("response_format", "json_schema", "structured output", "response format"))
 
 
-def _strip_code_fence(text: str) -> str:
+def strip_code_fence(text: str) -> str:
+    """A reply's JSON without the Markdown fence some models wrap it in."""
     stripped = text.strip()
     if stripped.startswith("```"):
         stripped = re.sub(r"^```[A-Za-z]*\s*", "", stripped)
