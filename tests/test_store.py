@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -24,6 +20,7 @@ from pipeline.core.config import parse_config
 from pipeline.services.embeddings import LocalEmbeddingFunction
 from pipeline.core.models import Classification, Item
 from pipeline.services.store import Store, StoreError, where_all, where_published, where_topic
+from tests.servers import free_port, running_chroma, stop
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -336,52 +333,6 @@ def test_a_new_process_reopens_the_store_and_queries_with_the_registered_functio
 
 
 # --- server mode: a real `chroma run` ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_chroma(folder: Path):
-    """A real `chroma run` on a free loopback port; skips the test if it cannot start."""
-    chroma = Path(sys.executable).parent / "chroma"
-    command = str(chroma) if chroma.exists() else shutil.which("chroma")
-    if not command:
-        pytest.skip("the chroma CLI is not installed")
-    port = free_port()
-    log_path = folder / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([command, "run", "--path", str(folder / "db"), "--host", "127.0.0.1",
-                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    pytest.skip(f"chroma run exited with {process.returncode}: {log_path.read_text()[-500:]}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.skip("chroma run did not answer its heartbeat within 60 s")
-                time.sleep(0.2)
-            yield process, port
-        finally:
-            stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

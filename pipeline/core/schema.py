@@ -8,7 +8,7 @@ test checks that the migrated database matches this metadata.
 from __future__ import annotations
 
 from sqlalchemy import true
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
 
@@ -202,4 +202,40 @@ locks = Table(
     _ts("heartbeat", nullable=False),
 )
 
+# Runs queued for workers (cluster.enabled): the stages as phases, run one after another; each phase's
+# units are claims below. `phase` is the index of the phase whose units are being worked (-1: not started).
+run_queue = Table(
+    "run_queue",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("phases", JSON, nullable=False),
+    Column("phase", Integer, nullable=False, default=-1),
+    Column("state", String(16), nullable=False, index=True),  # queued -> running -> done
+    _ts("as_of"),  # the run's editorial "now", the same for every worker
+    _ts("created", nullable=False),
+    _ts("updated", nullable=False),
+)
+
+# One unit of work (a feed, a classify batch, a story, a draft) of one run. A worker claims it for a lease;
+# a claim whose lease ran out (its worker died) is claimed again. See pipeline/claims.py.
+claims = Table(
+    "claims",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("unit", String(200), nullable=False),
+    Column("payload", JSON, nullable=False, default=dict),
+    Column("state", String(16), nullable=False),  # pending -> claimed -> done | failed
+    Column("owner", String(200)),
+    _ts("leased_until"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("report", JSON),
+    Column("error", Text),
+    _ts("created", nullable=False),
+    _ts("updated", nullable=False),
+    UniqueConstraint("run_id", "stage", "unit", name="uq_claims_unit"),
+)
+
+Index("ix_claims_state_stage", claims.c.state, claims.c.stage)
 Index("ix_llm_calls_role_created", llm_calls.c.role, llm_calls.c.created)
