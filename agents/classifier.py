@@ -609,7 +609,7 @@ def save(ledger: Ledger, store, results: list[tuple[Item, Classification]], reas
 def classify_pending(run) -> StageReport:
     config, ledger, store, gateway = run.config, run.ledger, run.store, run.gateway
     report = StageReport(stage="classify")
-    items = pending_items(ledger)
+    items = [item for item in pending_items(ledger) if run.in_scope("classify", item.id)]
     report.items_in = len(items)
     if not items:
         return report

@@ -1616,6 +1616,7 @@ def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
         rows = connection.execute(
             select(schema.drafts).where(schema.drafts.c.state == DraftState.drafted.value).order_by(schema.drafts.c.created)
         ).all()
+    rows = [row for row in rows if run.in_scope("check", row.id)]
     report.items_in = len(rows)
     if not rows:
         return report

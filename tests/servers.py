@@ -117,3 +117,40 @@ def running_postgres():
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def toml_dumps(data: dict) -> str:
+    """Enough TOML for a test config: tables, arrays of tables, strings, numbers, booleans and lists of them."""
+    import json
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"no TOML for {type(v).__name__}")
+
+    lines: list[str] = []
+
+    def table(prefix: str, node: dict) -> None:
+        plain = {k: v for k, v in node.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        if prefix and plain:
+            lines.append(f"[{prefix}]")
+        lines.extend(f"{json.dumps(k)} = {value(v)}" for k, v in plain.items())
+        for key, v in node.items():
+            name = f"{prefix}.{key}" if prefix else key
+            if isinstance(v, dict):
+                table(name, v)
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                for entry in v:
+                    lines.append(f"[[{name}]]")
+                    lines.extend(f"{json.dumps(k)} = {value(x)}" for k, x in entry.items())
+
+    table("", data)
+    return "\n".join(lines) + "\n"

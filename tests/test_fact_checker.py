@@ -629,6 +629,9 @@ class FakeRun:
     def run_async(self, coroutine):
         return self.loop.run_until_complete(coroutine)
 
+    def in_scope(self, stage: str, key: str) -> bool:
+        return True  # not a worker's unit: the stage takes every draft
+
     def close(self):
         self.loop.close()
 

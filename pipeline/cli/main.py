@@ -59,8 +59,11 @@ def _as_of_argument(text: str):
 
 
 def run_locked(config, command: str, stages: list[str], clock=None) -> int:
-    """Run stages under the single-instance lock; 0 when every stage succeeded, 1 otherwise."""
+    """Run stages under the single-instance lock; 0 when every stage succeeded, 1 otherwise.
 
+    With cluster.enabled the run is queued instead and this process works it beside the other workers."""
+    if config.cluster.enabled:
+        return run_queued(config, command, stages, clock)
     install_stop_handlers()  # SIGTERM from cron or systemd: finish the item in hand, release the lock
     try:
         run = locked(config, f"run.py {command}", stages, clock=clock) if clock else locked(config, f"run.py {command}", stages)
@@ -69,6 +72,70 @@ def run_locked(config, command: str, stages: list[str], clock=None) -> int:
         return 75  # EX_TEMPFAIL: cron may simply try again next time
     print_reports(console, run.reports, title=f"Run {run.id} ({run.status})")
     return 0 if run.status == "ok" else 1
+
+
+def run_queued(config, command: str, stages: list[str], clock=None) -> int:
+    """Queue a run for the workers and work it here too, until it is finished; 0 when every stage was error-free."""
+    from sqlalchemy import select
+
+    from pipeline.core import schema
+    from pipeline.core.ledger import Ledger
+    from pipeline.core.models import StageReport
+    from pipeline.flow.runner import install_stop_handlers
+    from pipeline.flow.worker import FINISHED, enqueue_run, work_run
+
+    install_stop_handlers()  # SIGTERM: finish the unit in hand; the queued run goes on in the other workers
+    ledger = Ledger.from_config(config)
+    run_id = enqueue_run(ledger, f"run.py {command}", stages, as_of=clock() if clock else None)
+    state = work_run(config, ledger, run_id)
+    with ledger.engine.connect() as connection:
+        row = connection.execute(select(schema.runs).where(schema.runs.c.id == run_id)).one()
+    if state != FINISHED:
+        say(console, f"stopped; run {run_id} stays queued and the other workers finish it", label="queued:", style="yellow")
+        return 1
+    print_reports(console, [StageReport.model_validate(r) for r in row.stages], title=f"Run {run_id} ({row.status}, queued)")
+    return 0 if row.status == "ok" else 1
+
+
+def cmd_enqueue(args) -> int:
+    from pipeline.core.ledger import Ledger
+    from pipeline.flow.worker import enqueue_run
+
+    config = _config(args)
+    stages = _stages(args)
+    if stages is None:
+        return 2
+    as_of = getattr(args, "as_of", None)
+    run_id = enqueue_run(Ledger.from_config(config), "run.py enqueue", stages, as_of=as_of)
+    console.print(f"queued run {run_id}: {', '.join(stages)}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from pipeline.flow.runner import install_stop_handlers
+    from pipeline.flow.worker import Worker
+
+    config = _config(args)
+    stages = _stages(args) if args.stages else list(config.cluster.stages)
+    if stages is None:
+        return 2
+    install_stop_handlers()  # SIGTERM: finish the unit in hand, then exit 0
+    worker = Worker(config, stages=stages)
+    log.warning("worker %s: stages %s, lease %gs", worker.owner, ",".join(stages), config.cluster.lease_s)
+    done = worker.serve()
+    log.warning("worker %s stopped after %d unit(s)", worker.owner, done)
+    return 0
+
+
+def _stages(args) -> list[str] | None:
+    from pipeline.flow.runner import STAGE_ORDER
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        say(console, f"{', '.join(unknown)}; stages: {','.join(STAGE_ORDER)}", label="unknown stage(s)", style="red")
+        return None
+    return stages
 
 
 def cmd_stage(args) -> int:
@@ -195,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: all)",
     )
     command("schedule", "run the scheduler daemon: the [schedule] jobs from config, until SIGTERM", cmd_schedule)
+    worker = command(
+        "worker",
+        "work queued runs (cluster.enabled): claim units of work from the shared ledger until SIGTERM, which finishes "
+        "the unit in hand; start as many as you like on as many machines",
+        cmd_worker,
+    )
+    worker.add_argument("--stages", default="", metavar="LIST",
+                        help="comma-separated stages this worker takes (default: cluster.stages from config, all stages)")
+    enqueue = command("enqueue", "queue a run for the workers (cluster.enabled) and exit", cmd_enqueue)
+    as_of(enqueue)
+    enqueue.add_argument("--stages", default=",".join(STAGE_ORDER), metavar="LIST",
+                         help="comma-separated stages (default: all)")
     status = command("status", "show sources, items, drafts and recent runs", cmd_status)
     status.add_argument("--runs", type=int, default=10, help="how many recent runs to list")
     demo = command("demo", "run the whole pipeline offline on the bundled sample feeds", cmd_demo)

@@ -303,6 +303,22 @@ class Limits(Section):
     user_agent: str = "Newsdesk/0.1 (+https://example.invalid/newsdesk)"
 
 
+StageName = Literal["fetch", "classify", "draft", "check", "publish", "sync"]
+
+
+class Cluster(Section):
+    """Several workers on one ledger (PostgreSQL) and one Chroma server; see pipeline/worker.py."""
+
+    # true: runs are queued in the ledger and their units claimed by `run.py worker` processes; `schedule` only
+    # enqueues, `once` enqueues and works its own run. false: one process runs everything under the lock.
+    enabled: bool = False
+    lease_s: float = Field(default=60.0, gt=0, description="a dead worker's unit is taken over this long after its last renewal")
+    poll_s: float = Field(default=2.0, gt=0, description="how often an idle worker looks for work")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="workers that may die on one unit before it is failed")
+    # The stages this machine's workers take (`run.py worker --stages` overrides); default: all of them.
+    stages: list[StageName] = ["fetch", "classify", "draft", "check", "publish", "sync"]
+
+
 class Config(Section):
     newsroom: Newsroom = Newsroom()
     feeds: list[Feed] = []
@@ -319,6 +335,7 @@ class Config(Section):
     factcheck: FactCheck = FactCheck()
     finetune: Finetune = Finetune()
     limits: Limits = Limits()
+    cluster: Cluster = Cluster()
 
     # Where the file lives; relative paths were resolved against it.
     root: Path = Field(default=Path("."), exclude=True)

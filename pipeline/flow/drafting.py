@@ -97,17 +97,26 @@ def save_draft(ledger: Ledger, draft: Draft, pack: ResearchPack) -> None:
         )
 
 
+def assign(run, report: StageReport) -> None:
+    """Cluster the newly classified items into stories; the counts go to the report's notes."""
+    touched, late = assign_stories(run.config, run.ledger, run.store.embed, now=run.now())
+    report.notes["stories_updated"] = len(touched)
+    report.notes["late_sources_recorded"] = late
+
+
 def draft_stories(run) -> StageReport:
     config, ledger = run.config, run.ledger
     report = StageReport(stage="draft")
     store = run.store
-    touched, late = assign_stories(config, ledger, store.embed, now=run.now())
-    report.notes["stories_updated"] = len(touched)
-    report.notes["late_sources_recorded"] = late
-    waiting = waiting_stories(ledger)
-    selected = select_top(waiting, config.stories.max_per_run, config.stories.min_newsworthiness)
+    if run.unit is None:
+        assign(run, report)
+        waiting = waiting_stories(ledger)
+        selected = select_top(waiting, config.stories.max_per_run, config.stories.min_newsworthiness)
+        report.notes["stories_waiting"] = len(waiting) - len(selected)
+    else:  # a worker's unit: one story, chosen when the run's select unit was done (pipeline/worker.py)
+        story = load_story(ledger, run.unit.unit)
+        selected = [story] if story is not None and story.state == StoryState.new else []
     report.items_in = len(selected)
-    report.notes["stories_waiting"] = len(waiting) - len(selected)
     if not selected:
         return report
     templates = load_templates(config.templates_dir, config.topic_names)

@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import insert, update
 
@@ -30,6 +30,9 @@ from pipeline.core.logs import redact
 from pipeline.core.models import StageReport
 from pipeline.core.lock import PipelineLock
 from pipeline.services.llm import Gateway
+
+if TYPE_CHECKING:
+    from pipeline.core.claims import Claim
 
 log = logging.getLogger("newsdesk.runner")
 
@@ -47,11 +50,15 @@ def close_abandoned_runs(ledger: Ledger) -> int:
     """Mark runs still 'running' as interrupted: their processes were killed or crashed.
 
     Call only while holding the pipeline lock, when no other run of this ledger can be alive.
+    Queued runs (pipeline/worker.py) are left alone: their workers are other processes, and a
+    dead worker's units are taken over by the others, not given up.
     """
+    from sqlalchemy import select
+
     with ledger.begin() as connection:
         return connection.execute(
             update(schema.runs)
-            .where(schema.runs.c.status == "running")
+            .where(schema.runs.c.status == "running", schema.runs.c.id.not_in(select(schema.run_queue.c.run_id)))
             .values(status="interrupted", ended=utcnow(), error="the process ended without finishing this run (killed or crashed)")
         ).rowcount
 
@@ -74,6 +81,20 @@ def install_stop_handlers() -> None:
 # <stage> makes from the runner's thread (n-1 transactions landed, the n-th is lost).
 # Unset, it costs one environment lookup per stage.
 KILL_AT_ENV = "NEWSDESK_TEST_KILL_AT"
+# With several worker processes: a file path; only the process that creates it is killed (once in all).
+KILL_ONCE_ENV = "NEWSDESK_TEST_KILL_ONCE"
+
+
+def _kill_self() -> None:
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # another worker was the one
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
@@ -81,7 +102,7 @@ def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
     if stage_at != stage:
         return
     if moment == "after" and point == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill_self()
     elif moment == "start" and point.startswith("commit:"):
         from sqlalchemy import event
 
@@ -92,7 +113,7 @@ def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
             if threading.get_ident() == thread and len(run.reports) == reports:
                 commits[0] += 1
                 if commits[0] == target:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    _kill_self()
 
         event.listen(run.ledger.engine, "commit", kill_before_commit)
 
@@ -122,6 +143,10 @@ class Run:
     progress: Callable[[str], None] | None = None
     # The editorial "now" (story windows, ranking, research recency); see pipeline/core/clock.py.
     clock: Clock = system_clock
+    # A queued run (pipeline/worker.py) worked one claimed unit at a time: its runs row exists already and
+    # the stages only take the unit in hand (see in_scope).
+    queued: bool = False
+    unit: "Claim | None" = None
 
     def now(self):
         return self.clock()
@@ -130,6 +155,8 @@ class Run:
         if self.ledger is None:
             self.ledger = Ledger.from_config(self.config)
         self.started = utcnow()
+        if self.queued:
+            return
         with self.ledger.begin() as connection:
             connection.execute(
                 insert(schema.runs).values(id=self.id, command=self.command, started=self.started, status="running", stages=[])
@@ -137,8 +164,19 @@ class Run:
 
     @property
     def stop_requested(self) -> bool:
-        """Set by SIGTERM/SIGINT: stages finish the item in hand, then return."""
-        return STOP.is_set()
+        """Set by SIGTERM/SIGINT: stages finish the item in hand, then return.
+
+        A worker's item in hand is its whole claimed unit (one feed, batch, story or draft): it is finished,
+        since a unit marked done must be done, and one handed back would be redone from the start."""
+        return STOP.is_set() and self.unit is None
+
+    def in_scope(self, stage: str, key: str) -> bool:
+        """Whether a stage takes this unit of work (feed name, item id, story key, draft id) in this run:
+        everything, except in a worker, where only the claimed unit's keys."""
+        if self.unit is None:
+            return True
+        keys = self.unit.payload.get("keys")
+        return key in keys if keys is not None else key == self.unit.unit
 
     @cached_property
     def store(self):
@@ -160,11 +198,19 @@ class Run:
         return self.loop.run_until_complete(coroutine)
 
     def run_stage(self, name: str) -> StageReport:
+        report = self.execute_stage(name)
+        self.reports.append(report)
+        self._save(status="running")
+        _test_kill_hook(self, name, "after")
+        return report
+
+    def execute_stage(self, name: str, function: Callable[["Run"], StageReport] | None = None) -> StageReport:
+        """Run one stage (or a worker's unit of it) and return its report, recording nothing in `runs`."""
         started = time.perf_counter()
         spend_before = self._llm_totals()
         _test_kill_hook(self, name, "start")
         try:
-            report = stage_function(name)(self)
+            report = (function or stage_function(name))(self)
         except Exception as exc:  # a stage's failure is reported, never a crash of the run
             log.exception("stage %s failed", name, extra={"run_id": self.id, "stage": name, "event": "failed"})
             while isinstance(exc, ExceptionGroup) and exc.exceptions:  # the cause, not "unhandled errors in a TaskGroup"
@@ -176,9 +222,6 @@ class Run:
         report.duration_s = round(time.perf_counter() - started, 3)
         calls, tokens, cost = (after - before for after, before in zip(self._llm_totals(), spend_before))
         report.llm_calls, report.tokens, report.cost_usd = calls, tokens, round(cost, 6)
-        self.reports.append(report)
-        self._save(status="running")
-        _test_kill_hook(self, name, "after")
         log.info(
             "stage %s: %d in, %d out, %d error(s), %.2fs",
             name, report.items_in, report.items_out, len(report.errors), report.duration_s,
@@ -202,6 +245,11 @@ class Run:
         else:
             status = "ok" if all(r.ok for r in self.reports) else "failed"
         self._save(status=status, ended=utcnow(), error=redact(error) if error else None)
+        self.close()
+        return status
+
+    def close(self) -> None:
+        """Close the run's model client and loop (a worker's run, done with, records nothing here)."""
         if "gateway" in self.__dict__:
             if "loop" in self.__dict__:
                 # The provider client was made on the run's loop; close it there, or its
@@ -210,7 +258,6 @@ class Run:
             self.gateway.close()
         if "loop" in self.__dict__:
             self.loop.close()
-        return status
 
     def _save(self, **values) -> None:
         stages = [r.model_dump(mode="json") for r in self.reports]

@@ -4,7 +4,9 @@ Jobs live in a SQLAlchemy job store on the ledger database and are replaced
 from config at every start, so editing config.toml and restarting takes
 effect. The job callable is the module-level `run_job`, importable by
 reference as a persistent job store requires. Every job runs under the
-pipeline lock, so a daemon and a manual `run.py once` never overlap.
+pipeline lock, so a daemon and a manual `run.py once` never overlap. With
+`cluster.enabled` a job only queues its run for the `run.py worker`
+processes (pipeline/worker.py); the daemon stays a single instance either way.
 
 Jobs run one at a time (a single worker thread): jobs that fire together,
 say ingest and sync at :30, queue instead of the later one being skipped by
@@ -45,6 +47,17 @@ def run_job(config_path: str, job_name: str) -> str:
 
     config = load_config(config_path)
     job = config.schedule.jobs[job_name]
+    if config.cluster.enabled:  # the workers run it; this single scheduler only queues
+        from pipeline.core.ledger import Ledger
+        from pipeline.flow.worker import enqueue_run
+
+        ledger = Ledger.from_config(config)
+        try:
+            run_id = enqueue_run(ledger, f"schedule:{job_name}", list(job.stages))
+        finally:
+            ledger.close()
+        log.info("job %s queued as run %s", job_name, run_id, extra={"run_id": run_id, "event": "job_queued"})
+        return "queued"
     try:
         run = run_locked(config, f"schedule:{job_name}", list(job.stages))
     except LockHeld as exc:

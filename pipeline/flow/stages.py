@@ -18,7 +18,7 @@ from agents.publisher import publish_ready, sync_approvals
 from agents.writer import revise_draft
 from pipeline.core import schema
 from pipeline.core.progress import progress
-from pipeline.flow.drafting import draft_stories
+from pipeline.flow.drafting import assign, draft_stories
 from pipeline.text.chunking import chunk_text
 from pipeline.services.store import item_body
 from pipeline.core.ledger import row_to_item
@@ -28,14 +28,17 @@ log = logging.getLogger("newsdesk.stages")
 
 
 def fetch(run) -> StageReport:
-    report = run_fetch(run.config, run.ledger)
-    indexed, index_errors = index_pending(run)
+    config = run.config
+    if run.unit is not None:  # a worker's unit: one feed, and only its items are indexed
+        config = config.model_copy(update={"feeds": [f for f in config.feeds if run.in_scope("fetch", f.name)]})
+    report = run_fetch(config, run.ledger)
+    indexed, index_errors = index_pending(run, sources=[f.name for f in config.feeds] if run.unit is not None else None)
     report.notes["chunks_indexed"] = indexed
     report.errors.extend(index_errors)
     return report
 
 
-def index_pending(run, batch: int = 64) -> tuple[int, list[str]]:
+def index_pending(run, batch: int = 64, sources: list[str] | None = None) -> tuple[int, list[str]]:
     """Chunk and embed every stored item that is not in Chroma yet.
 
     `chunk_count` is set in the same step as the upsert, so an item killed
@@ -43,6 +46,8 @@ def index_pending(run, batch: int = 64) -> tuple[int, list[str]]:
     duplicate).
     """
     unindexed = (schema.items.c.chunk_count.is_(None), schema.items.c.state != ItemState.failed.value)
+    if sources is not None:
+        unindexed = (*unindexed, schema.items.c.source.in_(sources))
     with run.ledger.engine.connect() as connection:
         waiting = connection.execute(select(func.count()).select_from(schema.items).where(*unindexed)).scalar_one()
     total, errors = 0, []
@@ -73,6 +78,13 @@ def index_pending(run, batch: int = 64) -> tuple[int, list[str]]:
 
 def classify(run) -> StageReport:
     return classify_pending(run)
+
+
+def select_stories(run) -> StageReport:
+    """Group new items into stories (a worker's unit before the draft units: clustering sees every item of the run)."""
+    report = StageReport(stage="select")
+    assign(run, report)
+    return report
 
 
 def draft(run) -> StageReport:
