@@ -128,7 +128,8 @@ class Cluster_:
             "newsroom": {"name": "Cluster Desk"},
             "feeds": [{"name": f"outlet-{o}", "url": f"{news.base}/o{o}/feed.xml", "full_text": "auto"} for o in range(2)],
             "topics": beat,
-            "llm": {"base_url": model.base_url, "api_key_env": "NEWSDESK_WORKERS_TEST_KEY", "concurrency": 4,
+            # llm.concurrency is the cap for all workers together (pipeline/slots.py): 2 calls in flight, however many workers.
+            "llm": {"base_url": model.base_url, "api_key_env": "NEWSDESK_WORKERS_TEST_KEY", "concurrency": 2,
                     "max_retries": 0, "timeout": 30.0},
             "stories": {"max_per_run": 10, "window_hours": 48},
             "limits": {"allow_private_hosts": True, "min_full_text_chars": 800},
@@ -142,6 +143,8 @@ class Cluster_:
         self.config = load_config(self.config_path)
         self.ledger = Ledger.from_config(self.config)
         self.processes: list[subprocess.Popen] = []
+        self.model = model
+        model.max_in_flight = 0
 
     def start(self, n: int, env: dict | None = None) -> list[subprocess.Popen]:
         started = []
@@ -150,6 +153,7 @@ class Cluster_:
             process = subprocess.Popen(
                 [sys.executable, str(ROOT / "run.py"), "worker", "--config", str(self.config_path), "--log-level", "INFO"],
                 cwd=self.workspace, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: teardown also ends a killed worker's extraction pool
                 env={**os.environ, "NEWSDESK_WORKERS_TEST_KEY": "sk-test", **(env or {})},
             )
             self.processes.append(process)
@@ -178,6 +182,11 @@ class Cluster_:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for process in self.processes:  # a SIGKILLed worker leaves its forkserver and pool processes behind
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.ledger.close()
 
 
@@ -212,6 +221,7 @@ def assert_every_unit_done_once(cluster: Cluster_, run_id: str) -> dict:
     assert not cluster.rows(select(schema.items).where(schema.items.c.state == "fetched")), "every item classified"
     run = cluster.rows(select(schema.runs).where(schema.runs.c.id == run_id))[0]
     assert run.ended is not None and [s["stage"] for s in run.stages] == STAGES
+    assert 1 <= cluster.model.max_in_flight <= cluster.config.llm.concurrency, "the cap held across all workers"
     return {"claims": claims, "drafts": drafts, "owners": Counter(c.owner for c in claims)}
 
 

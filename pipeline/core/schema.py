@@ -238,4 +238,15 @@ claims = Table(
 )
 
 Index("ix_claims_state_stage", claims.c.state, claims.c.stage)
+
+# A counting semaphore shared by every worker on the ledger (pipeline/slots.py): `name` "llm" has
+# llm.concurrency rows; a worker holds a row for each model call in flight, for a renewed lease.
+slots = Table(
+    "slots",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("owner", String(200)),
+    _ts("leased_until"),
+)
 Index("ix_llm_calls_role_created", llm_calls.c.role, llm_calls.c.created)

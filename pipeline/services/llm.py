@@ -570,6 +570,10 @@ class Gateway:
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._warned_prices: set[str] = set()
         self._spent_before = self._spent_in_ledger()
+        # cluster.enabled: other workers work (and spend for) this same run; the concurrency cap and the
+        # budget are the ledger's, shared by all of them (pipeline/slots.py).
+        self._shared = config.cluster.enabled
+        self._shared_slots = None
 
     # --- state --------------------------------------------------------------------
 
@@ -711,6 +715,8 @@ class Gateway:
 
     def close(self) -> None:
         """For synchronous users: close the client on the loop call_sync used, then that loop."""
+        if self._shared_slots is not None:
+            self._shared_slots.close()
         if self._sync_loop is not None and not self._sync_loop.is_closed():
             self._sync_loop.run_until_complete(self.aclose())
             self._sync_loop.close()
@@ -729,6 +735,8 @@ class Gateway:
             if self._circuit_reason is not None:
                 self._record(context, request_hash, sent, None, "circuit_open", error=self._circuit_reason)
                 raise CircuitOpen(self._circuit_reason)
+            if self._shared and self.run_id is not None:  # every worker's spend on this run so far
+                self._spent_before = self._spent_in_ledger() - self.totals.cost_usd
             if self.price_for(model) is not None and self.spent_usd >= self.llm.run_budget_usd:
                 message = (
                     f"LLM budget for this run is spent: ${self.spent_usd:.4f} of ${self.llm.run_budget_usd:.2f} "
@@ -739,7 +747,11 @@ class Gateway:
             started = time.perf_counter()
             try:
                 async with self._limiter():
-                    reply = await self._with_retries(request)
+                    if self._shared:
+                        async with self._ledger_slots().hold():
+                            reply = await self._with_retries(request)
+                    else:
+                        reply = await self._with_retries(request)
             except ProviderError as exc:
                 latency = (time.perf_counter() - started) * 1000
                 if mode == "json_schema" and self.llm.structured_output == "auto" and _rejects_response_format(exc):
@@ -777,6 +789,17 @@ class Gateway:
             self._semaphore = asyncio.Semaphore(self.llm.concurrency)
             self._semaphore_loop = loop
         return self._semaphore
+
+    def _ledger_slots(self):
+        """llm.concurrency slots in the ledger, shared by every worker (a dead worker's slot frees after its lease)."""
+        if self._shared_slots is None:
+            from datetime import timedelta
+
+            from pipeline.core.slots import SharedSlots
+
+            self._shared_slots = SharedSlots(self.ledger, "llm", self.llm.concurrency,
+                                             lease=timedelta(seconds=self.config.cluster.lease_s))
+        return self._shared_slots
 
     def _note_failure(self, exc: ProviderError) -> None:
         self._consecutive_failures += 1
