@@ -1,4 +1,4 @@
-"""Claims on units of work (pipeline/claims.py), on a SQLite file and on a real PostgreSQL server.
+"""Claims on units of work (pipeline/core/claims.py), on a SQLite file and on a real PostgreSQL server.
 
 Lease expiry is tested with injected clocks, never by sleeping past a lease.
 """

@@ -1,4 +1,4 @@
-"""Caps shared by every worker (issue 18): the ledger-held semaphore (pipeline/slots.py) and the per-run budget,
+"""Caps shared by every worker (issue 18): the ledger-held semaphore (pipeline/core/slots.py) and the per-run budget,
 on a SQLite file and on a real PostgreSQL server. Lease expiry is driven by injected clocks."""
 
 from __future__ import annotations

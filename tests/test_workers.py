@@ -128,7 +128,7 @@ class Cluster_:
             "newsroom": {"name": "Cluster Desk"},
             "feeds": [{"name": f"outlet-{o}", "url": f"{news.base}/o{o}/feed.xml", "full_text": "auto"} for o in range(2)],
             "topics": beat,
-            # llm.concurrency is the cap for all workers together (pipeline/slots.py): 2 calls in flight, however many workers.
+            # llm.concurrency is the cap for all workers together (pipeline/core/slots.py): 2 calls in flight, however many workers.
             "llm": {"base_url": model.base_url, "api_key_env": "NEWSDESK_WORKERS_TEST_KEY", "concurrency": 2,
                     "max_retries": 0, "timeout": 30.0},
             "stories": {"max_per_run": 10, "window_hours": 48},

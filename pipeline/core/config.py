@@ -307,7 +307,7 @@ StageName = Literal["fetch", "classify", "draft", "check", "publish", "sync"]
 
 
 class Cluster(Section):
-    """Several workers on one ledger (PostgreSQL) and one Chroma server; see pipeline/worker.py."""
+    """Several workers on one ledger (PostgreSQL) and one Chroma server; see pipeline/flow/worker.py."""
 
     # true: runs are queued in the ledger and their units claimed by `run.py worker` processes; `schedule` only
     # enqueues, `once` enqueues and works its own run. false: one process runs everything under the lock.

@@ -217,7 +217,7 @@ run_queue = Table(
 )
 
 # One unit of work (a feed, a classify batch, a story, a draft) of one run. A worker claims it for a lease;
-# a claim whose lease ran out (its worker died) is claimed again. See pipeline/claims.py.
+# a claim whose lease ran out (its worker died) is claimed again. See pipeline/core/claims.py.
 claims = Table(
     "claims",
     metadata,
@@ -239,7 +239,7 @@ claims = Table(
 
 Index("ix_claims_state_stage", claims.c.state, claims.c.stage)
 
-# A counting semaphore shared by every worker on the ledger (pipeline/slots.py): `name` "llm" has
+# A counting semaphore shared by every worker on the ledger (pipeline/core/slots.py): `name` "llm" has
 # llm.concurrency rows; a worker holds a row for each model call in flight, for a renewed lease.
 slots = Table(
     "slots",

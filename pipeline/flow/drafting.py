@@ -113,7 +113,7 @@ def draft_stories(run) -> StageReport:
         waiting = waiting_stories(ledger)
         selected = select_top(waiting, config.stories.max_per_run, config.stories.min_newsworthiness)
         report.notes["stories_waiting"] = len(waiting) - len(selected)
-    else:  # a worker's unit: one story, chosen when the run's select unit was done (pipeline/worker.py)
+    else:  # a worker's unit: one story, chosen when the run's select unit was done (pipeline/flow/worker.py)
         story = load_story(ledger, run.unit.unit)
         selected = [story] if story is not None and story.state == StoryState.new else []
     report.items_in = len(selected)

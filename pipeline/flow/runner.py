@@ -50,7 +50,7 @@ def close_abandoned_runs(ledger: Ledger) -> int:
     """Mark runs still 'running' as interrupted: their processes were killed or crashed.
 
     Call only while holding the pipeline lock, when no other run of this ledger can be alive.
-    Queued runs (pipeline/worker.py) are left alone: their workers are other processes, and a
+    Queued runs (pipeline/flow/worker.py) are left alone: their workers are other processes, and a
     dead worker's units are taken over by the others, not given up.
     """
     from sqlalchemy import select
@@ -143,7 +143,7 @@ class Run:
     progress: Callable[[str], None] | None = None
     # The editorial "now" (story windows, ranking, research recency); see pipeline/core/clock.py.
     clock: Clock = system_clock
-    # A queued run (pipeline/worker.py) worked one claimed unit at a time: its runs row exists already and
+    # A queued run (pipeline/flow/worker.py) worked one claimed unit at a time: its runs row exists already and
     # the stages only take the unit in hand (see in_scope).
     queued: bool = False
     unit: "Claim | None" = None

@@ -6,7 +6,7 @@ effect. The job callable is the module-level `run_job`, importable by
 reference as a persistent job store requires. Every job runs under the
 pipeline lock, so a daemon and a manual `run.py once` never overlap. With
 `cluster.enabled` a job only queues its run for the `run.py worker`
-processes (pipeline/worker.py); the daemon stays a single instance either way.
+processes (pipeline/flow/worker.py); the daemon stays a single instance either way.
 
 Jobs run one at a time (a single worker thread): jobs that fire together,
 say ingest and sync at :30, queue instead of the later one being skipped by

@@ -3,7 +3,7 @@
 With `cluster.enabled`, a run is queued (`enqueue_run`: the scheduler, `run.py
 enqueue`, or `run.py once`) instead of being run under the global lock. Its
 stages become phases, worked one after another; a phase's units of work are
-claims (pipeline/claims.py):
+claims (pipeline/core/claims.py):
 
     fetch     one unit per enabled feed (its items are indexed in Chroma by the same unit)
     classify  one unit per batch of `classify.batch_size` pending items (copies of one text in one batch)

@@ -571,7 +571,7 @@ class Gateway:
         self._warned_prices: set[str] = set()
         self._spent_before = self._spent_in_ledger()
         # cluster.enabled: other workers work (and spend for) this same run; the concurrency cap and the
-        # budget are the ledger's, shared by all of them (pipeline/slots.py).
+        # budget are the ledger's, shared by all of them (pipeline/core/slots.py).
         self._shared = config.cluster.enabled
         self._shared_slots = None
 
