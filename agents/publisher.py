@@ -55,14 +55,27 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.text.editdiff import article_text, edit_rate
+from pipeline.services.doc_review import (
+    READ_PARAMS,
+    STATUS_PREFIX,
+    chip_requests,
+    chip_status,
+    comment_requests,
+    flagged_keys,
+    status_block,
+    wanted_comments,
+)
 from pipeline.services.gdocs import (
     Block,
     article_from_blocks,
-    body_end_index,
     clean_text,
     content_requests,
+    first_tab,
     layout_draft,
     parse_document,
+    tab_text,
+    text_edits,
+    utf16_len,
 )
 from pipeline.core.ledger import Ledger, stable_hash, utcnow
 from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, StageReport
@@ -553,9 +566,10 @@ def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draf
                       report: FactCheckReport | None) -> Published:
     google = config.publishing.google
     editors = _valid_editors(config)
-    blocks = layout_draft(draft, report)
+    blocks = [status_block(), *layout_draft(draft, report)]
     name = document_name(config, draft)
     content_hash = _content_hash(name, blocks)
+    headline = blocks[1].text
 
     publication = _publication(ledger, draft.id)
     known = publication if publication is not None and publication.target == "google" else None
@@ -564,21 +578,17 @@ def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draf
         _save_publication(ledger, draft.id, target="google", doc_id=None, url=None, state="creating", content_hash=None)
     elif known.state == "written" and known.content_hash == content_hash and doc_id:
         _mark_published(ledger, draft.id, "google", doc_id, url, content_hash)
-        return Published(draft.id, blocks[0].text, url, created=False)
+        return Published(draft.id, headline, url, created=False)
 
-    def build(current: dict[str, Any]) -> list[dict[str, Any]]:
-        # Built from a fresh read on every attempt: a retry replaces what a lost-answer write left, never appends.
-        return content_requests(blocks, body_end_index(current))
-
-    document = None
+    created = False
+    already: set[str] = set()
     if doc_id:
         try:
-            document = client.write_document(doc_id, build)
+            already = client.shared_with(doc_id)
         except PublishError as exc:
             if not _is_not_found(exc):
                 raise
             doc_id = None   # deleted by someone: make it anew (the marker search below finds no live copy)
-    created = False
     if not doc_id:
         def remember(file: dict[str, Any]) -> None:
             _save_publication(ledger, draft.id, doc_id=file["id"], url=_doc_url(file), state="creating")
@@ -586,13 +596,48 @@ def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draf
         file, created = client.find_or_create(name, google.folder_id, draft.id, after_create=remember)
         doc_id, url = file["id"], _doc_url(file)
         _save_publication(ledger, draft.id, doc_id=doc_id, url=url, state="creating")
-        document = client.write_document(doc_id, build)
+        already = set() if created else client.shared_with(doc_id)
+    # Shared before the write: a comment can only be assigned to someone who can open the document.
+    client.share(doc_id, editors, google.notify_editors, already)
+    wanted = wanted_comments(blocks, report, assignee_for(config, ledger, draft, editors))
+    flagged = flagged_keys(report)
+    text = "\n".join(b.text for b in blocks)
+
+    def build(current: dict[str, Any]) -> list[dict[str, Any]]:
+        # Built from a fresh read on every attempt (text, comments, chip): a retry after a lost answer
+        # finds what the lost write did and adds nothing twice.
+        tab = first_tab(current)
+        old = tab_text(tab)
+        _, moved = text_edits(old, text)
+        return (
+            content_requests(blocks, existing_text=old)
+            + comment_requests(current, tab, wanted, flagged, moved)
+            # Last: the chip shifts what follows it by one index, and anchors move with their text.
+            + chip_requests(tab, 1 + utf16_len(STATUS_PREFIX), chip_status(tab) or "draft")
+        )
+
+    document = client.write_document(doc_id, build, **READ_PARAMS)
     if document.get("title") != name:
         client.rename(doc_id, name)
-    already = set() if created else client.shared_with(doc_id)
-    client.share(doc_id, editors, google.notify_editors, already)
     _mark_published(ledger, draft.id, "google", doc_id, url, content_hash)
-    return Published(draft.id, blocks[0].text, url, created=created)
+    return Published(draft.id, headline, url, created=created)
+
+
+def assignee_for(config: Config, ledger: Ledger, draft: Draft, editors: list[str]) -> str | None:
+    """Who gets the draft's fact-check comments: its topic's editor, else the editor on duty on the draft's day."""
+    google = config.publishing.google
+    if google.topic_editors:
+        with ledger.engine.connect() as connection:
+            topics = connection.execute(
+                select(schema.stories.c.topics).where(schema.stories.c.key == draft.story_key)
+            ).scalar()
+        for topic in topics or []:
+            if topic in google.topic_editors:
+                return google.topic_editors[topic].strip()
+    if google.on_duty == "none" or not editors:
+        return None
+    # In turn, one editor per day: the same draft always goes to the same editor, whatever the clock says.
+    return editors[_local_day(config, draft).toordinal() % len(editors)]
 
 
 def _doc_url(file: dict[str, Any]) -> str:

@@ -145,8 +145,8 @@ def paragraphs(document: dict) -> list[dict]:
     out = []
     for element in document["body"]["content"]:
         paragraph = element.get("paragraph")
-        if paragraph is None:
-            continue
+        if paragraph is None or any("dropdown" in e for e in paragraph["elements"]):
+            continue   # the status line with its chip: tests/test_doc_review.py
         runs = [e["textRun"] for e in paragraph["elements"]]
         bullet = paragraph.get("bullet")
         glyph = None
@@ -403,7 +403,8 @@ def test_create_whose_response_was_lost_is_not_repeated(setup, fake):
 
 
 def _expected_text(draft, report) -> str:
-    return "\n".join(b.text for b in layout_draft(draft, report)) + "\n"
+    """The first tab's text: the status line with its chip (one non-text element), then the article."""
+    return "Status: \ue907\n" + "\n".join(b.text for b in layout_draft(draft, report)) + "\n"
 
 
 @pytest.mark.parametrize("republish", [False, True], ids=["first-publish", "republish"])

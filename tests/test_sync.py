@@ -64,7 +64,7 @@ def replace_in_document(docs, doc_id: str, old: str, new: str) -> None:
     for element in document["body"]["content"]:
         if "paragraph" not in element:
             continue
-        content = "".join(run["textRun"]["content"] for run in element["paragraph"]["elements"])
+        content = "".join(run["textRun"]["content"] if "textRun" in run else "\ue907" for run in element["paragraph"]["elements"])
         if old in content:
             start = element["startIndex"] + utf16_len(content[: content.index(old)])
             requests = [{"deleteContentRange": {"range": {"startIndex": start, "endIndex": start + utf16_len(old)}}}]

@@ -224,6 +224,11 @@ class Google(Section):
     approved_title_prefix: str = "[APPROVED]"
     editors: list[str] = []
     notify_editors: bool = False
+    # Who is assigned each fact-check comment: a topic's editor from topic_editors when the draft's story has
+    # that topic, else the editor on duty that day ("rotation": editors in turn, one per day of the draft in
+    # newsroom.timezone), or nobody ("none").
+    on_duty: Literal["rotation", "none"] = "rotation"
+    topic_editors: dict[str, str] = {}
     # Where the Google APIs are reached (default: Google's own). For a proxy, a private endpoint or a local fake in tests.
     api_endpoint: str | None = Field(default=None, description="Docs API root URL, e.g. https://docs.googleapis.com/")
     drive_endpoint: str | None = Field(default=None, description="Drive host URL; /drive/v3/ is appended unless present")
@@ -232,6 +237,18 @@ class Google(Section):
     @classmethod
     def _endpoints(cls, value: str | None) -> str | None:
         return _optional_http_url(value)
+
+    @model_validator(mode="after")
+    def _assignees(self) -> Google:
+        # An assignee must be able to open the document, and only `editors` are given access.
+        shared = {e.strip().lower() for e in self.editors}
+        for topic, email in self.topic_editors.items():
+            if email.strip().lower() not in shared:
+                raise ValueError(
+                    f"topic_editors[{topic!r}] = {email!r} is not in publishing.google.editors "
+                    f"(documents are shared only with those): add it there or pick one of {sorted(shared) or 'none'}"
+                )
+        return self
 
 
 class Publishing(Section):
@@ -354,6 +371,12 @@ class Config(Section):
                     f"'feeds[{index}].topics' ({feed.name}) names unknown topic(s) {unknown}; "
                     f"defined topics: {sorted(topic_names) or 'none'}"
                 )
+        unknown = sorted(set(self.publishing.google.topic_editors) - topic_names)
+        if unknown:
+            raise ValueError(
+                f"'publishing.google.topic_editors' names unknown topic(s) {unknown}; "
+                f"defined topics: {sorted(topic_names) or 'none'}"
+            )
         return self
 
     @property

@@ -19,6 +19,8 @@ Article from them, for the approval sync.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -64,6 +66,7 @@ class Span:
     bold: bool = False
     link: str | None = None
     highlight: Highlight | None = None
+    claim: str = ""   # the flagged claim's key (claim_key) on its highlight: where its comment is anchored
 
 
 @dataclass
@@ -72,7 +75,12 @@ class Block:
     style: BlockStyle = "NORMAL_TEXT"
     list_kind: ListKind | None = None
     spans: list[Span] = field(default_factory=list)
-    role: str = ""   # headline, meta, lead, body, heading, insight, source, check
+    role: str = ""   # status, headline, meta, lead, body, heading, insight, source, check
+
+
+def claim_key(text: str) -> str:
+    """A flagged claim's identity across re-checks and republishes: its cleaned text, hashed (12 hex)."""
+    return hashlib.sha256(clean_text(text).encode("utf-8")).hexdigest()[:12]
 
 
 # --- text hygiene ------------------------------------------------------------
@@ -249,51 +257,140 @@ def _highlight_flagged(blocks: list[Block], flagged: Iterable[ClaimVerdict]) -> 
             hit = next((b for b in blocks if b.role in roles and needle in b.text), None)
             if hit is not None:
                 start = hit.text.index(needle)
-                hit.spans.append(Span(start, start + len(needle), highlight=verdict.verdict))
+                hit.spans.append(Span(start, start + len(needle), highlight=verdict.verdict, claim=claim_key(needle)))
                 break
 
 
 # --- Docs requests ------------------------------------------------------------
 
 
-def _range(start: int, end: int) -> dict[str, int]:
-    return {"startIndex": start, "endIndex": end}
+def _range(start: int, end: int, tab_id: str | None = None) -> dict[str, Any]:
+    rng: dict[str, Any] = {"startIndex": start, "endIndex": end}
+    if tab_id:
+        rng["tabId"] = tab_id
+    return rng
 
 
-def content_requests(blocks: list[Block], existing_end: int = 2) -> list[dict[str, Any]]:
-    """One batchUpdate that replaces the whole body with `blocks`.
-
-    `existing_end` is the body's current end index (2 for a new, empty
-    document). The final newline of a body can never be deleted, so the text
-    goes in without its own last newline and the surviving one ends the last
-    paragraph. Every paragraph and text style the layout uses is set
-    explicitly, so nothing is inherited from the old content.
-    """
-    if not blocks:
-        raise ValueError("a document needs at least one paragraph")
-    requests: list[dict[str, Any]] = []
-    if existing_end > 2:
-        requests.append({"deleteContentRange": {"range": _range(1, existing_end - 1)}})
-    text = "\n".join(b.text for b in blocks)
-    requests.append({"insertText": {"location": {"index": 1}, "text": text}})
-    end_of_text = 1 + utf16_len(text)
-    requests.append({"deleteParagraphBullets": {"range": _range(1, end_of_text)}})
-    requests.append(
-        {"updateTextStyle": {"range": _range(1, end_of_text), "textStyle": {}, "fields": OWNED_TEXT_FIELDS}}
-    )
-
-    starts: list[int] = []
-    position = 1
+def block_starts(blocks: list[Block]) -> list[int]:
+    """The Docs index (UTF-16, body starting at 1) where each block's paragraph starts once written."""
+    starts, position = [], 1
     for block in blocks:
         starts.append(position)
         position += utf16_len(block.text) + 1
+    return starts
+
+
+def text_edits(old: str, new: str, tab_id: str | None = None) -> tuple[list[dict[str, Any]], Any]:
+    """Requests that turn a body holding `old` into one holding `new`, paragraph by paragraph.
+
+    Both texts exclude the body's final newline. Paragraphs equal in both are
+    left in place, so comment anchors on them survive a republish; the others
+    are deleted and inserted (from the end backwards, so earlier indices stay
+    valid). Returns (requests, moved): moved(old index) is the index of the
+    same character after the edits, or None when it was deleted.
+    """
+    old_lines, new_lines = old.split("\n"), new.split("\n")
+    old_at = _offsets(old_lines)
+    new_at = _offsets(new_lines)
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    opcodes = matcher.get_opcodes()
+    requests: list[dict[str, Any]] = []
+    lost: int | None = None   # an unchanged line's newline given up for the final one (see below)
+    for tag, i1, i2, j1, j2 in reversed(opcodes):
+        if tag == "equal":
+            continue
+        # Each line owns the newline after it; the last line's newline is the body's final one (never
+        # deleted), so a change that reaches the end takes the newline before it instead.
+        a, b = old_at[i1], old_at[i2]
+        text = "".join(line + "\n" for line in new_lines[j1:j2])
+        if i2 == len(old_lines):
+            if i1 > 0:
+                a, b, text = a - 1, b - 1, ("\n" + text[:-1]) if text else ""
+                lost = a
+            else:
+                b, text = b - 1, text[:-1]
+        if b > a:
+            requests.append({"deleteContentRange": {"range": _range(1 + utf16_len(old[:a]), 1 + utf16_len(old[:b]), tab_id)}})
+        if text:
+            location: dict[str, Any] = {"index": 1 + utf16_len(old[:a])}
+            if tab_id:
+                location["tabId"] = tab_id
+            requests.append({"insertText": {"location": location, "text": text}})
+
+    def moved(index: int) -> int | None:
+        offset = _offset_of_index(old, index)
+        if offset == lost:
+            return None
+        for tag, i1, i2, j1, j2 in opcodes:
+            if tag == "equal" and old_at[i1] <= offset < old_at[i2]:
+                shifted = offset - old_at[i1] + new_at[j1]
+                return 1 + utf16_len(new[:shifted])
+        return None
+
+    return requests, moved
+
+
+def _offsets(lines: list[str]) -> list[int]:
+    """String offset where each line starts (each line followed by its newline), plus the total."""
+    out, position = [], 0
+    for line in lines:
+        out.append(position)
+        position += len(line) + 1
+    out.append(position)
+    return out
+
+
+def _offset_of_index(text: str, index: int) -> int:
+    """The string offset of a Docs index (1-based UTF-16) in text."""
+    units = 1
+    for offset, char in enumerate(text):
+        if units >= index:
+            return offset
+        units += utf16_len(char)
+    return len(text)
+
+
+def content_requests(blocks: list[Block], existing_end: int = 2, existing_text: str | None = None,
+                     tab_id: str | None = None) -> list[dict[str, Any]]:
+    """One batchUpdate's requests that make a body hold `blocks`.
+
+    With `existing_text` (the body's text as read, without its final newline;
+    see tab_text), only the paragraphs that changed are rewritten (text_edits),
+    so anything anchored to unchanged text (editors' and our comments) stays.
+    Without it, `existing_end` (the body's current end index, 2 for a new,
+    empty document) is all that is known and the whole body is replaced. The
+    final newline of a body can never be deleted, so the text goes in without
+    its own last newline and the surviving one ends the last paragraph. Every
+    paragraph and text style the layout uses is set explicitly, so nothing is
+    inherited from the old content. `tab_id` targets a tab other than the first.
+    """
+    if not blocks:
+        raise ValueError("a document needs at least one paragraph")
+    text = "\n".join(b.text for b in blocks)
+    requests: list[dict[str, Any]] = []
+    if existing_text is not None:
+        requests += text_edits(existing_text, text, tab_id)[0]
+    else:
+        if existing_end > 2:
+            requests.append({"deleteContentRange": {"range": _range(1, existing_end - 1, tab_id)}})
+        location: dict[str, Any] = {"index": 1}
+        if tab_id:
+            location["tabId"] = tab_id
+        requests.append({"insertText": {"location": location, "text": text}})
+    end_of_text = 1 + utf16_len(text)
+    if end_of_text > 1:
+        requests.append({"deleteParagraphBullets": {"range": _range(1, end_of_text, tab_id)}})
+        requests.append(
+            {"updateTextStyle": {"range": _range(1, end_of_text, tab_id), "textStyle": {}, "fields": OWNED_TEXT_FIELDS}}
+        )
+    starts = block_starts(blocks)
 
     # Paragraph styles: one request per run of equal styles keeps the batch small.
     for style, first, last in _runs(blocks, key=lambda b: b.style):
         requests.append(
             {
                 "updateParagraphStyle": {
-                    "range": _range(starts[first], starts[last] + utf16_len(blocks[last].text)),
+                    "range": _range(starts[first], starts[last] + utf16_len(blocks[last].text), tab_id),
                     "paragraphStyle": {"namedStyleType": style},
                     "fields": "namedStyleType",
                 }
@@ -305,7 +402,7 @@ def content_requests(blocks: list[Block], existing_end: int = 2) -> list[dict[st
         requests.append(
             {
                 "createParagraphBullets": {
-                    "range": _range(starts[first], starts[last] + utf16_len(blocks[last].text)),
+                    "range": _range(starts[first], starts[last] + utf16_len(blocks[last].text), tab_id),
                     "bulletPreset": BULLET_PRESET if kind == "bullet" else NUMBERED_PRESET,
                 }
             }
@@ -327,9 +424,19 @@ def content_requests(blocks: list[Block], existing_end: int = 2) -> list[dict[st
                 fields.append("backgroundColor")
             if fields:
                 requests.append(
-                    {"updateTextStyle": {"range": _range(begin, stop), "textStyle": style, "fields": ",".join(fields)}}
+                    {"updateTextStyle": {"range": _range(begin, stop, tab_id), "textStyle": style, "fields": ",".join(fields)}}
                 )
     return requests
+
+
+def claim_ranges(blocks: list[Block]) -> dict[str, tuple[int, int]]:
+    """claim key -> (startIndex, endIndex) of its highlighted text once `blocks` are written (first one wins)."""
+    out: dict[str, tuple[int, int]] = {}
+    for block, start in zip(blocks, block_starts(blocks)):
+        for span in block.spans:
+            if span.claim and span.end > span.start and span.claim not in out:
+                out[span.claim] = (start + utf16_len(block.text[: span.start]), start + utf16_len(block.text[: span.end]))
+    return out
 
 
 def _runs(blocks: list[Block], key) -> Iterable[tuple[Any, int, int]]:
@@ -346,18 +453,59 @@ def body_end_index(document: dict[str, Any]) -> int:
     return max((element.get("endIndex", 0) for element in content), default=2)
 
 
+def document_tabs(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each tab as {"tabProperties", "documentTab"}; a document read without includeTabsContent is one tab."""
+    tabs = document.get("tabs")
+    if tabs:
+        flat: list[dict[str, Any]] = []
+        for tab in tabs:   # child tabs follow their parent, in document order
+            flat += [tab, *document_tabs({"tabs": tab.get("childTabs", [])})]
+        return flat
+    return [{"tabProperties": {}, "documentTab": document}]
+
+
+def first_tab(document: dict[str, Any]) -> dict[str, Any]:
+    """The first tab's content (body, lists, dropdownDefinitions, commentAnchors)."""
+    return document_tabs(document)[0]["documentTab"]
+
+
+def tab_text(document_tab: dict[str, Any]) -> str:
+    """The tab body's text as Docs indexes it, without its final newline: every non-text element (a chip,
+    an image) is U+E907, one unit per index it takes, so string and document positions agree."""
+    out: list[str] = []
+    for element in document_tab.get("body", {}).get("content", []):
+        paragraph = element.get("paragraph")
+        if paragraph is None:
+            if "startIndex" in element:   # a table or other structure: keep the positions right
+                out.append("\ue907" * (element.get("endIndex", 0) - element["startIndex"]))
+            continue
+        for part in paragraph.get("elements", []):
+            run = part.get("textRun")
+            if run is not None:
+                out.append(run.get("content", ""))
+            else:
+                out.append("\ue907" * (part.get("endIndex", 0) - part.get("startIndex", 0)))
+    text = "".join(out)
+    return text[:-1] if text.endswith("\n") else text
+
+
 # --- reading a document back ---------------------------------------------------
 
 
 def parse_document(document: dict[str, Any]) -> list[Block]:
-    """The body's paragraphs as blocks: text, named style and list kind (tables and breaks skipped)."""
-    lists = document.get("lists", {})
+    """The first tab's paragraphs as blocks: text, named style and list kind (tables and breaks skipped).
+
+    A paragraph holding a dropdown chip is the status line (role "status"), not article text."""
+    tab = first_tab(document)
+    lists = tab.get("lists", {})
     blocks: list[Block] = []
-    for element in document.get("body", {}).get("content", []):
+    for element in tab.get("body", {}).get("content", []):
         paragraph = element.get("paragraph")
         if paragraph is None:
             continue
-        text = "".join(e.get("textRun", {}).get("content", "") for e in paragraph.get("elements", []))
+        parts = paragraph.get("elements", [])
+        text = "".join(e.get("textRun", {}).get("content", "") for e in parts)
+        role = "status" if any("dropdown" in e for e in parts) else ""
         style = paragraph.get("paragraphStyle", {}).get("namedStyleType", "NORMAL_TEXT")
         list_kind: ListKind | None = None
         bullet = paragraph.get("bullet")
@@ -365,12 +513,14 @@ def parse_document(document: dict[str, Any]) -> list[Block]:
             level = lists.get(bullet.get("listId"), {}).get("listProperties", {}).get("nestingLevels", [{}])
             glyph = level[min(bullet.get("nestingLevel", 0), len(level) - 1)] if level else {}
             list_kind = "numbered" if glyph.get("glyphType") not in (None, "", "NONE", "GLYPH_TYPE_UNSPECIFIED") else "bullet"
-        blocks.append(Block(text.rstrip("\n").replace("\u000b", " ").strip(), style, list_kind))
+        blocks.append(Block(text.rstrip("\n").replace("\u000b", " ").strip(), style, list_kind, role=role))
     return blocks
 
 
 # Our metadata line, recognised by its words too: an editor may have cleared its style.
 _METADATA = re.compile(r"^Story \S+ · Template \S+ · Writer ")
+# The status line, also when an editor deleted its chip.
+_STATUS_LINE = re.compile(r"^Status:\s*(?:Draft|In review|Approved|Spiked)?\s*$", re.IGNORECASE)
 _TRAILING_CITATIONS = re.compile(r"(?:\s*\[\d+\])+\s*$")
 
 
@@ -411,6 +561,8 @@ def article_from_blocks(blocks: list[Block], draft_article: Article) -> Article:
             section = named or section
             continue
         if block.style == "HEADING_6" or _METADATA.match(block.text):
+            continue
+        if block.role == "status" or _STATUS_LINE.match(block.text):
             continue
         if block.style == "TITLE" and not headline:
             headline = block.text

@@ -6,12 +6,11 @@ google-api-python-client ships, so a request the real API would reject for an
 unknown field, a wrong type or an unknown query parameter is rejected here too,
 with the API's error shape {"error": {"code", "message", "status"}}.
 
-The document model is small but keeps the API's rules: the body starts at
-index 1 after a section break, every paragraph ends with "\\n", the body's
-final newline cannot be deleted, positions count UTF-16 code units (an index
-inside a surrogate pair is an error), batchUpdate requests apply in order.
-Paragraph properties live on each paragraph's newline, so inserting "\\n"
-splits a paragraph into two with the same style, as the API does.
+The document model (tests/fakes/google_docs_model.py) is small but keeps the
+API's rules: UTF-16 indices, the undeletable final newline, requests applied in
+order and all or nothing; it has tabs, anchored comment threads and dropdown
+chips. documents.get honours includeTabsContent, commentsViewMode and
+suggestionsViewMode with the constraints the discovery document states.
 
 Auth is real too: /token issues access tokens for service-account JWTs signed
 by a trusted key (RS256, verified) or for known refresh tokens; every API call
@@ -19,8 +18,11 @@ must carry one of the issued tokens.
 
 Tests steer it with `fail(method_id, status, times, apply=False)` (a queue of
 faults per method: 429/500..., optionally after applying the change, as when a
-response is lost), `down = True` (every API call answers 503), and read
-`calls`, `files`, `documents`, `permissions`.
+response is lost), `down = True` (every API call answers 503), act as an
+editor in the Docs UI with `editor_comment`, `editor_reply` and
+`documents[id].select_option`, and read `calls`, `files`, `documents`,
+`permissions`. Posts are authored by who the access token speaks for (the
+service account's email), so `author.me` is true only for the caller's own.
 """
 
 from __future__ import annotations
@@ -39,31 +41,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import googleapiclient
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-DISCOVERY = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
+from tests.fakes.google_docs_model import DISCOVERY, ApiError, Context, FakeDocument, u16  # noqa: F401  (re-exported)
+
 DOC_MIME = "application/vnd.google-apps.document"
 FOLDER_MIME = "application/vnd.google-apps.folder"
+SERVICE_PRINCIPAL = "newsdesk-service"   # who a token from a refresh or a written token file speaks for
+_COMMENT_REQUESTS = frozenset({"insertComment", "addCommentReply", "updateCommentPost", "deleteComment", "deleteCommentReply"})
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
     409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
     502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 }
-# insertText strips these (the API documents it), and so does the fake.
-_STRIPPED = re.compile("[\u0000-\u0008\u000c-\u001f\ue000-\uf8ff]")
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, message: str, reason: str = "") -> None:
-        super().__init__(message)
-        self.code, self.message, self.reason = code, message, reason
-
-
-def u16(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 # --- discovery: routes and schema validation ---------------------------------------
@@ -143,219 +135,6 @@ class Api:
                 raise ApiError(400, f"Invalid value for parameter {name}: {value!r}")
             if "enum" in spec and value not in spec["enum"]:
                 raise ApiError(400, f"Invalid value for parameter {name}: {value!r}")
-
-
-# --- the document model --------------------------------------------------------------
-
-
-@dataclass
-class Char:
-    c: str
-    style: dict[str, Any] = field(default_factory=dict)
-    para: dict[str, Any] | None = None   # only on "\n": {"namedStyleType": ..., "bullet": listId | None}
-
-
-class FakeDocument:
-    def __init__(self, document_id: str, title: str) -> None:
-        self.id, self.title = document_id, title
-        self.chars: list[Char] = [Char("\n", para={"namedStyleType": "NORMAL_TEXT", "bullet": None})]
-        self.lists: dict[str, dict[str, Any]] = {}
-        self.revision = 1
-        self.lists_made = 0
-
-    # -- indices
-    def _starts(self) -> list[int]:
-        starts, position = [], 1
-        for ch in self.chars:
-            starts.append(position)
-            position += u16(ch.c)
-        starts.append(position)
-        return starts
-
-    @property
-    def end_index(self) -> int:
-        return 1 + sum(u16(ch.c) for ch in self.chars)
-
-    def _position(self, index: int, starts: list[int], what: str) -> int:
-        # Binary search would do; documents in tests are small.
-        for k, start in enumerate(starts):
-            if start == index:
-                return k
-            if start > index:
-                break
-        raise ApiError(400, f"Invalid requests: {what} index {index} is inside a surrogate pair or out of bounds.")
-
-    def _range(self, rng: dict[str, Any], where: str, allow_final_newline: bool) -> tuple[int, int]:
-        if rng.get("segmentId") or rng.get("tabId"):
-            raise ApiError(400, f"{where}: the fake supports the body segment only.")
-        if "startIndex" not in rng or "endIndex" not in rng:
-            raise ApiError(400, f"{where}: range must have startIndex and endIndex.")
-        start, end = rng["startIndex"], rng["endIndex"]
-        limit = self.end_index if allow_final_newline else self.end_index - 1
-        if start < 1:
-            raise ApiError(400, f"{where}: the range's startIndex {start} must be at least 1.")
-        if start >= end:
-            raise ApiError(400, f"{where}: the range cannot be empty (startIndex {start}, endIndex {end}).")
-        if end > limit:
-            raise ApiError(
-                400, f"{where}: index {end} must be less than the end index of the referenced segment, {limit + 1}."
-            )
-        starts = self._starts()
-        return self._position(start, starts, where), self._position(end, starts, where)
-
-    def paragraphs(self) -> list[tuple[int, int]]:
-        """(first char, newline char) positions of each paragraph."""
-        out, first = [], 0
-        for k, ch in enumerate(self.chars):
-            if ch.c == "\n":
-                out.append((first, k))
-                first = k + 1
-        return out
-
-    def _overlapping(self, a: int, b: int) -> list[int]:
-        return [nl for first, nl in self.paragraphs() if first < b and nl + 1 > a]
-
-    # -- requests
-    def apply(self, request: dict[str, Any], where: str) -> dict[str, Any]:
-        if len(request) != 1:
-            raise ApiError(400, f"{where}: a request must set exactly one kind, got {sorted(request)}.")
-        kind, body = next(iter(request.items()))
-        handler = getattr(self, f"_do_{kind}", None)
-        if handler is None:
-            raise ApiError(501, f"{where}: the fake does not implement {kind}.")
-        return handler(body, f"{where}.{kind}") or {}
-
-    def _do_insertText(self, body: dict[str, Any], where: str) -> None:
-        text = _STRIPPED.sub("", body.get("text", ""))
-        if "location" in body and "endOfSegmentLocation" in body:
-            raise ApiError(400, f"{where}: set location or endOfSegmentLocation, not both.")
-        if "endOfSegmentLocation" in body:
-            k = len(self.chars) - 1
-        else:
-            location = body.get("location")
-            if location is None or "index" not in location:
-                raise ApiError(400, f"{where}: location.index is required.")
-            index = location["index"]
-            if index < 1 or index > self.end_index - 1:
-                raise ApiError(
-                    400, f"{where}: index {index} must be inside an existing paragraph (1..{self.end_index - 1})."
-                )
-            k = self._position(index, self._starts(), where)
-        if not text:
-            return
-        # Text takes the style of the character before it in the same paragraph, else the one after.
-        neighbour = self.chars[k - 1] if k > 0 and self.chars[k - 1].c != "\n" else self.chars[k]
-        inherited = {key: v for key, v in neighbour.style.items() if key != "link"}
-        paragraph_nl = next(j for j in range(k, len(self.chars)) if self.chars[j].c == "\n")
-        para = self.chars[paragraph_nl].para
-        new = [Char(c, dict(inherited), dict(para) if c == "\n" else None) for c in text]
-        self.chars[k:k] = new
-
-    def _do_deleteContentRange(self, body: dict[str, Any], where: str) -> None:
-        a, b = self._range(body.get("range", {}), where, allow_final_newline=False)
-        del self.chars[a:b]
-
-    def _fields(self, fields: str | None, schema_name: str, where: str) -> list[str]:
-        properties = DOCS.schemas[schema_name]["properties"]
-        if not fields:
-            raise ApiError(400, f"{where}: fields is required.")
-        if fields.strip() == "*":
-            return list(properties)
-        names = [f.strip() for f in fields.split(",") if f.strip()]
-        for name in names:
-            if name.split(".")[0] not in properties:
-                raise ApiError(400, f"{where}: invalid field mask {name!r} for {schema_name}.")
-        return [n.split(".")[0] for n in names]
-
-    def _do_updateTextStyle(self, body: dict[str, Any], where: str) -> None:
-        a, b = self._range(body.get("range", {}), where, allow_final_newline=True)
-        names = self._fields(body.get("fields"), "TextStyle", where)
-        style = body.get("textStyle", {})
-        for ch in self.chars[a:b]:
-            for name in names:
-                if name in style:
-                    ch.style[name] = copy.deepcopy(style[name])
-                else:
-                    ch.style.pop(name, None)
-
-    def _do_updateParagraphStyle(self, body: dict[str, Any], where: str) -> None:
-        a, b = self._range(body.get("range", {}), where, allow_final_newline=True)
-        names = self._fields(body.get("fields"), "ParagraphStyle", where)
-        style = body.get("paragraphStyle", {})
-        if "namedStyleType" not in names:
-            return
-        for nl in self._overlapping(a, b):
-            self.chars[nl].para["namedStyleType"] = style.get("namedStyleType", "NORMAL_TEXT")
-
-    def _do_createParagraphBullets(self, body: dict[str, Any], where: str) -> None:
-        a, b = self._range(body.get("range", {}), where, allow_final_newline=True)
-        preset = body.get("bulletPreset", "BULLET_GLYPH_PRESET_UNSPECIFIED")
-        if preset == "BULLET_GLYPH_PRESET_UNSPECIFIED":
-            raise ApiError(400, f"{where}: bulletPreset is required.")
-        self.lists_made += 1
-        list_id = f"kix.{self.id[:6]}.list{self.lists_made}"
-        if preset.startswith("NUMBERED"):
-            level = {"glyphType": "DECIMAL", "glyphFormat": "%0.", "startNumber": 1}
-        else:
-            level = {"glyphSymbol": "●", "glyphFormat": "%0"}
-        self.lists[list_id] = {"listProperties": {"nestingLevels": [dict(level) for _ in range(9)]}}
-        for nl in self._overlapping(a, b):
-            self.chars[nl].para["bullet"] = list_id
-
-    def _do_deleteParagraphBullets(self, body: dict[str, Any], where: str) -> None:
-        a, b = self._range(body.get("range", {}), where, allow_final_newline=True)
-        for nl in self._overlapping(a, b):
-            self.chars[nl].para["bullet"] = None
-
-    # -- reading
-    def text(self) -> str:
-        return "".join(ch.c for ch in self.chars)
-
-    def to_json(self) -> dict[str, Any]:
-        starts = self._starts()
-        content: list[dict[str, Any]] = [
-            {
-                "endIndex": 1,
-                "sectionBreak": {
-                    "sectionStyle": {"columnSeparatorStyle": "NONE", "contentDirection": "LEFT_TO_RIGHT", "sectionType": "CONTINUOUS"}
-                },
-            }
-        ]
-        used_lists: set[str] = set()
-        for first, nl in self.paragraphs():
-            elements = []
-            run_start = first
-            for k in range(first, nl + 1):
-                if k == nl or self.chars[k + 1].style != self.chars[run_start].style:
-                    elements.append(
-                        {
-                            "startIndex": starts[run_start],
-                            "endIndex": starts[k + 1],
-                            "textRun": {
-                                "content": "".join(ch.c for ch in self.chars[run_start : k + 1]),
-                                "textStyle": copy.deepcopy(self.chars[run_start].style),
-                            },
-                        }
-                    )
-                    run_start = k + 1
-            para = self.chars[nl].para
-            paragraph: dict[str, Any] = {
-                "elements": elements,
-                "paragraphStyle": {"namedStyleType": para["namedStyleType"], "direction": "LEFT_TO_RIGHT"},
-            }
-            if para["bullet"]:
-                paragraph["bullet"] = {"listId": para["bullet"], "textStyle": {}}
-                used_lists.add(para["bullet"])
-            content.append({"startIndex": starts[first], "endIndex": starts[nl + 1], "paragraph": paragraph})
-        return {
-            "documentId": self.id,
-            "title": self.title,
-            "revisionId": f"rev{self.revision}",
-            "suggestionsViewMode": "SUGGESTIONS_INLINE",
-            "body": {"content": content},
-            "lists": {k: copy.deepcopy(v) for k, v in self.lists.items() if k in used_lists},
-            "documentStyle": {"pageSize": {"height": {"magnitude": 792, "unit": "PT"}, "width": {"magnitude": 612, "unit": "PT"}}},
-        }
 
 
 DOCS = Api("docs.v1.json", "/")
@@ -505,7 +284,9 @@ class FakeGoogle:
         self.trusted_keys: dict[str, Any] = {}       # service-account email -> public key
         self.refresh_tokens: set[str] = set()
         self.tokens: set[str] = set()
+        self.principals: dict[str, str] = {}          # access token -> who it speaks for (post authors)
         self.down = False
+        self._last_principal = SERVICE_PRINCIPAL
         self._ids = itertools.count(1)
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -590,6 +371,8 @@ class FakeGoogle:
         if method is None:
             return self._reply(handler, 404, self._error(api, 404, f"No such method: {verb} {parts.path}"))
         call = Call(method.id, params, query, None)
+        auth = handler.headers.get("Authorization", "")
+        principal = self.principals.get(auth[7:], SERVICE_PRINCIPAL)
         with self.lock:
             self.calls.append(call)
         try:
@@ -613,7 +396,7 @@ class FakeGoogle:
                 implementation = getattr(self, "_" + method.id.replace(".", "_"), None)
                 if implementation is None:
                     raise ApiError(501, f"The fake does not implement {method.id}.")
-                payload = implementation(params, query, body or {})
+                payload = implementation(params, query, body or {}, principal)
                 status = 204 if payload is None else 200
                 if fault is not None:
                     raise ApiError(fault.status, "Injected fault after the change was applied.", "backendError")
@@ -637,6 +420,7 @@ class FakeGoogle:
         form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8")).items()}
         self.token_requests.append(form)
         grant = form.get("grant_type")
+        self._last_principal = SERVICE_PRINCIPAL
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             ok, why = self._check_jwt(form.get("assertion", ""))
         elif grant == "refresh_token":
@@ -647,6 +431,7 @@ class FakeGoogle:
             return 400, {"error": "invalid_grant", "error_description": why}
         token = f"fake-access-{next(self._ids)}"
         self.tokens.add(token)
+        self.principals[token] = self._last_principal
         return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
 
     def _check_jwt(self, assertion: str) -> tuple[bool, str]:
@@ -664,6 +449,7 @@ class FakeGoogle:
             )
             if claims.get("exp", 0) < time.time():
                 return False, "Invalid JWT: Token must be a short-lived token"
+            self._last_principal = claims.get("iss", SERVICE_PRINCIPAL)
             return True, ""
         except (ValueError, InvalidSignature):
             return False, "Invalid JWT Signature."
@@ -693,7 +479,7 @@ class FakeGoogle:
     def _fields(query: dict[str, str], default: str) -> dict[str, Any]:
         return _field_tree(query.get("fields") or default)
 
-    def _drive_files_create(self, params, query, body) -> dict[str, Any]:
+    def _drive_files_create(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         parents = body.get("parents", [])
         if len(parents) > 1:
             raise ApiError(403, "Increasing the number of parents is not allowed.", "cannotAddParent")
@@ -709,10 +495,10 @@ class FakeGoogle:
             self.documents[file_id] = FakeDocument(file_id, record["name"])
         return select(record, self._fields(query, "kind,id,name,mimeType"))
 
-    def _drive_files_get(self, params, query, body) -> dict[str, Any]:
+    def _drive_files_get(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         return select(self._get_file(params["fileId"]), self._fields(query, "kind,id,name,mimeType"))
 
-    def _drive_files_list(self, params, query, body) -> dict[str, Any]:
+    def _drive_files_list(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         matches = parse_query(query["q"]) if query.get("q") else (lambda f: True)
         found = [f for f in self.files.values() if matches(f)]
         found.sort(key=lambda f: (f["createdTime"], f["id"]))
@@ -724,7 +510,7 @@ class FakeGoogle:
             result["nextPageToken"] = str(offset + size)
         return select(result, self._fields(query, "kind,incompleteSearch,nextPageToken,files(kind,id,name,mimeType)"))
 
-    def _drive_files_update(self, params, query, body) -> dict[str, Any]:
+    def _drive_files_update(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         record = self._get_file(params["fileId"])
         if "parents" in body:
             raise ApiError(
@@ -751,14 +537,14 @@ class FakeGoogle:
             self.documents[record["id"]].title = body["name"]
         return select(record, self._fields(query, "kind,id,name,mimeType"))
 
-    def _drive_files_delete(self, params, query, body) -> None:
+    def _drive_files_delete(self, params, query, body, principal=SERVICE_PRINCIPAL) -> None:
         self._get_file(params["fileId"])
         del self.files[params["fileId"]]
         self.documents.pop(params["fileId"], None)
         self.permissions.pop(params["fileId"], None)
         return None
 
-    def _drive_permissions_create(self, params, query, body) -> dict[str, Any]:
+    def _drive_permissions_create(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         file_id = params["fileId"]
         self._get_file(file_id)
         kind, role = body.get("type"), body.get("role")
@@ -782,7 +568,7 @@ class FakeGoogle:
             self.notifications.append(body["emailAddress"])
         return select(existing, self._fields(query, "kind,id,type,role"))
 
-    def _drive_permissions_list(self, params, query, body) -> dict[str, Any]:
+    def _drive_permissions_list(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         self._get_file(params["fileId"])
         result = {"kind": "drive#permissionList", "permissions": self.permissions[params["fileId"]]}
         return select(result, self._fields(query, "kind,permissions(kind,id,type,role)"))
@@ -793,16 +579,24 @@ class FakeGoogle:
             raise ApiError(404, "Requested entity was not found.")
         return self.documents[document_id]
 
-    def _docs_documents_create(self, params, query, body) -> dict[str, Any]:
+    def _docs_documents_create(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         file_id = f"doc{next(self._ids):04d}" + "x" * 20
         self.files[file_id] = self._file(file_id, body.get("title", "Untitled document"), DOC_MIME, [], {})
         self.documents[file_id] = FakeDocument(file_id, self.files[file_id]["name"])
         return self.documents[file_id].to_json()
 
-    def _docs_documents_get(self, params, query, body) -> dict[str, Any]:
-        return self._document(params["documentId"]).to_json()
+    def _docs_documents_get(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
+        include_tabs = query.get("includeTabsContent") == "true"
+        comments_mode = query.get("commentsViewMode")
+        # The rules the discovery document states for these parameters.
+        if comments_mode and not include_tabs:
+            raise ApiError(400, "commentsViewMode requires includeTabsContent=true.")
+        if comments_mode == "COMMENTS_VIEW_MODE_INCLUDED" and query.get("suggestionsViewMode") != "SUGGESTIONS_INLINE":
+            raise ApiError(400, "commentsViewMode COMMENTS_VIEW_MODE_INCLUDED requires suggestionsViewMode=SUGGESTIONS_INLINE.")
+        included = comments_mode in ("COMMENTS_VIEW_MODE_INCLUDED", "COMMENTS_VIEW_MODE_DEFAULT_FOR_CURRENT_ACCESS")
+        return self._document(params["documentId"]).to_json(include_tabs=include_tabs, comments=included, viewer=principal)
 
-    def _docs_documents_batchUpdate(self, params, query, body) -> dict[str, Any]:
+    def _docs_documents_batchUpdate(self, params, query, body, principal=SERVICE_PRINCIPAL) -> dict[str, Any]:
         document = self._document(params["documentId"])
         requests = body.get("requests") or []
         if not requests:
@@ -812,10 +606,45 @@ class FakeGoogle:
             raise ApiError(400, "The document was modified since the required revision.")
         # All or nothing, as the API does: apply to a copy, keep it only if every request succeeds.
         working = copy.deepcopy(document)
-        replies = [working.apply(request, f"requests[{index}]") for index, request in enumerate(requests)]
+        context = Context(principal, frozenset(self._users_with_access(document.id)))
+        replies = [working.apply(request, f"requests[{index}]", context) for index, request in enumerate(requests)]
         working.revision += 1
         self.documents[document.id] = working
-        return {"documentId": document.id, "replies": replies, "writeControl": {"requiredRevisionId": f"rev{working.revision}"}}
+        commented = any(next(iter(r)) in _COMMENT_REQUESTS for r in requests)
+        return {"documentId": document.id, "replies": replies,
+                "commentUpdateState": "ALL_SAVED" if commented else "NO_UPDATES_REQUESTED",
+                "writeControl": {"requiredRevisionId": f"rev{working.revision}"}}
+
+    def _users_with_access(self, file_id: str) -> list[str]:
+        return [p.get("emailAddress", "").lower() for p in self.permissions[file_id]
+                if p.get("role") in ("owner", "organizer", "fileOrganizer", "writer", "commenter")]
+
+    # -- what editors do in the Docs editor (test controls, not API methods)
+    def editor_comment(self, document_id: str, author: str, content: str, quote: str | None = None,
+                       tab: int = 0) -> str:
+        """An editor comments on the first occurrence of `quote` (or the whole first paragraph); returns the comment id."""
+        with self.lock:
+            document = self.documents[document_id]
+            text = document.text(tab)
+            start = text.index(quote) if quote else 0
+            end = start + len(quote) if quote else text.index("\n")
+            begin = 1 + u16(text[:start])
+            reply = document.apply({"insertComment": {"range": {"startIndex": begin, "endIndex": begin + u16(text[start:end]),
+                                                                "tabId": document.tabs[tab].id}, "content": content}},
+                                   "editor", Context(author))
+            document.revision += 1
+            return reply["insertComment"]["commentThread"]["commentId"]
+
+    def editor_reply(self, document_id: str, comment_id: str, author: str, content: str = "",
+                     action: str | None = None) -> None:
+        """An editor replies to a thread, or resolves / reopens it (action RESOLVE / REOPEN)."""
+        post: dict[str, Any] = {"content": content} if content else {}
+        if action:
+            post["commentAction"] = action
+        with self.lock:
+            document = self.documents[document_id]
+            document.apply({"addCommentReply": {"commentId": comment_id, "post": post}}, "editor", Context(author))
+            document.revision += 1
 
 
 # --- credentials for tests ----------------------------------------------------------------
