@@ -510,19 +510,22 @@ def test_xss_payloads_from_feeds_never_reach_the_outbox_or_google_docs_as_markup
         connection.execute(schema.drafts.update().values(state="checked"))
     result = publish_ready(config, ledger, retry_wait=wait_none())
     assert result.errors == [] and result.items_out == 3
+    # Comments are plain text too (the API renders their content as text); the chip is our own fixed options.
     allowed_requests = {"insertText", "deleteContentRange", "deleteParagraphBullets", "updateTextStyle",
-                        "updateParagraphStyle", "createParagraphBullets"}
+                        "updateParagraphStyle", "createParagraphBullets", "insertComment", "addCommentReply",
+                        "updateCommentPost", "deleteComment", "createDropdownDefinition", "insertDropdown"}
     for call in fake.calls_to("docs.documents.batchUpdate"):
         assert {kind for request in call.body["requests"] for kind in request} <= allowed_requests
     for draft, fact_check in drafts:
         document = fake.documents[publication_of(ledger, draft.id)].to_json()
         assert "inlineObjects" not in document and "positionedObjects" not in document
-        runs = [e["textRun"] for c in document["body"]["content"] if "paragraph" in c for e in c["paragraph"]["elements"]]
+        runs = [e["textRun"] for c in document["body"]["content"] if "paragraph" in c for e in c["paragraph"]["elements"]
+                if "textRun" in e]   # the status chip is the one other element
         links = {r["textStyle"]["link"]["url"] for r in runs if "link" in r.get("textStyle", {})}
         safe_links = {safe_url(s.url) for s in draft.article.sources} | {safe_url(v.source_url) for v in fact_check.verdicts}
         assert links <= safe_links - {None} and all(link.startswith("https://") for link in links)
         text = "".join(r["content"] for r in runs)
-        expected = "\n".join(b.text for b in layout_draft(draft, fact_check))
+        expected = "\n".join(["Status: ", *(b.text for b in layout_draft(draft, fact_check))])
         assert text.rstrip("\n") == expected, "the document holds the text exactly, nothing interpreted"
     ledger.close()
 
