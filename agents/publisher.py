@@ -61,6 +61,7 @@ from pipeline.services.doc_review import (
     chip_requests,
     chip_status,
     comment_requests,
+    editor_notes,
     flagged_keys,
     status_block,
     wanted_comments,
@@ -77,6 +78,7 @@ from pipeline.services.gdocs import (
     text_edits,
     utf16_len,
 )
+from pipeline.core.corrections import learn_house_rules, record_corrections
 from pipeline.core.ledger import Ledger, stable_hash, utcnow
 from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, StageReport
 from pipeline.services.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
@@ -182,7 +184,7 @@ def _note_failure(ledger: Ledger, draft_id: str, reason: str) -> None:
         log.error("draft %s: %s; the reason could not be recorded in the ledger: %s", draft_id, reason, _first_line(exc))
 
 
-def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float) -> None:
+def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float, approved_by: str) -> None:
     """The approval row and the draft's move to `approved`, in one transaction.
 
     A draft approved before, then republished and approved again, keeps one
@@ -190,7 +192,7 @@ def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article,
     """
     now = utcnow()
     values = dict(doc_id=doc_id, article=article.model_dump(mode="json"), edit_rate=rate,
-                  writer_model=draft.writer_model, approved_at=now)
+                  writer_model=draft.writer_model, approved_at=now, approved_by=approved_by)
     with ledger.begin() as connection:
         table = schema.approvals
         if not connection.execute(update(table).where(table.c.draft_id == draft.id).values(**values)).rowcount:
@@ -734,23 +736,38 @@ def _finish(report: StageReport, started: float) -> StageReport:
 # --- syncing approvals ------------------------------------------------------------------
 
 
-def _approve(ledger: Ledger, draft: Draft, doc_id: str, blocks: list[Block]) -> float:
+def _approve(ledger: Ledger, draft: Draft, doc_id: str, blocks: list[Block], approved_by: str) -> float:
     article = article_from_blocks(blocks, draft.article)
     if not article.headline or not (article.lead or article.body):
         raise PublishError("the approved document has no headline or no text to take back")
     rate = edit_rate(article_text(draft.article), article_text(article))
-    _store_approval(ledger, draft, doc_id, article, rate)
+    _store_approval(ledger, draft, doc_id, article, rate, approved_by)
     return rate
 
 
-def sync_approvals(config: Config, ledger: Ledger, *, client: GoogleClient | None = None, retry_wait=None) -> StageReport:
-    """Bring back drafts editors approved: store the edited article and its edit rate, mark the draft approved.
+def _store_spike(ledger: Ledger, draft: Draft) -> None:
+    with ledger.begin() as connection:
+        connection.execute(
+            update(schema.drafts)
+            .where(schema.drafts.c.id == draft.id, schema.drafts.c.state == DraftState.published.value)
+            .values(state=DraftState.spiked.value, state_reason="spiked by an editor (the document's status chip)",
+                    updated=utcnow())
+        )
 
-    Google: a document counts as approved when it sits in
-    publishing.google.approved_folder_id or its name starts with
-    approved_title_prefix. Local: the draft's .md file moved into
-    <outbox>/approved/. report.notes holds "approved" and one
-    "edit_rate <draft id[:8]>" per approval.
+
+def sync_approvals(config: Config, ledger: Ledger, *, client: GoogleClient | None = None, retry_wait=None) -> StageReport:
+    """Bring back drafts editors approved and what they wrote; store the edited article and its edit rate.
+
+    Google: a document counts as approved when its status chip says Approved,
+    it sits in publishing.google.approved_folder_id, or its name starts with
+    approved_title_prefix; a chip set to Spiked marks the draft spiked. Every
+    published document is read (with its comments) and each reply or comment
+    an editor wrote is recorded once as a correction for its draft
+    (pipeline/core/corrections.py); corrections made on several drafts become
+    house rules. Local: the draft's .md file moved into <outbox>/approved/.
+    report.notes holds "approved", one "edit_rate <draft id[:8]>" and one
+    "approved_by <draft id[:8]>" (chip, folder, prefix, outbox) per approval,
+    "corrections" (new ones), "spiked" and "house_rules" (rules learned).
     """
     started = time.monotonic()
     report = StageReport(stage="sync", notes={"target": config.publishing.target, "approved": 0})
@@ -761,18 +778,53 @@ def sync_approvals(config: Config, ledger: Ledger, *, client: GoogleClient | Non
     if config.publishing.target == "google" or client is not None:
         _sync_google(config, ledger, published, report, client, retry_wait)
     _sync_local(config, ledger, published, report)
+    if report.notes.get("corrections"):
+        try:
+            learned = learn_house_rules(ledger, config.house_rules_path, config.newsroom.house_rule_after)
+        except OSError as exc:
+            report.errors.append(f"house rules file {config.house_rules_path}: cannot write: {_first_line(exc)}")
+            learned = []
+        if learned:
+            report.notes["house_rules"] = len(learned)
     return _finish(report, started)
 
 
-def _record(report: StageReport, draft: Draft, rate: float) -> None:
+def _record(report: StageReport, draft: Draft, rate: float, approved_by: str) -> None:
     report.items_out += 1
     report.notes["approved"] = int(report.notes["approved"]) + 1
     report.notes[f"edit_rate {draft.id[:8]}"] = round(rate, 4)
+    report.notes[f"approved_by {draft.id[:8]}"] = approved_by
+
+
+def _listed_signals(config: Config, client: GoogleClient, by_doc: dict[str, Draft],
+                    published: dict[str, Draft]) -> dict[str, tuple[Draft, set[str]]]:
+    """doc id -> (draft, {"folder", "prefix"}) from Drive listings; a copy carrying a draft's marker counts too."""
+    google = config.publishing.google
+    found: dict[str, tuple[Draft, set[str]]] = {}
+
+    def note(file: dict[str, Any], signal: str) -> None:
+        draft = by_doc.get(file["id"]) or published.get(file.get("appProperties", {}).get(MARKER_KEY, ""))
+        if draft is not None:
+            found.setdefault(file["id"], (draft, set()))[1].add(signal)
+
+    if google.approved_folder_id:
+        for file in client.list_files(
+            f"'{_q(google.approved_folder_id)}' in parents and trashed = false", "files(id,name,appProperties)"
+        ):
+            note(file, "folder")
+    prefix = google.approved_title_prefix.strip()
+    if prefix:
+        for file in client.list_files(
+            f"appProperties has {{ key='{ORIGIN_KEY}' and value='{ORIGIN_VALUE}' }} and trashed = false",
+            "files(id,name,parents,appProperties)",
+        ):
+            if file.get("name", "").strip().startswith(prefix):
+                note(file, "prefix")
+    return found
 
 
 def _sync_google(config: Config, ledger: Ledger, published: dict[str, Draft], report: StageReport,
                  client: GoogleClient | None, retry_wait) -> None:
-    google = config.publishing.google
     with ledger.engine.connect() as connection:
         rows = connection.execute(
             select(schema.publications).where(
@@ -785,40 +837,42 @@ def _sync_google(config: Config, ledger: Ledger, published: dict[str, Draft], re
     try:
         client = client or GoogleClient.from_config(config, retry_wait=retry_wait,
                                                     credentials_origin=_credentials_origin(config))
-        approved: dict[str, Draft] = {}
-        if google.approved_folder_id:
-            for file in client.list_files(
-                f"'{_q(google.approved_folder_id)}' in parents and trashed = false", "files(id,name,appProperties)"
-            ):
-                draft = by_doc.get(file["id"]) or published.get(file.get("appProperties", {}).get(MARKER_KEY, ""))
-                if draft is not None:
-                    approved[file["id"]] = draft
-        prefix = google.approved_title_prefix.strip()
-        if prefix:
-            ours = client.list_files(
-                f"appProperties has {{ key='{ORIGIN_KEY}' and value='{ORIGIN_VALUE}' }} and trashed = false",
-                "files(id,name,parents,appProperties)",
-            )
-            for file in ours:
-                draft = by_doc.get(file["id"]) or published.get(file.get("appProperties", {}).get(MARKER_KEY, ""))
-                if draft is not None and file.get("name", "").strip().startswith(prefix):
-                    approved[file["id"]] = draft
+        listed = _listed_signals(config, client, by_doc, published)
     except PublishError as exc:
         report.errors.append(f"sync: {exc}; approvals stay pending")
         return
-    for doc_id, draft in approved.items():
+    report.notes["corrections"] = 0
+    # Every document we published, plus any marked copy a listing says is approved.
+    for doc_id in dict.fromkeys([*by_doc, *listed]):
+        draft, signals = listed.get(doc_id) or (by_doc[doc_id], set())
         if draft.state != DraftState.published:
             continue   # two documents carry this draft's marker; the first approval wins
         try:
-            rate = _approve(ledger, draft, doc_id, parse_document(client.get_document(doc_id)))
+            document = client.get_document(doc_id, **READ_PARAMS)
         except (CredentialsError, GoogleUnavailable) as exc:
             report.errors.append(f"draft {draft.id}: {exc}; approvals stay pending")
             return
         except PublishError as exc:
             report.errors.append(f"draft {draft.id}: {exc}")
             continue
+        report.notes["corrections"] += record_corrections(ledger, draft.id, doc_id, editor_notes(document))
+        chip = chip_status(first_tab(document))
+        if chip == "approved":
+            signals = signals | {"chip"}
+        if not signals:
+            if chip == "spiked":
+                _store_spike(ledger, draft)
+                draft.state = DraftState.spiked
+                report.notes["spiked"] = int(report.notes.get("spiked", 0)) + 1
+            continue
+        approved_by = "+".join(s for s in ("chip", "folder", "prefix") if s in signals)
+        try:
+            rate = _approve(ledger, draft, doc_id, parse_document(document), approved_by)
+        except PublishError as exc:
+            report.errors.append(f"draft {draft.id}: {exc}")
+            continue
         draft.state = DraftState.approved
-        _record(report, draft, rate)
+        _record(report, draft, rate, approved_by)
 
 
 def _sync_local(config: Config, ledger: Ledger, published: dict[str, Draft], report: StageReport) -> None:
@@ -842,12 +896,12 @@ def _sync_local(config: Config, ledger: Ledger, published: dict[str, Draft], rep
         if draft is None or draft.state != DraftState.published:
             continue   # already approved, or not one of ours
         try:
-            rate = _approve(ledger, draft, f"{APPROVED_DIR}/{path.name}", blocks)
+            rate = _approve(ledger, draft, f"{APPROVED_DIR}/{path.name}", blocks, "outbox")
         except PublishError as exc:
             report.errors.append(f"{path.name}: {exc}")
             continue
         draft.state = DraftState.approved
-        _record(report, draft, rate)
+        _record(report, draft, rate, "outbox")
 
 
 __all__ = [

@@ -68,9 +68,9 @@ def draft_id(story_key: str) -> str:
 
 
 def prompt_library(gateway=None) -> PromptLibrary:
-    """The prompts folder the config names (newsroom.prompts_dir), else the bundled one."""
+    """The prompts folder the config names (newsroom.prompts_dir), else the bundled one, with the house rules file."""
     config = getattr(gateway, "config", None)
-    return library(str(config.prompts_dir)) if config is not None else library()
+    return library(str(config.prompts_dir), str(config.house_rules_path)) if config is not None else library()
 
 
 def render_writer_prompt(story: Story, pack: ResearchPack, spec: TemplateSpec, *, prompts: PromptLibrary | None = None) -> Prompt:

@@ -6,6 +6,8 @@ validates every request against the shipped Docs discovery document.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from googleapiclient.errors import HttpError
 from hypothesis import given, settings
@@ -337,3 +339,155 @@ def test_an_anchor_grows_with_text_typed_inside_it_and_goes_with_its_text():
     document.apply({"deleteContentRange": {"range": {"startIndex": 4, "endIndex": 11}}}, "r")
     assert document.tabs[0].anchor_ranges() == {} and len(document.comments) == 1
     assert isinstance(document.chars[0], Char)
+
+
+# --- the status chip and sync ------------------------------------------------------------------
+
+from sqlalchemy import select  # noqa: E402
+from tenacity import wait_none  # noqa: E402
+
+from agents.publisher import sync_approvals  # noqa: E402
+from pipeline.cli.status import corrections_table  # noqa: E402
+from pipeline.core import schema  # noqa: E402
+from pipeline.core.corrections import read_house_rules, recent_corrections  # noqa: E402
+from pipeline.core.prompts import PromptLibrary  # noqa: E402
+from tests.test_publisher import APPROVED  # noqa: E402
+
+
+def sync(config, ledger):
+    return sync_approvals(config, ledger, retry_wait=wait_none())
+
+
+def chip_of(document: FakeDocument) -> str:
+    [chip] = [ch.dropdown for ch in document.chars if ch.dropdown]
+    return chip["dropdownProperties"]["displayValue"]
+
+
+def approval_rows(ledger):
+    with ledger.engine.connect() as connection:
+        return {r.draft_id: r for r in connection.execute(select(schema.approvals)).all()}
+
+
+def test_the_status_chip_opens_the_document_and_keeps_the_editors_choice(setup, fake):
+    config, ledger = setup
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    publish(config, ledger)
+    document = doc_of(fake, ledger)
+    assert document.text().startswith("Status: \ue907\n" + draft.article.headline + "\n")
+    assert chip_of(document) == "Draft"
+    definition = document.tabs[0].dropdown_definitions["kix.ndstatus"]
+    assert [o["displayValue"] for o in definition["dropdownDefinitionProperties"]["options"]] == [
+        "Draft", "In review", "Approved", "Spiked"]
+
+    document.select_option("In review")
+    revised = draft.article.model_copy(update={"headline": "Bitcoin tops 71,000 dollars"})
+    set_draft(ledger, draft.id, article=revised.model_dump(mode="json"), state="checked")
+    assert publish(config, ledger).errors == []
+    document = doc_of(fake, ledger)
+    assert chip_of(document) == "In review", "a republish keeps what the editor chose"
+    assert len(document.tabs[0].dropdown_definitions) == 1
+    result = sync(config, ledger)
+    assert result.items_out == 0 and draft_row(ledger, draft.id).state == "published"
+
+
+def test_approval_by_chip_folder_or_prefix_all_reach_the_ledger(setup, fake):
+    config, ledger = setup
+    for n in (1, 2, 3):
+        insert_draft(ledger, *make_draft(draft_id=f"draft-000{n}"))
+    publish(config, ledger)
+    docs, drive = build_services(config, load_credentials(config))
+    by_chip, by_folder, by_prefix = (publication_row(ledger, f"draft-000{n}").doc_id for n in (1, 2, 3))
+    fake.documents[by_chip].select_option("Approved")
+    drive.files().update(fileId=by_folder, addParents=APPROVED, removeParents=FOLDER, supportsAllDrives=True).execute()
+    drive.files().update(fileId=by_prefix, body={"name": "[APPROVED] ok"}, supportsAllDrives=True).execute()
+
+    result = sync(config, ledger)
+
+    assert result.errors == [] and result.items_out == 3
+    rows = approval_rows(ledger)
+    assert {d: r.approved_by for d, r in rows.items()} == {"draft-0001": "chip", "draft-0002": "folder",
+                                                          "draft-0003": "prefix"}
+    assert all(r.edit_rate == 0.0 for r in rows.values()), "nobody edited: the status line is not article text"
+    assert {draft_row(ledger, f"draft-000{n}").state for n in (1, 2, 3)} == {"approved"}
+    assert result.notes["approved_by draft-00"] in ("chip", "folder", "prefix")
+    assert sync(config, ledger).items_out == 0
+
+
+def test_a_spiked_chip_takes_the_draft_out_of_the_pipeline(setup, fake):
+    config, ledger = setup
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    publish(config, ledger)
+    doc_of(fake, ledger).select_option("Spiked")
+
+    result = sync(config, ledger)
+
+    assert result.items_out == 0 and result.notes["spiked"] == 1
+    row = draft_row(ledger, draft.id)
+    assert row.state == "spiked" and "status chip" in row.state_reason
+    assert approval_rows(ledger) == {}
+
+
+def test_replies_and_comments_come_back_as_corrections_once(setup, fake):
+    config, ledger = setup
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    publish(config, ledger)
+    document = doc_of(fake, ledger)
+    ours = {t["plainTextQuote"]: t["commentId"] for t in threads(document)}
+    fake.editor_reply(document.id, ours["ETF inflows of $2 billion"], EDITORS[1], "wrong, the figure is $1.2 billion")
+    fake.editor_comment(document.id, EDITORS[0], "Say which exchanges.", quote="Exchanges reported record volumes")
+
+    first = sync(config, ledger)
+    second = sync(config, ledger)
+
+    assert first.errors == [] and first.notes["corrections"] == 2 and second.notes["corrections"] == 0
+    rows = sorted(recent_corrections(ledger), key=lambda r: r.kind)
+    assert [(r.kind, r.author, r.text, r.quote, r.draft_id) for r in rows] == [
+        ("comment", EDITORS[0], "Say which exchanges.", "Exchanges reported record volumes", draft.id),
+        ("reply", EDITORS[1], "wrong, the figure is $1.2 billion", "ETF inflows of $2 billion", draft.id),
+    ]
+    assert rows[1].claim_key == claim_key("ETF inflows of $2 billion")
+    assert len(corrections_table(ledger).rows) == 2
+    assert draft_row(ledger, draft.id).state == "published", "a comment is not an approval"
+
+
+def test_a_correction_made_on_three_drafts_becomes_a_house_rule_for_writer_and_reviser(setup, fake):
+    config, ledger = setup
+    for n in (1, 2, 3):
+        insert_draft(ledger, *make_draft(draft_id=f"draft-000{n}"))
+    publish(config, ledger)
+    for n, wording in zip((1, 2, 3), ("Write per cent, not %.", "write per cent,  not %", "Write per cent, not %!")):
+        doc_id = publication_row(ledger, f"draft-000{n}").doc_id
+        fake.editor_comment(doc_id, EDITORS[n % 2], wording, quote="12 percent")
+        if n < 3:
+            assert sync(config, ledger).notes.get("house_rules") is None, "not recurring yet"
+
+    result = sync(config, ledger)
+
+    assert result.notes["house_rules"] == 1
+    path = config.house_rules_path
+    assert read_house_rules(path) == ["Write per cent, not %."]
+    library = PromptLibrary(config.prompts_dir, path)
+    for prompt in _writer_and_reviser_prompts(library):
+        assert "- Write per cent, not %." in prompt.system
+    # A content lead deletes the rule: it is not added back.
+    path.write_text(path.read_text(encoding="utf-8").replace("- Write per cent, not %.\n", ""), encoding="utf-8")
+    doc_id = publication_row(ledger, "draft-0001").doc_id
+    fake.editor_comment(doc_id, EDITORS[0], "write per cent, not %", quote="Regulators")
+    assert sync(config, ledger).notes.get("house_rules") is None and read_house_rules(path) == []
+
+
+def _writer_and_reviser_prompts(library):
+    """The prompts the writer and the reviser are really sent, through their own render functions."""
+    from agents.writer import render_reviser_prompt, render_writer_prompt
+    from pipeline.text.templates import load_templates
+    from tests.test_writer import all_sources, drafted, flag, make_pack, make_story
+
+    specs = load_templates(Path(__file__).resolve().parents[1] / "templates")
+    sources = all_sources()[:2]
+    draft = drafted(specs, sources)
+    return [render_writer_prompt(make_story(2), make_pack(sources), specs["news"], prompts=library),
+            render_reviser_prompt(draft.article, [flag("Hexagate traced 12,400 ETH")], make_pack(sources), specs["news"],
+                                  prompts=library)]

@@ -11,6 +11,7 @@ from sqlalchemy import Integer, cast, func, select
 
 from pipeline.core import schema
 from pipeline.core.config import Config
+from pipeline.core.corrections import recent_corrections
 from pipeline.core.ledger import Ledger, as_utc, utcnow
 from pipeline.cli.console import make_console, say
 from pipeline.services.llm import resolve_endpoint
@@ -145,6 +146,19 @@ def publications_table(ledger: Ledger, limit: int = 10) -> Table:
     return table
 
 
+def corrections_table(ledger: Ledger, limit: int = 10) -> Table:
+    """What editors last wrote in published documents (replies to fact-check comments and their own comments)."""
+    table = Table(title="Editors' corrections", title_justify="left")
+    for column in ("when", "draft", "by", "on", "correction"):
+        table.add_column(column, overflow="fold")
+    for row in recent_corrections(ledger, limit):
+        on = f"“{row.quote[:60]}”" if row.quote else "-"
+        kind = "reply" if row.kind == "reply" else "comment"
+        table.add_row(_when(row.created), row.draft_id[:8], escape(row.author[:40]), escape(on),
+                      escape(f"{row.text[:160]} ({kind}{', resolved' if row.resolved else ''})"))
+    return table
+
+
 def spend_table(ledger: Ledger, config: Config) -> Table:
     table = Table(title="LLM spend", title_justify="left")
     for column in ("period", "calls", "cache hits", "tokens", "cost $"):
@@ -244,6 +258,7 @@ def show_status(config: Config, console: Console | None = None, runs: int = 10, 
     console.print(late_sources_table(ledger))
     console.print(publications_table(ledger))
     console.print(edit_rate_table(ledger))
+    console.print(corrections_table(ledger))
     console.print(spend_table(ledger, config))
     console.print(schedule_table(config))
     for line in writer_lines(ledger, config):

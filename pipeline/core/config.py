@@ -60,6 +60,10 @@ class Newsroom(Section):
     # Content leads may keep their own copies; the defaults are the ones shipped with Newsdesk.
     prompts_dir: Path | None = None
     templates_dir: Path | None = None
+    # House rules given to the writer and reviser (Markdown, one "- " line per rule); sync appends corrections
+    # editors made on house_rule_after drafts or more (pipeline/core/corrections.py).
+    house_rules: Path = Path("house_rules.md")
+    house_rule_after: int = Field(default=3, ge=2, le=100)
 
 
 class Feed(Section):
@@ -394,6 +398,10 @@ class Config(Section):
     @property
     def prompts_dir(self) -> Path:
         return self.path(self.newsroom.prompts_dir) if self.newsroom.prompts_dir else PACKAGE_ROOT / "prompts"
+
+    @property
+    def house_rules_path(self) -> Path:
+        return self.path(self.newsroom.house_rules)
 
     @property
     def templates_dir(self) -> Path:

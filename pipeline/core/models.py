@@ -37,6 +37,7 @@ class DraftState(StrEnum):
     checked = "checked"            # fact-checked: ready to publish
     published = "published"
     approved = "approved"
+    spiked = "spiked"              # an editor set the document's status chip to Spiked: never published again
     failed = "failed"
 
 

@@ -35,9 +35,14 @@ class Prompt(BaseModel):
         return next((m["content"] for m in self.messages if m["role"] == "user"), "")
 
 
+# The prompts given the newsroom's house rules (pipeline/core/corrections.py) as `house_rules`.
+HOUSE_RULE_PROMPTS = ("writer", "reviser")
+
+
 class PromptLibrary:
-    def __init__(self, directory: Path = PROMPTS_DIR) -> None:
+    def __init__(self, directory: Path = PROMPTS_DIR, house_rules: Path | None = None) -> None:
         self.directory = directory
+        self.house_rules = house_rules
         self.env = Environment(
             loader=FileSystemLoader(str(directory)),
             undefined=StrictUndefined,
@@ -53,9 +58,16 @@ class PromptLibrary:
             path = self.directory / f"{name}.{part}.j2"
             if path.exists():
                 digest.update(path.read_bytes())
+        # The rules are part of what the model is told: a changed rule is a new prompt version.
+        if name in HOUSE_RULE_PROMPTS and self.house_rules is not None and self.house_rules.is_file():
+            digest.update(self.house_rules.read_bytes())
         return digest.hexdigest()[:12]
 
     def render(self, name: str, **variables) -> Prompt:
+        if name in HOUSE_RULE_PROMPTS:
+            from pipeline.core.corrections import read_house_rules
+
+            variables.setdefault("house_rules", read_house_rules(self.house_rules))
         messages = []
         for part in ("system", "user"):
             try:
@@ -73,5 +85,5 @@ class PromptLibrary:
 
 
 @lru_cache(maxsize=4)
-def library(directory: str | None = None) -> PromptLibrary:
-    return PromptLibrary(Path(directory) if directory else PROMPTS_DIR)
+def library(directory: str | None = None, house_rules: str | None = None) -> PromptLibrary:
+    return PromptLibrary(Path(directory) if directory else PROMPTS_DIR, Path(house_rules) if house_rules else None)

@@ -165,7 +165,31 @@ approvals = Table(
     Column("edit_rate", Float, nullable=False),
     Column("writer_model", String(200), nullable=False),
     _ts("approved_at", nullable=False, index=True),
+    # What approved it: "chip" (the status chip), "folder" (moved to the approved folder), "prefix" (renamed),
+    # "outbox" (local approved/ folder); several joined by "+". NULL for approvals recorded before it was kept.
+    Column("approved_by", String(32)),
 )
+
+# What editors wrote in a published document (a reply to a fact-check comment, or their own comment),
+# one row per post, read back by sync. Recurring ones become house rules (pipeline/services/house_rules.py).
+corrections = Table(
+    "corrections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("draft_id", String(64), nullable=False, index=True),
+    Column("doc_id", Text, nullable=False),
+    Column("comment_id", String(200), nullable=False),
+    Column("post_id", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),   # reply | comment
+    Column("author", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("quote", Text, nullable=False, default=""),
+    Column("claim_key", String(16)),
+    Column("resolved", Boolean, nullable=False, default=False),
+    _ts("created", nullable=False, index=True),
+)
+# A post is recorded once, however often sync reads the document.
+Index("ux_corrections_post", corrections.c.doc_id, corrections.c.comment_id, corrections.c.post_id, unique=True)
 
 finetune_jobs = Table(
     "finetune_jobs",
