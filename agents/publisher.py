@@ -18,7 +18,11 @@ draft id in appProperties (newsdeskDraftId) and description. Whenever the
 ledger has no doc id for a draft, Drive is searched for that marker first, so
 a run that died between files.create and writing the ledger adopts the
 existing document instead of making a second one. A known doc id is updated in
-place by one batchUpdate that deletes the old body and writes the new one.
+place by one batchUpdate that rewrites the paragraphs that changed (so comment
+anchors on the others survive) and reconciles our fact-check comments and the
+status chip (pipeline/services/doc_review.py); sources and the fact-check
+report go to a second tab, "Sources & fact-check" (a second write when the tab
+is new, since Google names it).
 
 Document writes are never replayed blindly. A batchUpdate is not idempotent:
 when Google applies it and the answer is lost (5xx, timeout), sending the same
@@ -71,10 +75,13 @@ from pipeline.services.gdocs import (
     article_from_blocks,
     clean_text,
     content_requests,
+    SOURCES_TAB,
     first_tab,
     layout_draft,
+    split_for_tabs,
     parse_document,
     tab_text,
+    tab_titled,
     text_edits,
     utf16_len,
 )
@@ -601,24 +608,38 @@ def publish_to_google(config: Config, ledger: Ledger, client: GoogleClient, draf
         already = set() if created else client.shared_with(doc_id)
     # Shared before the write: a comment can only be assigned to someone who can open the document.
     client.share(doc_id, editors, google.notify_editors, already)
-    wanted = wanted_comments(blocks, report, assignee_for(config, ledger, draft, editors))
+    article, checking = split_for_tabs(blocks) if google.sources_tab else (blocks, [])
+    wanted = wanted_comments(article, report, assignee_for(config, ledger, draft, editors))
     flagged = flagged_keys(report)
-    text = "\n".join(b.text for b in blocks)
+    text = "\n".join(b.text for b in article)
 
     def build(current: dict[str, Any]) -> list[dict[str, Any]]:
-        # Built from a fresh read on every attempt (text, comments, chip): a retry after a lost answer
+        # Built from a fresh read on every attempt (text, comments, chip, tabs): a retry after a lost answer
         # finds what the lost write did and adds nothing twice.
         tab = first_tab(current)
         old = tab_text(tab)
         _, moved = text_edits(old, text)
-        return (
-            content_requests(blocks, existing_text=old)
+        requests = (
+            content_requests(article, existing_text=old)
             + comment_requests(current, tab, wanted, flagged, moved)
-            # Last: the chip shifts what follows it by one index, and anchors move with their text.
+            # After the comments: the chip shifts what follows it by one index, and anchors move with their text.
             + chip_requests(tab, 1 + utf16_len(STATUS_PREFIX), chip_status(tab) or "draft")
         )
+        return requests + build_checking(current, add_tab=True)
+
+    def build_checking(current: dict[str, Any], add_tab: bool = False) -> list[dict[str, Any]]:
+        if not checking:
+            return []
+        second = tab_titled(current, SOURCES_TAB)
+        if second is None:
+            # Its id comes back from Google: the tab's text goes in with the next write.
+            return [{"addDocumentTab": {"tabProperties": {"title": SOURCES_TAB}}}] if add_tab else []
+        tab_id = second["tabProperties"]["tabId"]
+        return content_requests(checking, existing_text=tab_text(second["documentTab"]), tab_id=tab_id)
 
     document = client.write_document(doc_id, build, **READ_PARAMS)
+    if checking and tab_titled(document, SOURCES_TAB) is None:
+        client.write_document(doc_id, build_checking, **READ_PARAMS)   # the tab made by the write above
     if document.get("title") != name:
         client.rename(doc_id, name)
     _mark_published(ledger, draft.id, "google", doc_id, url, content_hash)

@@ -101,9 +101,10 @@ def test_each_flagged_claim_gets_one_comment_anchored_on_exactly_its_text(setup,
     # The editor on duty: one of the editors, the same for every comment of the draft.
     assignees = {t["headPost"]["assigneeEmail"] for t in threads(document)}
     assert len(assignees) == 1 and assignees <= set(EDITORS)
-    # One write for text, styles, comments and chip; every request passed the discovery schema.
-    assert len(fake.calls_to("docs.documents.batchUpdate")) == 1
-    assert [c.status for c in fake.calls if c.method.startswith("docs.")] == [200, 200]
+    # One write for text, styles, comments, chip and the new tab, one for that tab's text; every request
+    # passed the discovery schema.
+    assert [c.status for c in fake.calls if c.method.startswith("docs.")] == [200, 200, 200, 200]
+    assert "Sources" not in document.text(0) and document.text(1).startswith("Sources\n")
 
 
 def test_the_editor_on_duty_rotates_by_day_and_a_topic_editor_wins(tmp_path, fake, monkeypatch):
@@ -491,3 +492,50 @@ def _writer_and_reviser_prompts(library):
     return [render_writer_prompt(make_story(2), make_pack(sources), specs["news"], prompts=library),
             render_reviser_prompt(draft.article, [flag("Hexagate traced 12,400 ETH")], make_pack(sources), specs["news"],
                                   prompts=library)]
+
+
+# --- the second tab ------------------------------------------------------------------------------
+
+
+def test_sources_and_fact_check_get_their_own_tab_and_the_article_tab_reads_clean(setup, fake):
+    config, ledger = setup
+    draft, report = make_draft(unicode=True)
+    insert_draft(ledger, draft, report)
+    fake.fail("docs.documents.batchUpdate", 503, apply=True)   # the write that adds the tab: its answer is lost
+
+    assert publish(config, ledger).errors == []
+
+    document = doc_of(fake, ledger)
+    assert [t.title for t in document.tabs] == ["Tab 1", "Sources & fact-check"], "one tab added, not two"
+    article = document.text(0)
+    assert "\nFact-check\n" not in article and "\nSources\n" not in article and "Evidence" not in article and article.endswith(
+        f"{draft.article.insights[-1].text} [2]\n")
+    checking = document.text(1)
+    assert checking.startswith("Sources\n") and "\nFact-check\n" in checking and checking.count("Sources\n") == 1
+    # A republish rewrites both tabs in one batch and reads back the article only from the first.
+    revised = draft.article.model_copy(update={"headline": "Bitcoin 🚀 slips under €65k"})
+    set_draft(ledger, draft.id, article=revised.model_dump(mode="json"), state="checked")
+    before = len(fake.calls_to("docs.documents.batchUpdate"))
+    assert publish(config, ledger).errors == []
+    assert len(fake.calls_to("docs.documents.batchUpdate")) == before + 1
+    assert [t.title for t in doc_of(fake, ledger).tabs] == ["Tab 1", "Sources & fact-check"]
+    doc_of(fake, ledger).select_option("Approved")
+    assert sync(config, ledger).items_out == 1
+    assert approval_rows(ledger)[draft.id].edit_rate == 0.0
+
+
+def test_without_tabs_sources_and_fact_check_close_the_one_tab(tmp_path, fake, monkeypatch):
+    from tests.fakes.google_server import write_service_account
+    from pipeline.core.ledger import Ledger
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    config = google_config(tmp_path, fake, credentials_file=write_service_account(fake, tmp_path / "sa.json"),
+                           sources_tab=False)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    draft, report = make_draft()
+    insert_draft(ledger, draft, report)
+    assert publish(config, ledger).errors == []
+    document = doc_of(fake, ledger)
+    assert len(document.tabs) == 1 and "\nSources\n" in document.text(0) and "\nFact-check\n" in document.text(0)
+    assert len(fake.calls_to("docs.documents.batchUpdate")) == 1
+    ledger.close()

@@ -55,7 +55,7 @@ from agents.publisher import publish_ready, publish_to_outbox
 from agents.writer import write_draft
 from pipeline.core import schema
 from pipeline.core.config import PACKAGE_ROOT, parse_config
-from pipeline.services.gdocs import layout_draft, safe_url
+from pipeline.services.gdocs import layout_draft, safe_url, split_for_tabs
 from pipeline.services.http import Fetcher, FetchError, make_client
 from pipeline.core.ledger import Ledger
 from pipeline.services.llm import Gateway
@@ -513,19 +513,21 @@ def test_xss_payloads_from_feeds_never_reach_the_outbox_or_google_docs_as_markup
     # Comments are plain text too (the API renders their content as text); the chip is our own fixed options.
     allowed_requests = {"insertText", "deleteContentRange", "deleteParagraphBullets", "updateTextStyle",
                         "updateParagraphStyle", "createParagraphBullets", "insertComment", "addCommentReply",
-                        "updateCommentPost", "deleteComment", "createDropdownDefinition", "insertDropdown"}
+                        "updateCommentPost", "deleteComment", "createDropdownDefinition", "insertDropdown",
+                        "addDocumentTab"}
     for call in fake.calls_to("docs.documents.batchUpdate"):
         assert {kind for request in call.body["requests"] for kind in request} <= allowed_requests
     for draft, fact_check in drafts:
-        document = fake.documents[publication_of(ledger, draft.id)].to_json()
-        assert "inlineObjects" not in document and "positionedObjects" not in document
-        runs = [e["textRun"] for c in document["body"]["content"] if "paragraph" in c for e in c["paragraph"]["elements"]
-                if "textRun" in e]   # the status chip is the one other element
+        document = fake.documents[publication_of(ledger, draft.id)].to_json(include_tabs=True)
+        assert not any(key in tab["documentTab"] for tab in document["tabs"] for key in ("inlineObjects", "positionedObjects"))
+        runs = [e["textRun"] for tab in document["tabs"] for c in tab["documentTab"]["body"]["content"] if "paragraph" in c
+                for e in c["paragraph"]["elements"] if "textRun" in e]   # the status chip is the one other element
         links = {r["textStyle"]["link"]["url"] for r in runs if "link" in r.get("textStyle", {})}
         safe_links = {safe_url(s.url) for s in draft.article.sources} | {safe_url(v.source_url) for v in fact_check.verdicts}
         assert links <= safe_links - {None} and all(link.startswith("https://") for link in links)
         text = "".join(r["content"] for r in runs)
-        expected = "\n".join(["Status: ", *(b.text for b in layout_draft(draft, fact_check))])
+        article, checking = split_for_tabs(layout_draft(draft, fact_check))   # two tabs, each ending in "\n"
+        expected = "\n".join(["Status: ", *(b.text for b in article)]) + "\n" + "\n".join(b.text for b in checking)
         assert text.rstrip("\n") == expected, "the document holds the text exactly, nothing interpreted"
     ledger.close()
 

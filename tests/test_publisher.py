@@ -25,7 +25,7 @@ from pipeline.core.models import (
     Paragraph,
     SourceRef,
 )
-from pipeline.services.gdocs import layout_draft
+from pipeline.services.gdocs import layout_draft, split_for_tabs
 from tests.fakes.google_server import DOC_MIME, DOCS, FakeGoogle, write_authorized_user, write_service_account
 
 FOLDER, APPROVED = "folder-drafts", "folder-approved"
@@ -141,9 +141,12 @@ def google_config(tmp_path, fake: FakeGoogle, **google):
 
 
 def paragraphs(document: dict) -> list[dict]:
-    """(text, style, list glyph, runs) per body paragraph of a documents.get answer."""
+    """(text, style, list glyph, runs) per body paragraph of a documents.get answer, tab after tab
+    (the article, then "Sources & fact-check"), or of its one body when read without tabs."""
+    bodies = [(t["documentTab"]["body"], t["documentTab"]["lists"]) for t in document["tabs"]] if "tabs" in document \
+        else [(document["body"], document["lists"])]
     out = []
-    for element in document["body"]["content"]:
+    for element, lists in ((e, lists) for body, lists in bodies for e in body["content"]):
         paragraph = element.get("paragraph")
         if paragraph is None or any("dropdown" in e for e in paragraph["elements"]):
             continue   # the status line with its chip: tests/test_doc_review.py
@@ -151,7 +154,7 @@ def paragraphs(document: dict) -> list[dict]:
         bullet = paragraph.get("bullet")
         glyph = None
         if bullet:
-            level = document["lists"][bullet["listId"]]["listProperties"]["nestingLevels"][0]
+            level = lists[bullet["listId"]]["listProperties"]["nestingLevels"][0]
             glyph = "numbered" if level.get("glyphType") == "DECIMAL" else "bullet"
         out.append({
             "text": "".join(r["content"] for r in runs).rstrip("\n"),
@@ -201,7 +204,8 @@ def publish(config, ledger, **kwargs):
 
 
 def document_of(fake: FakeGoogle, ledger: Ledger, draft_id: str) -> dict:
-    return fake.documents[publication_row(ledger, draft_id).doc_id].to_json()
+    """The document as documents.get answers with includeTabsContent: every tab."""
+    return fake.documents[publication_row(ledger, draft_id).doc_id].to_json(include_tabs=True)
 
 
 # --- the document ---------------------------------------------------------------------
@@ -222,7 +226,9 @@ def test_published_document_has_every_section_styled_in_one_write(setup, fake, u
     assert file["name"] == f"2024-03-12 · news · {draft.article.headline}"
     assert file["parents"] == [FOLDER]
     assert file["appProperties"]["newsdeskDraftId"] == draft.id
-    assert len(fake.calls_to("docs.documents.batchUpdate")) == 1, "all content goes in with one batchUpdate"
+    # The article in one batchUpdate (with the new tab); the tab's sources and fact-check in a second.
+    assert len(fake.calls_to("docs.documents.batchUpdate")) == 2
+    assert [t.title for t in fake.documents[file["id"]].tabs] == ["Tab 1", "Sources & fact-check"]
     assert result.notes[f"link {draft.id[:8]}"] == file["webViewLink"]
 
     paras = paragraphs(document_of(fake, ledger, draft.id))
@@ -312,7 +318,7 @@ def test_republish_replaces_the_content_of_the_same_document(setup, fake):
     assert result.errors == [] and result.notes["created"] == 0
     assert [f["id"] for f in fake.docs_of_mime(DOC_MIME)] == [first_id]
     assert len(fake.calls_to("drive.files.create")) == 1
-    assert len(fake.calls_to("docs.documents.batchUpdate")) == 2, "one write per publish"
+    assert len(fake.calls_to("docs.documents.batchUpdate")) == 3, "two writes to make it, one per republish"
     assert fake.files[first_id]["name"] == "2024-03-12 · news · Bitcoin 🚀 slips back under €65k"
     paras = paragraphs(document_of(fake, ledger, draft.id))
     texts = [p["text"] for p in paras]
@@ -333,7 +339,7 @@ def test_unchanged_draft_is_not_rewritten(setup, fake):
     set_draft(ledger, draft.id, state="checked")
     result = publish(config, ledger)
     assert result.items_out == 1
-    assert len(fake.calls_to("docs.documents.batchUpdate")) == 1
+    assert len(fake.calls_to("docs.documents.batchUpdate")) == 2, "only the two writes that made it"
     assert draft_row(ledger, draft.id).state == "published"
 
 
@@ -403,8 +409,14 @@ def test_create_whose_response_was_lost_is_not_repeated(setup, fake):
 
 
 def _expected_text(draft, report) -> str:
-    """The first tab's text: the status line with its chip (one non-text element), then the article."""
-    return "Status: \ue907\n" + "\n".join(b.text for b in layout_draft(draft, report)) + "\n"
+    """Every tab's text: the status line with its chip (one non-text element) and the article, then the
+    "Sources & fact-check" tab."""
+    article, checking = split_for_tabs(layout_draft(draft, report))
+    return "Status: \ue907\n" + "\n".join(b.text for b in article) + "\n" + "\n".join(b.text for b in checking) + "\n"
+
+
+def _tabs_text(document) -> str:
+    return "".join(document.text(k) for k in range(len(document.tabs)))
 
 
 @pytest.mark.parametrize("republish", [False, True], ids=["first-publish", "republish"])
@@ -424,7 +436,7 @@ def test_write_whose_response_was_lost_is_not_applied_twice(setup, fake, republi
 
     assert result.errors == []
     document = fake.documents[publication_row(ledger, draft.id).doc_id]
-    assert document.text() == _expected_text(draft, report), "the article is in the document exactly once"
+    assert _tabs_text(document) == _expected_text(draft, report), "the article is in the document exactly once"
     assert document.text().count(draft.article.headline) == 1
     batches = [c for c in fake.calls if c.method == "docs.documents.batchUpdate"]
     assert [c.status for c in batches][-2:] == [503, 200]
@@ -460,7 +472,7 @@ def test_write_racing_an_editor_is_rebuilt_from_the_newer_revision(setup, fake, 
     assert result.errors == []
     statuses = [c.status for c in fake.calls if c.method == "docs.documents.batchUpdate"]
     assert statuses[-2:] == [400, 200], "the stale write is refused, the rebuilt one lands"
-    assert fake.documents[doc_id].text() == _expected_text(draft, None)
+    assert _tabs_text(fake.documents[doc_id]) == _expected_text(draft, None)
 
 
 def test_document_that_keeps_changing_is_reported_and_the_draft_stays_ready(setup, fake, monkeypatch):
@@ -482,7 +494,7 @@ def test_document_that_keeps_changing_is_reported_and_the_draft_stays_ready(setu
 
     assert len(result.errors) == 1 and "kept changing" in result.errors[0]
     assert draft_row(ledger, draft.id).state == "checked"
-    assert fake.documents[doc_id].text() == _expected_text(draft, report), "the earlier version is untouched"
+    assert _tabs_text(fake.documents[doc_id]) == _expected_text(draft, report), "the earlier version is untouched"
 
 
 # --- sharing -------------------------------------------------------------------------------
@@ -538,8 +550,8 @@ def test_rate_limits_and_server_errors_are_retried(setup, fake):
     assert draft_row(ledger, draft.id).state == "published"
     assert len(fake.docs_of_mime(DOC_MIME)) == 1
     statuses = [c.status for c in fake.calls if c.method == "docs.documents.batchUpdate"]
-    assert statuses == [429, 503, 200]
-    assert result.notes["calls documents.batchUpdate"] == 3
+    assert statuses == [429, 503, 200, 200]   # the article (third try), then the "Sources & fact-check" tab
+    assert result.notes["calls documents.batchUpdate"] == 4
 
 
 def test_google_down_leaves_drafts_ready_and_a_later_run_publishes_them(setup, fake):
@@ -692,7 +704,7 @@ def test_every_google_write_passes_the_rate_limiter(setup, fake):
     publish(config, ledger, limiter=limiter)
     writes = [c for c in fake.calls if c.method in (
         "drive.files.create", "docs.documents.batchUpdate", "drive.permissions.create", "drive.files.update")]
-    assert len(limiter.recent) == len(writes) == 4   # create, batchUpdate, 2 editors
+    assert len(limiter.recent) == len(writes) == 5   # create, 2 editors, 2 batchUpdates (article, second tab)
 
 
 # --- the fake keeps the API's rules --------------------------------------------------------------

@@ -232,6 +232,9 @@ class Google(Section):
     # that topic, else the editor on duty that day ("rotation": editors in turn, one per day of the draft in
     # newsroom.timezone), or nobody ("none").
     on_duty: Literal["rotation", "none"] = "rotation"
+    # Sources and the fact-check report in a second tab "Sources & fact-check" (the article tab reads clean);
+    # false keeps them as the last sections of the one tab, for Docs that have no tabs.
+    sources_tab: bool = True
     topic_editors: dict[str, str] = {}
     # Where the Google APIs are reached (default: Google's own). For a proxy, a private endpoint or a local fake in tests.
     api_endpoint: str | None = Field(default=None, description="Docs API root URL, e.g. https://docs.googleapis.com/")

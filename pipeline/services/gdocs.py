@@ -36,6 +36,7 @@ ListKind = Literal["bullet", "numbered"]
 Highlight = Literal["contradicted", "unverifiable", "off_story", "unresolved_reference"]
 
 INSIGHTS, SOURCES, FACT_CHECK = "Insights", "Sources", "Fact-check"
+SOURCES_TAB = "Sources & fact-check"   # the second tab's title in a Google document
 BULLET_PRESET = "BULLET_DISC_CIRCLE_SQUARE"
 NUMBERED_PRESET = "NUMBERED_DECIMAL_ALPHA_ROMAN"
 HIGHLIGHT_RGB: dict[str, dict[str, float]] = {
@@ -462,6 +463,19 @@ def document_tabs(document: dict[str, Any]) -> list[dict[str, Any]]:
             flat += [tab, *document_tabs({"tabs": tab.get("childTabs", [])})]
         return flat
     return [{"tabProperties": {}, "documentTab": document}]
+
+
+def split_for_tabs(blocks: list[Block]) -> tuple[list[Block], list[Block]]:
+    """(article, sources and fact-check): the article tab reads clean, the checking material gets its own tab."""
+    at = next((i for i, b in enumerate(blocks) if b.role == "heading" and b.text in (SOURCES, FACT_CHECK)), len(blocks))
+    return blocks[:at], blocks[at:]
+
+
+def tab_titled(document: dict[str, Any], title: str) -> dict[str, Any] | None:
+    """The tab with this title ({"tabProperties", "documentTab"}), None when the document has none."""
+    if not document.get("tabs"):
+        return None
+    return next((t for t in document_tabs(document) if t.get("tabProperties", {}).get("title") == title), None)
 
 
 def first_tab(document: dict[str, Any]) -> dict[str, Any]:
