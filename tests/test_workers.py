@@ -69,6 +69,11 @@ def test_a_queued_run_drafts_exactly_what_one_process_drafts(tmp_path):
     assert {state for _, state in claims} == {"done"}
     units = Counter(stage for stage, _ in claims)
     assert units["fetch"] == len(queued.feeds) and units["select"] == 1 and units["draft"] == len(expected)
+    with ledger.engine.connect() as connection:
+        units = connection.execute(select(schema.claims).where(schema.claims.c.run_id == run_id)).all()
+    last_draft = max(c.updated for c in units if c.stage == "draft")
+    first_check = min(c.created for c in units if c.stage == "check")
+    assert first_check < last_draft, "a story's check is queued as soon as its draft is written"
     by_stage = {r["stage"]: r for r in row.stages}
     assert by_stage["draft"]["items_out"] == len(expected) and by_stage["publish"]["notes"]["published"] >= 1
     # A second queued run drafts the stories left waiting (stories.max_per_run) and leaves the first drafts alone.

@@ -121,6 +121,10 @@ def cmd_worker(args) -> int:
         return 2
     install_stop_handlers()  # SIGTERM: finish the unit in hand, then exit 0
     worker = Worker(config, stages=stages)
+    try:
+        worker.warm_up()
+    except Exception as exc:  # the store is down: units that need it report it, the worker still serves the others
+        log.warning("worker %s: the store could not be opened yet: %s", worker.owner, exc)
     log.warning("worker %s: stages %s, lease %gs", worker.owner, ",".join(stages), config.cluster.lease_s)
     done = worker.serve()
     log.warning("worker %s stopped after %d unit(s)", worker.owner, done)

@@ -14,7 +14,9 @@ claims (pipeline/core/claims.py):
     sync      one unit: read approvals back
 
 A worker loops: move queued runs on (`advance`), claim a unit, work it under a
-renewed lease, mark it done with its report. The next phase's units are
+renewed lease, mark it done with its report. A story's check is queued as
+soon as its draft is written (`check_early`), so the draft and check phases
+overlap; every other phase waits for the one before it. The next phase's units are
 enqueued by whichever worker sees the phase finished, in one transaction
 with a conditional update of the run's phase, so exactly one does. Only the
 oldest unfinished queued run advances, so queued runs never overlap, as runs
@@ -159,6 +161,20 @@ def advance(config: Config, ledger: Ledger, claims: Claims) -> bool:
         moved = True
 
 
+def check_early(ledger: Ledger, claims: Claims, run_id: str, story_key: str) -> bool:
+    """Queue the check of a story's draft the moment it is written, not after every draft of the run: a draft's
+    check depends on nothing but its own draft, so drafting and checking overlap across workers. The check
+    phase, when it starts, finds this unit already queued (units are unique per run) and waits for it too.
+    True when a check unit was queued."""
+    with ledger.engine.connect() as connection:
+        phases = connection.execute(select(schema.run_queue.c.phases).where(schema.run_queue.c.run_id == run_id)).scalar()
+        draft_id = connection.execute(select(schema.drafts.c.id).where(
+            schema.drafts.c.story_key == story_key, schema.drafts.c.state == DraftState.drafted.value)).scalar()
+    if draft_id is None or "check" not in (phases or []):
+        return False  # no draft to check (needs_attention, or already checked), or the run does not check
+    return claims.enqueue(run_id, "check", [draft_id]) > 0
+
+
 def finish_queued_run(connection, run_id: str, phases: list[str]) -> str:
     """Sum the run's unit reports into one report per stage and close its `runs` row; returns the status."""
     rows = connection.execute(
@@ -226,6 +242,16 @@ class Worker:
     def owner(self) -> str:
         return self.claims.owner
 
+    def warm_up(self) -> None:
+        """Open the store and load the embedding model now, so the first unit does not pay for it (a long-running
+        worker pays once, at start). Skipped for stages that never embed (publish, sync)."""
+        if not {"fetch", "classify", "select", "draft", "check"} & set(self.phases):
+            return
+        from pipeline.services.store import Store
+
+        self._store = Store.from_config(self.config)
+        self._store.embed(["warm-up"])
+
     def _run_for(self, run_id: str) -> Run:
         if self._run is not None and self._run.id == run_id:
             return self._run
@@ -264,6 +290,8 @@ class Worker:
             # twice; the unit's report is the other worker's.
             log.warning("unit %s/%s of run %s was taken over while this worker had it (lost: %s)",
                         claim.stage, claim.unit, claim.run_id, lost.is_set())
+        elif claim.stage == "draft":
+            check_early(self.ledger, self.claims, claim.run_id, claim.unit)
         self.units_done += 1
         advance(self.config, self.ledger, self.claims)
         return True
