@@ -25,6 +25,7 @@ import hashlib
 import io
 import logging
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable
@@ -74,8 +75,27 @@ def _extraction_pool() -> ProcessPoolExecutor:
     global _extract_pool
     if _extract_pool is None:
         workers = max(1, min(4, os.cpu_count() or 1))
-        _extract_pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        _extract_pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                            initializer=_exit_with_owner, initargs=(os.getpid(),))
     return _extract_pool
+
+
+def _exit_with_owner(owner: int, every_s: float = 1.0) -> None:
+    """In each extraction process: exit once the process that made the pool is gone.
+
+    A worker killed with SIGKILL cannot shut its pool down, and the pool's processes
+    (children of the forkserver, not of the worker) would otherwise live on.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(owner, 0)
+            except OSError:  # gone, or its pid now belongs to another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
 
 
 async def extract_in_pool(content: bytes, url: str):

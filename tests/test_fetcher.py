@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import httpx
+import psutil
 import pytest
 import respx
 from sqlalchemy import select
@@ -756,3 +762,38 @@ def test_a_page_canonical_pointing_at_the_home_page_is_ignored(tmp_path, ledger)
     (row,) = items(ledger)
     assert row["canonical_url"] == "https://news.example.com/mining/miners-sell-reserves?src=feed"
     assert row["text_origin"] == "page"
+
+
+_POOL_OWNER = """
+import asyncio, sys
+from agents.fetcher import _extraction_pool, extract_in_pool
+page = b"<html><body><article><h1>T</h1>" + b"<p>Korvex said attackers drained its hot wallets on Wednesday.</p>" * 20 + b"</article></body></html>"
+asyncio.run(extract_in_pool(page, "https://example.com/a"))
+print(" ".join(str(p) for p in _extraction_pool()._processes), flush=True)
+sys.stdin.read()  # hold the pool until killed
+"""
+
+
+def test_extraction_processes_end_when_the_worker_that_made_them_is_killed(tmp_path):
+    """A SIGKILLed worker cannot shut its pool down; its extraction processes must not outlive it."""
+    root = Path(__file__).resolve().parents[1]
+    owner = subprocess.Popen([sys.executable, "-c", _POOL_OWNER], cwd=root, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert pids and all(psutil.pid_exists(p) for p in pids)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        deadline = time.monotonic() + 60  # generous: each process notices within about a second
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.2)
+        assert alive == []
+    finally:
+        owner.kill()
+        for pid in pids if "pids" in locals() else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
