@@ -156,12 +156,12 @@ async def no_wait(_seconds: float) -> None:
     return None
 
 
-def classify_desk(tmp_path: Path, base_url: str, texts: list[str], ledger: Ledger | None = None) -> Run:
+def classify_desk(tmp_path: Path, base_url: str, texts: list[str], ledger: Ledger | None = None, timeout: float = 0.5) -> Run:
     config = parse_config({
         "topics": [{"name": "markets", "description": "Crypto prices and exchanges", "keywords": ["bitcoin"]},
                    {"name": "security", "description": "Hacks and exploits", "keywords": ["hack"]}],
         "ledger": {"url": "sqlite:///ledger.sqlite"},
-        "llm": {"offline": False, "base_url": base_url, "max_retries": 3, "breaker_failures": 50, "timeout": 0.5,
+        "llm": {"offline": False, "base_url": base_url, "max_retries": 3, "breaker_failures": 50, "timeout": timeout,
                 "concurrency": 1, "repair_rounds": 1},
         "classify": {"batch_size": 4, "prefilter_threshold": -1.0},
     }, root=tmp_path)
@@ -250,7 +250,9 @@ def test_an_unreachable_model_server_is_one_line_naming_the_endpoint(tmp_path, a
     endpoint = f"http://127.0.0.1:{closed_port()}/v1" if where == "llm.base_url" else "http://127.0.0.1:188212/v1"
     if where == "OPENAI_BASE_URL":
         monkeypatch.setenv("OPENAI_BASE_URL", endpoint)
-    run = classify_desk(tmp_path, endpoint if where == "llm.base_url" else None, [f"Bitcoin note {n}." for n in range(6)])
+    # A refused connection fails at once; the timeout is long so that a loaded machine cannot turn it into a timeout.
+    run = classify_desk(tmp_path, endpoint if where == "llm.base_url" else None, [f"Bitcoin note {n}." for n in range(6)],
+                        timeout=10.0)
     started = time.monotonic()
     report = run.run_stage("classify")
     assert time.monotonic() - started < 30
