@@ -476,7 +476,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def render_example(case: Case, spec: TemplateSpec, config: Config) -> list[dict[str, str]]:
-    prompt = render_writer_prompt(case.story, case.pack, spec, prompts=library(str(config.prompts_dir)))
+    # The prompt the writer is really sent, house rules included (agents.writer.prompt_library).
+    prompt = render_writer_prompt(case.story, case.pack, spec,
+                                  prompts=library(str(config.prompts_dir), str(config.house_rules_path)))
     return [*prompt.messages, {"role": "assistant", "content": assistant_json(case.article)}]
 
 
@@ -618,7 +620,7 @@ def build_dataset(
     train_text, valid_text = _jsonl(train), _jsonl(valid)
     digest = hashlib.sha256((train_text + "\x00" + valid_text).encode()).hexdigest()
     dataset_id = digest[:12]
-    writer_version = library(str(config.prompts_dir)).version("writer")
+    writer_version = library(str(config.prompts_dir), str(config.house_rules_path)).version("writer")
     manifest = {
         "dataset_id": dataset_id,
         "hash": digest,
