@@ -48,6 +48,7 @@ from pipeline.core import schema
 from pipeline.core.config import Config, Feed
 from pipeline.services.http import FetchError, Fetcher, make_client, read_local_file
 from pipeline.core.ledger import Ledger, as_utc
+from pipeline.text.language import detect
 from pipeline.core.logs import redact
 from pipeline.core.models import FeedEntry, Item, ItemState, StageReport, utcnow
 from pipeline.text.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
@@ -190,6 +191,11 @@ def truncate(text: str, limit: int) -> str:
     if space > limit * 0.8:
         cut = cut[:space]
     return cut.rstrip() + "…"
+
+
+def item_language(title: str, text: str) -> str:
+    """The language of an item's headline and text (ISO 639 code), "und" when too short or unclear to tell."""
+    return detect(f"{title}\n{text}").language
 
 
 def content_hash(text: str) -> str:
@@ -626,6 +632,7 @@ class FeedJob:
                 content_hash=digest,
                 og=candidate.og,
                 text_origin=candidate.text_origin,
+                language=item_language(candidate.title, candidate.text),
                 state=ItemState.fetched,
             )
             items.append((item, candidate.state_reason))
@@ -717,6 +724,8 @@ class FeedJob:
                 changes.update(text=new_text, content_hash=content_hash(new_text))
             if not changes:
                 continue
+            if "title" in changes or "text" in changes:
+                changes["language"] = item_language(changes.get("title", row.title), changes.get("text", row.text))
             drafted = False
             if row.story_key:
                 story = connection.execute(

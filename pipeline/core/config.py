@@ -57,6 +57,8 @@ class Newsroom(Section):
     name: str = "Newsdesk"
     data_dir: Path = Path("data")
     timezone: str = "UTC"
+    # BCP 47 tag ("en", "de", "pt-BR"): every draft is written in it, whatever the sources' languages.
+    language: str = "en"
     # Content leads may keep their own copies; the defaults are the ones shipped with Newsdesk.
     prompts_dir: Path | None = None
     templates_dir: Path | None = None
@@ -64,6 +66,13 @@ class Newsroom(Section):
     # editors made on house_rule_after drafts or more (pipeline/core/corrections.py).
     house_rules: Path = Path("house_rules.md")
     house_rule_after: int = Field(default=3, ge=2, le=100)
+
+    @field_validator("language")
+    @classmethod
+    def _language_tag(cls, value: str) -> str:
+        from pipeline.text.language import check_tag
+
+        return check_tag(value)
 
 
 class Feed(Section):

@@ -78,6 +78,9 @@ class Item(Record):
     content_hash: str
     og: dict[str, str] = {}
     text_origin: Literal["feed", "page", "summary"] = "feed"
+    # Detected at ingest (ISO 639 code, "und" when the text is too short or unclear): drafts are
+    # written in newsroom.language whatever this says, so the writer and checker need to know it.
+    language: str = "und"
     state: ItemState = ItemState.fetched
 
 

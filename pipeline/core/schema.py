@@ -49,6 +49,8 @@ items = Table(
     Column("content_hash", String(64), nullable=False, index=True),
     Column("og", JSON, nullable=False, default=dict),
     Column("text_origin", String(16), nullable=False, default="feed"),
+    # Detected at ingest; "und" for rows stored before detection existed or too short to tell.
+    Column("language", String(35), nullable=False, default="und", server_default="und"),
     Column("state", String(32), nullable=False, index=True),
     Column("state_reason", Text),
     Column("classification", JSON),
