@@ -43,6 +43,7 @@ class Candidate:
     vector: np.ndarray | None = None
     entities: set[str] = field(default_factory=set)
     event: EventSignature | None = None  # computed on first use from the item
+    name_words: set[str] | None = None   # words of the names in its title and text, on first use (cross-language matching)
 
 
 @dataclass
@@ -235,7 +236,7 @@ def _joins(candidate: Candidate, group: Group, config: Config) -> float | None:
         return None
     sims = [similarity(candidate, m) for m in group.members]
     average = sum(sims) / len(sims)
-    if average < config.stories.similarity_threshold:
+    if average < config.stories.similarity_threshold and not _same_event_across_languages(candidate, group, average):
         return None
     shared = max(len(candidate.entities & m.entities) for m in group.members)
     # Very close wording needs no entity evidence; looser matches must share a name.
@@ -246,6 +247,32 @@ def _joins(candidate: Candidate, group: Group, config: Config) -> float | None:
     if 2 * conflicts > len(group.members):
         return None
     return average
+
+
+# Two reports of one event in different languages: the embedding model reads English, so their wording scores
+# far lower than two English reports would (Korvex in German vs English: 0.44-0.60, the threshold 0.62); the
+# names they share (people, companies, products) do not change across languages.
+CROSS_LANGUAGE_MIN_SIMILARITY = 0.4
+CROSS_LANGUAGE_SHARED_NAMES = 4
+
+
+def _name_words(candidate: Candidate) -> set[str]:
+    if candidate.name_words is None:
+        from pipeline.text.entities import names
+
+        candidate.name_words = {w for n in names(f"{candidate.item.title}. {candidate.item.text}") for w in n.split() if len(w) >= 4}
+    return candidate.name_words
+
+
+def _same_event_across_languages(candidate: Candidate, group: Group, average: float) -> bool:
+    """A candidate in another language than a member, close enough in wording and sharing enough names with it."""
+    if average < CROSS_LANGUAGE_MIN_SIMILARITY or candidate.item.language == "und":
+        return False
+    return any(
+        m.item.language not in ("und", candidate.item.language)
+        and len(_name_words(candidate) & _name_words(m)) >= CROSS_LANGUAGE_SHARED_NAMES
+        for m in group.members
+    )
 
 
 def cluster(candidates: list[Candidate], existing: list[Group], config: Config) -> list[Group]:

@@ -102,6 +102,7 @@ from pipeline.text.factrules import (
 )
 from pipeline.core.ledger import Ledger, as_utc, stable_hash, utcnow
 from pipeline.services.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
+from pipeline.text.language import foreign_language
 from pipeline.text.safety import instructs_a_model
 from pipeline.core.models import (
     Article,
@@ -143,7 +144,8 @@ _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _MARKER_WITH_SPACE = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 # Worst last. A story problem is a supported claim in the wrong place: flagged, but less wrong than a claim no
 # source supports.
-_SEVERITY: dict[str, int] = {"supported": 0, "unresolved_reference": 1, "off_story": 2, "unverifiable": 3, "contradicted": 4}
+_SEVERITY: dict[str, float] = {"supported": 0, "unresolved_reference": 1, "wrong_language": 1.5, "off_story": 2, "unverifiable": 3,
+                             "contradicted": 4}
 
 
 class FactCheckError(Exception):
@@ -230,6 +232,7 @@ class EvidenceSource:
     text: str       # what is indexed and what quotes must appear in verbatim
     title: str = ""
     role: Literal["story", "background"] = "story"   # the story's own item, or earlier coverage research added
+    language: str = "und"                            # detected at ingest
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def sources_from_pack(sources: Iterable[SourceDoc]) -> list[EvidenceSource]:
     return [
         EvidenceSource(n=s.n, id=str(s.n), outlet=s.outlet, url=s.url,
                        text=f"{s.title.strip()}{SECTION_GAP}{s.text}" if s.title.strip() else s.text,
-                       title=s.title.strip(), role=s.role)
+                       title=s.title.strip(), role=s.role, language=s.language)
         for s in sorted(sources, key=lambda s: s.n)
     ]
 
@@ -255,8 +258,10 @@ def sources_from_pack(sources: Iterable[SourceDoc]) -> list[EvidenceSource]:
 class EvidenceIndex:
     """The story's sources as windows, ranked per claim: lexical + exact figures/dates/names + optional embeddings."""
 
-    def __init__(self, sources: Sequence[EvidenceSource], window_sentences: int = 4, embed: Embed | None = None) -> None:
+    def __init__(self, sources: Sequence[EvidenceSource], window_sentences: int = 4, embed: Embed | None = None,
+                 language: str = "en") -> None:
         self.sources = list(sources)
+        self.language = language   # the newsroom's: every draft sentence must be in it
         self._window_sentences = window_sentences
         self.by_n = {s.n: s for s in self.sources}
         self.index = SourceIndex.build([(str(s.n), s.text) for s in self.sources], window_size=window_sentences)
@@ -1333,6 +1338,7 @@ def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evi
     evidence.prepare([c.text for sc in checked for c in sc.claims])
     story = evidence.story
     openings = story.references(rendered)
+    foreign = language_failures(rendered, evidence)
     first_of_part: dict[tuple[str, int], str] = {}
     for s in rendered.sentences:
         first_of_part.setdefault((s.section, s.part), s.id)
@@ -1344,12 +1350,41 @@ def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evi
             first_of_part[(s.section, s.part)] == s.id, evidence,
         )
         reference = openings.get(s.id)
-        claims = list(sc.claims) or ([JudgedClaim(s.text, None)] if extras or reference else [])
+        wrong = foreign.get(s.id)
+        claims = list(sc.claims) or ([JudgedClaim(s.text, None)] if extras or reference or wrong else [])
         for k, c in enumerate(claims):
             claim = _claim(len(verdicts) + 1, c.text, s)
             verdict = decide(claim, c.judgement, evidence.verify(c.text), extras if k == 0 else [], evidence)
-            verdicts.append(story.apply(verdict, c.text, s.text, reference if k == 0 else None))
+            verdict = story.apply(verdict, c.text, s.text, reference if k == 0 else None)
+            verdicts.append(with_language(verdict, wrong) if k == 0 else verdict)
     return verdicts
+
+
+def language_failures(rendered: RenderedDraft, evidence: EvidenceIndex) -> dict[str, RuleFailure]:
+    """By sentence id: the draft's sentences clearly written in another language than the newsroom's.
+
+    Only the target, the sources' languages and a few common ones are weighed (pipeline.text.language), and
+    fragments too short to tell ("Kowalski said.") are never flagged."""
+    others = sorted({s.language for s in evidence.sources})
+    out: dict[str, RuleFailure] = {}
+    for s in rendered.sentences:
+        found = foreign_language(_MARKER_WITH_SPACE.sub("", s.text), evidence.language, others)
+        if found is not None:
+            out[s.id] = RuleFailure(type="language", value=found,
+                                    detail=f"written in {found}, not in the newsroom's language ({evidence.language}); "
+                                           "translate it (a quotation is marked as translated)")
+    return out
+
+
+def with_language(verdict: ClaimVerdict, failure: RuleFailure | None) -> ClaimVerdict:
+    """A sentence in another language is flagged wrong_language whatever supports it; a worse verdict stays, with the
+    failure listed."""
+    if failure is None:
+        return verdict
+    update: dict[str, Any] = {"failures": [*verdict.failures, failure]}
+    if _SEVERITY[verdict.verdict] < _SEVERITY["wrong_language"]:
+        update.update(verdict="wrong_language", method="rules")
+    return verdict.model_copy(update=update)
 
 
 async def check_article(
@@ -1475,7 +1510,7 @@ class PreparedCheck:
 def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Embed | None = None,
                   with_model: bool = True) -> PreparedCheck:
     """The evidence windows (embedded), the rendered draft and, for the model path, its statements with their windows."""
-    evidence = EvidenceIndex(sources_from_pack(pack.sources), config.factcheck.window_sentences, embed)
+    evidence = EvidenceIndex(sources_from_pack(pack.sources), config.factcheck.window_sentences, embed, language=pack.language)
     article = as_article(draft.article)
     rendered = render_draft(article)
     statements = statements_of(rendered, evidence) if with_model else None

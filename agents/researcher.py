@@ -23,6 +23,7 @@ from sqlalchemy import select
 from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.text.entities import StoryProfile, about_story
+from pipeline.text.language import UNDETERMINED
 from pipeline.core.ledger import Ledger, as_utc, utcnow
 from pipeline.core.models import ResearchPack, SourceDoc, Story
 from pipeline.services.store import where_all, where_published, where_topic
@@ -248,4 +249,17 @@ def research(
     own = story_materials(ledger, story)
     background = background_materials(store, config, story, own, now) if store is not None else []
     sources, used, dropped = pack_sources([*own, *background], budget, count)
-    return ResearchPack(story_key=story.key, sources=sources, budget_tokens=budget, used_tokens=used, dropped=dropped)
+    languages = item_languages(ledger, [s.item_id for s in sources])
+    sources = [s.model_copy(update={"language": languages.get(s.item_id, UNDETERMINED)}) for s in sources]
+    return ResearchPack(story_key=story.key, sources=sources, budget_tokens=budget, used_tokens=used, dropped=dropped,
+                        language=config.newsroom.language)
+
+
+def item_languages(ledger: Ledger, item_ids: Sequence[str]) -> dict[str, str]:
+    """The language detected at ingest for each item (background hits come from the store, which does not keep it)."""
+    if not item_ids:
+        return {}
+    items = schema.items
+    with ledger.engine.connect() as connection:
+        rows = connection.execute(select(items.c.id, items.c.language).where(items.c.id.in_(list(item_ids)))).all()
+    return {row.id: row.language for row in rows}

@@ -38,6 +38,7 @@ from pipeline.text.entities import (
 )
 from pipeline.core.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
 from pipeline.core.prompts import Prompt, PromptLibrary, library
+from pipeline.text.language import foreign_language, is_target
 from pipeline.text.templates import (
     TemplateSpec,
     article_model,
@@ -465,9 +466,15 @@ def _reads_as_reporting(text: str, words: int) -> bool:
     )
 
 
-def _units(source: SourceDoc) -> list[_Unit]:
+def _units(source: SourceDoc, language: str = "en", others: Sequence[str] = ()) -> list[_Unit]:
     """The source's sentences as units: a quotation split over sentences, or continued by its speaker
-    in a bare quoted sentence, stays one unit with its attribution."""
+    in a bare quoted sentence, stays one unit with its attribution.
+
+    A unit not in `language` (the newsroom's) is never usable: every sentence of a source whose detected
+    language is another, and any sentence of another source that is clearly in another of the languages in
+    play (`others`, the sources'), such as an untranslated quotation. Copying across languages would need a
+    translation, which only the model path makes (and marks)."""
+    foreign_source = not is_target(source.language, language)
     groups: list[list[str]] = []
     paras: list[int] = []
     breaks = [m.start() for m in re.finditer(r"\n\s*\n", source.text)]
@@ -487,6 +494,7 @@ def _units(source: SourceDoc) -> list[_Unit]:
         words = count_words(text)
         opening = group[0] if quotes_balanced(group[0]) else text
         usable = _reads_as_reporting(text, words) and quotes_balanced(text) and not unattributed_quote(text)
+        usable = usable and not foreign_source and foreign_language(text, language, others) is None
         units.append(_Unit(
             source=source, index=index, sentences=tuple(group), text=text, words=words, usable=usable, short=words < 6,
             leans=leans_back(opening), opening=opening, figures=frozenset(key_figures(text)), para=para, kind=_kind(text, source), cue=_cue(text),
@@ -685,11 +693,12 @@ class _Material:
         return {w for name in self.core for w in name.split()}
 
 
-def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None) -> _Material:
+def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None, language: str = "en") -> _Material:
     story_sources = [s for s in pack_sources if s.role == "story"] or pack_sources
     story_ns = {s.n for s in story_sources}
     profile = StoryProfile.of([s.title for s in story_sources], [s.text for s in story_sources])
-    units = {s.n: _units(s) for s in pack_sources}
+    others = sorted({s.language for s in pack_sources})
+    units = {s.n: _units(s, language, others) for s in pack_sources}
     background_ok = {s.n for s in pack_sources if s.n not in story_ns and about_story(s.title, s.text, profile)}
     figures = {s.n: set().union(*(u.figures for u in units[s.n])) if units[s.n] else set() for s in story_sources}
     mentioned = {s.n: salient_names(s.text, profile.common) for s in story_sources}
@@ -968,7 +977,15 @@ def extractive_draft(story: Story, pack: ResearchPack, spec: TemplateSpec, *, em
         violations = ["the research pack has no sources; there is nothing to write from", *validate_article(article, spec, sources)]
         return Draft(**base, article=article, violations=violations, state=DraftState.needs_attention)
 
-    material = _material(story, sources, embed)
+    foreign = sorted({s.language for s in sources if s.role == "story" and not is_target(s.language, pack.language)})
+    if foreign and all(not is_target(s.language, pack.language) for s in sources if s.role == "story"):
+        # Nothing of the story itself may be copied: without a model to translate, there is no draft to write.
+        article = Article(headline="", lead="", body=[], insights=[], sources=[])
+        violations = [f"every source of the story is in another language ({', '.join(foreign)}) than the newsroom's "
+                      f"({pack.language}); the offline writer copies no sentence across languages, a model can translate"]
+        log.warning("extractive draft for story %s: %s", story.key, violations[0])
+        return Draft(**base, article=article, violations=violations, state=DraftState.needs_attention)
+    material = _material(story, sources, embed, pack.language)
     lead = _lead(material, spec)
     lead_keys = {u.key for u in lead}
     material.lead_text = " ".join(u.text for u in lead)
@@ -1092,7 +1109,9 @@ def _own_headline(material: _Material, lead: list[_Unit], limit: int) -> str:
         if len(fitted) <= limit and len(fitted.split()) >= 4 and not _copied(fitted, titles):
             return fitted
     if not fallback:
-        return _headline(material.story_sources[0].title, "", limit)
+        # A source whose sentences may be used (not one in another language) lends its title.
+        usable = [s for s in material.story_sources if any(u.usable for u in material.units[s.n])] or material.story_sources
+        return _headline(usable[0].title, "", limit)
     cut = _cut_words(fallback, limit).split()
     while cut and not key_figures(" ".join(cut)) <= key_figures(fallback):  # never "$312" out of "$312 million"
         cut.pop()

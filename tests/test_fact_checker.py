@@ -248,7 +248,7 @@ def test_a_draft_that_fits_is_checked_in_one_call_with_its_headline_as_context(l
     assert "<context>Lumen Exchange drained of $48 million</context>" in user_text(request)
     assert [v.verdict for v in report.verdicts] == ["supported"] * 7
     assert all(v.method == "llm" and v.source_url for v in report.verdicts)
-    assert report.totals == {"supported": 7, "contradicted": 0, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "claims": 7}
+    assert report.totals == {"supported": 7, "contradicted": 0, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "wrong_language": 0, "claims": 7}
 
 
 def test_a_draft_too_large_for_the_window_is_split_by_tokens(ledger, tmp_path, templates_dir):
@@ -313,7 +313,7 @@ def test_a_sentence_becomes_atomic_claims_that_point_back_to_it_and_keep_its_fig
     from_lead = [v for v in report.verdicts if v.claim.start == s2.start]
     assert [v.claim.text for v in from_lead] == ["Hackers drained $48 million from Lumen Exchange", "Lumen Exchange was drained on Thursday"]
     assert all(v.claim.end == s2.end and v.claim.section == "lead" and v.verdict == "supported" for v in from_lead)
-    assert report.totals == {"supported": 8, "contradicted": 0, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "claims": 8}
+    assert report.totals == {"supported": 8, "contradicted": 0, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "wrong_language": 0, "claims": 8}
     assert [v.claim.id for v in report.verdicts] == [f"c{i}" for i in range(1, 9)]
 
 
@@ -540,7 +540,7 @@ def test_a_revision_that_fixes_the_number_is_rechecked_by_the_rules_and_becomes_
     assert len(reviser.calls) == 1  # nothing left to revise after round 1
     assert len(judge_requests(model)) == 1
     assert outcome.revised and outcome.article.lead == article().lead
-    assert outcome.report.totals == {"supported": 7, "contradicted": 0, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "claims": 7}
+    assert outcome.report.totals == {"supported": 7, "contradicted": 0, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "wrong_language": 0, "claims": 7}
     lead = next(v for v in outcome.report.verdicts if v.claim.section == "lead")
     assert lead.method == "rules" and lead.source_n == 1 and "$48 million" in lead.evidence
     lead_span = next(s for s in render_draft(article()).sentences if s.section == "lead")
@@ -660,7 +660,7 @@ def test_the_stage_checks_drafted_drafts_and_leaves_needs_attention_alone(ledger
     assert row.state == DraftState.checked.value
     stored = FactCheckReport.model_validate(row.factcheck)
     assert stored.draft_id == "d-ok" and stored.method == "rules"
-    assert stored.totals == {"supported": 6, "contradicted": 1, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "claims": 7}
+    assert stored.totals == {"supported": 6, "contradicted": 1, "unverifiable": 0, "off_story": 0, "unresolved_reference": 0, "wrong_language": 0, "claims": 7}
     flagged = stored.flagged()[0]
     assert flagged.source_n == 1 and flagged.source_url == "https://coinwire.example/news/lumen-hack"
     assert "$48 million" in flagged.evidence

@@ -127,6 +127,7 @@ class SourceDoc(Record):
     url: str
     text: str                      # the packed (possibly cut) text the writer sees
     role: Literal["story", "background"] = "story"
+    language: str = "und"          # detected at ingest (items.language); "und" for packs stored before that
 
 
 class ResearchPack(Record):
@@ -135,6 +136,8 @@ class ResearchPack(Record):
     budget_tokens: int
     used_tokens: int
     dropped: list[str] = []        # item ids or chunk ids cut to fit the budget
+    # newsroom.language when the pack was made: the language the draft is written and checked in.
+    language: str = "en"
 
 
 # --- write -----------------------------------------------------------------
@@ -193,12 +196,15 @@ SupportVerdict = Literal["supported", "contradicted", "unverifiable"]
 #   unresolved_reference  it opens a paragraph (or the lead) with "It", "The penalty", "she said", ... that
 #                         no earlier sentence of the draft resolves
 StoryVerdict = Literal["off_story", "unresolved_reference"]
-Verdict = Literal["supported", "contradicted", "unverifiable", "off_story", "unresolved_reference"]
-VERDICTS: tuple[str, ...] = ("supported", "contradicted", "unverifiable", "off_story", "unresolved_reference")
+# A sentence that is not in the newsroom's language (ResearchPack.language): rules only, like the story labels.
+#   wrong_language        the detector finds it clearly written in another language ("Die Börse will ...")
+Verdict = Literal["supported", "contradicted", "unverifiable", "off_story", "unresolved_reference", "wrong_language"]
+VERDICTS: tuple[str, ...] = ("supported", "contradicted", "unverifiable", "off_story", "unresolved_reference", "wrong_language")
 RuleType = Literal[
     "number", "date", "quote", "entity", "negation", "citation", "url", "confirmation",
     "story",       # off_story: where the support came from and why that is another event
     "reference",   # unresolved_reference: the opening reference and what (if anything) it would point to
+    "language",    # wrong_language: the language the sentence is in and the one the draft must be in
 ]
 
 
@@ -243,7 +249,8 @@ class FactCheckReport(Record):
                                     # check carry only the first three labels)
 
     def flagged(self) -> list[ClaimVerdict]:
-        """Every claim that is not plainly supported: contradicted, unverifiable, off_story, unresolved_reference."""
+        """Every claim that is not plainly supported: contradicted, unverifiable, off_story, unresolved_reference,
+        wrong_language."""
         return [v for v in self.verdicts if v.verdict != "supported"]
 
 

@@ -33,7 +33,7 @@ from pipeline.core.models import VERDICTS, Article, ClaimVerdict, Draft, FactChe
 
 BlockStyle = Literal["TITLE", "SUBTITLE", "HEADING_2", "HEADING_6", "NORMAL_TEXT"]
 ListKind = Literal["bullet", "numbered"]
-Highlight = Literal["contradicted", "unverifiable", "off_story", "unresolved_reference"]
+Highlight = Literal["contradicted", "unverifiable", "off_story", "unresolved_reference", "wrong_language"]
 
 INSIGHTS, SOURCES, FACT_CHECK = "Insights", "Sources", "Fact-check"
 SOURCES_TAB = "Sources & fact-check"   # the second tab's title in a Google document
@@ -44,11 +44,12 @@ HIGHLIGHT_RGB: dict[str, dict[str, float]] = {
     "unverifiable": {"red": 1.0, "green": 0.949, "blue": 0.8},   # light yellow
     "off_story": {"red": 0.988, "green": 0.898, "blue": 0.804},  # light orange
     "unresolved_reference": {"red": 0.812, "green": 0.886, "blue": 0.953},  # light blue
+    "wrong_language": {"red": 0.851, "green": 0.824, "blue": 0.914},  # light purple
 }
 # How each verdict is named in the document.
 VERDICT_LABELS: dict[str, str] = {
     "supported": "Supported", "contradicted": "Contradicted", "unverifiable": "Unverifiable",
-    "off_story": "Off-story", "unresolved_reference": "Unresolved reference",
+    "off_story": "Off-story", "unresolved_reference": "Unresolved reference", "wrong_language": "Wrong language",
 }
 # Always in the counts line; the story labels only when a claim has them, so a document of a draft checked
 # before the story check existed reads as it did.

@@ -45,6 +45,7 @@ mark.contradicted{background:#f4cccc}
 mark.unverifiable{background:#fff2cc}
 mark.off_story{background:#fce5cd}
 mark.unresolved_reference{background:#cfe2f3}
+mark.wrong_language{background:#d9d2e9}
 a{color:#0b57d0}
 """.strip()
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; form-action 'none'"
