@@ -48,7 +48,7 @@ from pipeline.core import schema
 from pipeline.core.config import Config, Feed
 from pipeline.services.http import FetchError, Fetcher, make_client, read_local_file
 from pipeline.core.ledger import Ledger, as_utc
-from pipeline.text.language import detect
+from pipeline.text.language import UNDETERMINED, detect
 from pipeline.core.logs import redact
 from pipeline.core.models import FeedEntry, Item, ItemState, StageReport, utcnow
 from pipeline.text.urls import Resolver, UrlError, canonicalize_url, same_site, stable_id, system_resolver, without_credentials
@@ -194,8 +194,15 @@ def truncate(text: str, limit: int) -> str:
 
 
 def item_language(title: str, text: str) -> str:
-    """The language of an item's headline and text (ISO 639 code), "und" when too short or unclear to tell."""
-    return detect(f"{title}\n{text}").language
+    """The language of an item's headline and text (ISO 639 code), "und" when too short or unclear to tell.
+
+    Detection never costs an item: if the detector itself fails, the item is stored as "und" (its sentences
+    are still checked one by one when a draft is written from it) and the failure is logged."""
+    try:
+        return detect(f"{title}\n{text}").language
+    except Exception as exc:  # noqa: BLE001 - a broken detector must not lose news
+        log.warning("language detection failed, item stored as 'und': %s: %s", type(exc).__name__, exc)
+        return UNDETERMINED
 
 
 def content_hash(text: str) -> str:

@@ -217,3 +217,20 @@ def test_mixed_language_sample_offline_no_draft_sentence_outside_english(tmp_pat
     assert sorted(langs for _, langs in r["mixed_stories"]) == [["de", "en"], ["en", "es"]]
     # The Spanish-only stories (a bridge theft, a stablecoin launch) wait for a model, with the reason.
     assert len(r["all_foreign"]) == 2
+
+
+def test_the_detector_loads_in_memory_when_no_temporary_file_can_be_written(monkeypatch):
+    import tempfile
+
+    from pipeline import language
+
+    def no_room(*args, **kwargs):
+        raise OSError(27, "File too large")
+
+    language._identifier.cache_clear()
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_room)
+    try:
+        assert detect("Die Börse will die Auszahlungen innerhalb von 72 Stunden wieder freigeben.").language == "de"
+        assert language._identifier_in_memory().labels == language._identifier().labels
+    finally:
+        language._identifier.cache_clear()

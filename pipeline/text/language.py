@@ -66,7 +66,30 @@ def _identifier():
     # Imported here: the model loads once, on first use, and only in processes that need it.
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    try:
+        return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    except OSError:
+        # py3langid unpacks its model (68 MB) through a temporary file; with no room for one (a full disk, a
+        # read-only /tmp) it is unpacked in memory instead, which costs that much memory for a moment.
+        return _identifier_in_memory()
+
+
+def _identifier_in_memory():
+    import io
+    import lzma
+
+    import numpy as np
+    from py3langid import modelio
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+    with lzma.open(MODEL_DIR / MODEL_FILE) as packed:
+        buffer = io.BytesIO(packed.read())
+    with np.load(buffer, allow_pickle=False) as data:
+        return LanguageIdentifier(
+            np.asarray(data["ptc"]), np.asarray(data["pc"]), data["classes"].tolist(),
+            modelio._to_array(data["nextmove"]), data["out_feat"].tolist(),
+            norm_probs=True, tk_row=modelio._to_array(data["nextmove_row"]),
+        )
 
 
 def known_languages() -> frozenset[str]:
