@@ -111,6 +111,7 @@ from pipeline.core.models import (
     Draft,
     DraftState,
     FactCheckReport,
+    PublishMeta,
     ResearchPack,
     Revision,
     RuleFailure,
@@ -1493,6 +1494,7 @@ class CheckOutcome:
     report: FactCheckReport
     revised: bool = False       # the stored article must be replaced
     stats: JudgeStats = field(default_factory=JudgeStats)
+    meta: PublishMeta | None = None   # the draft's metadata remade from the revised article (slug, description)
 
 
 @dataclass
@@ -1595,7 +1597,13 @@ async def check_prepared(
                  "%d revision(s), %d of %d model request(s); method %s",
                  draft.id, len(rendered.sentences), stats.calls, stats.split, stats.retried_alone, stats.unanswered,
                  sum(1 for r in revisions if r.spans_revised), stats.requests, stats.cap, method_label(report))
-    return CheckOutcome(article=current, report=report, revised=current != prepared.article, stats=stats)
+    revised = current != prepared.article
+    meta = None
+    if revised and draft.meta is not None and spec is not None:
+        from pipeline.text.metadata import refreshed_meta
+
+        meta = refreshed_meta(draft.meta, current, spec.metadata)
+    return CheckOutcome(article=current, report=report, revised=revised, stats=stats, meta=meta)
 
 
 # --- the stage ---------------------------------------------------------------------------------------------
@@ -1608,6 +1616,7 @@ def draft_from_row(row) -> tuple[Draft, ResearchPack]:
         id=row.id, story_key=row.story_key, template=row.template, writer_model=row.writer_model, method=row.method,
         prompt_versions=row.prompt_versions or {}, article=Article.model_validate(row.article),
         violations=row.violations or [], state=DraftState(row.state), created=as_utc(row.created),
+        meta=PublishMeta.model_validate(row.meta) if row.meta else None,
     )
     return draft, ResearchPack.model_validate(row.research)
 
@@ -1623,6 +1632,8 @@ def save_check(ledger: Ledger, draft: Draft, outcome: CheckOutcome) -> bool:
     if outcome.revised:
         values["article"] = outcome.article.model_dump(mode="json")
         values["violations"] = []
+    if outcome.meta is not None:
+        values["meta"] = outcome.meta.model_dump(mode="json")
     with ledger.begin() as connection:
         changed = connection.execute(
             update(schema.drafts)

@@ -50,7 +50,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import insert, select, update
@@ -87,7 +87,7 @@ from pipeline.services.gdocs import (
 )
 from pipeline.core.corrections import learn_house_rules, record_corrections
 from pipeline.core.ledger import Ledger, stable_hash, utcnow
-from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, StageReport
+from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, PublishMeta, ResearchPack, StageReport
 from pipeline.services.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
 
 log = logging.getLogger("newsdesk.publisher")
@@ -128,6 +128,7 @@ def _draft_from_row(row: Any) -> tuple[Draft, FactCheckReport | None]:
         violations=row.violations or [],
         state=DraftState(row.state),
         created=row.created,
+        meta=PublishMeta.model_validate(row.meta) if row.meta else None,
     )
     report = FactCheckReport.model_validate(row.factcheck) if row.factcheck else None
     return draft, report
@@ -191,7 +192,8 @@ def _note_failure(ledger: Ledger, draft_id: str, reason: str) -> None:
         log.error("draft %s: %s; the reason could not be recorded in the ledger: %s", draft_id, reason, _first_line(exc))
 
 
-def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float, approved_by: str) -> None:
+def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article, rate: float, approved_by: str,
+                    meta: PublishMeta | None = None, meta_problems: Sequence[str] = ()) -> None:
     """The approval row and the draft's move to `approved`, in one transaction.
 
     A draft approved before, then republished and approved again, keeps one
@@ -199,7 +201,10 @@ def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article,
     """
     now = utcnow()
     values = dict(doc_id=doc_id, article=article.model_dump(mode="json"), edit_rate=rate,
-                  writer_model=draft.writer_model, approved_at=now, approved_by=approved_by)
+                  writer_model=draft.writer_model, approved_at=now, approved_by=approved_by,
+                  meta=meta.model_dump(mode="json") if meta else None)
+    # Approved all the same (the editor decides), but status shows what the CMS would refuse.
+    reason = f"approved; the edited metadata breaks the template: {'; '.join(meta_problems)}"[:2000] if meta_problems else None
     with ledger.begin() as connection:
         table = schema.approvals
         if not connection.execute(update(table).where(table.c.draft_id == draft.id).values(**values)).rowcount:
@@ -207,7 +212,7 @@ def _store_approval(ledger: Ledger, draft: Draft, doc_id: str, article: Article,
         connection.execute(
             update(schema.drafts)
             .where(schema.drafts.c.id == draft.id, schema.drafts.c.state == DraftState.published.value)
-            .values(state=DraftState.approved.value, state_reason=None, updated=now)
+            .values(state=DraftState.approved.value, state_reason=reason, updated=now)
         )
 
 
@@ -714,6 +719,8 @@ def publish_ready(config: Config, ledger: Ledger, *, client: GoogleClient | None
         if draft is None:
             report.errors.append(problem)
             continue
+        if draft.meta is None:
+            draft = _with_stored_meta(config, ledger, row, draft)
         try:
             if target == "google":
                 result = publish_to_google(config, ledger, client, draft, fact_check)
@@ -740,6 +747,27 @@ def publish_ready(config: Config, ledger: Ledger, *, client: GoogleClient | None
     return _finish(report, started)
 
 
+def _with_stored_meta(config: Config, ledger: Ledger, row: Any, draft: Draft) -> Draft:
+    """A draft written before publishing metadata existed gets it now, from its stored research, and keeps it."""
+    from pipeline.text.metadata import build_meta
+    from pipeline.text.templates import TemplateError, load_templates
+
+    try:
+        spec = load_templates(config.templates_dir).get(draft.template)
+        pack = ResearchPack.model_validate(row.research) if row.research else None
+    except (TemplateError, ValueError) as exc:
+        log.warning("draft %s: no metadata made: %s", draft.id, _first_line(exc))
+        return draft
+    if spec is None or pack is None or not draft.article.headline.strip():
+        return draft
+    with ledger.engine.connect() as connection:
+        topics = connection.execute(select(schema.stories.c.topics).where(schema.stories.c.key == draft.story_key)).scalar()
+    meta = build_meta(draft.article, topics or [], pack.sources, spec.metadata, pack.language)
+    with ledger.begin() as connection:
+        connection.execute(update(schema.drafts).where(schema.drafts.c.id == draft.id).values(meta=meta.model_dump(mode="json")))
+    return draft.model_copy(update={"meta": meta})
+
+
 def _credentials_origin(config: Config) -> str:
     google = config.publishing.google
     if google.credentials_file is not None:
@@ -757,12 +785,14 @@ def _finish(report: StageReport, started: float) -> StageReport:
 # --- syncing approvals ------------------------------------------------------------------
 
 
-def _approve(ledger: Ledger, draft: Draft, doc_id: str, blocks: list[Block], approved_by: str) -> float:
+def _approve(ledger: Ledger, draft: Draft, doc_id: str, blocks: list[Block], approved_by: str,
+             config: Config | None = None) -> float:
     article = article_from_blocks(blocks, draft.article)
     if not article.headline or not (article.lead or article.body):
         raise PublishError("the approved document has no headline or no text to take back")
     rate = edit_rate(article_text(draft.article), article_text(article))
-    _store_approval(ledger, draft, doc_id, article, rate, approved_by)
+    meta, problems = _edited_meta(config, ledger, draft, blocks)
+    _store_approval(ledger, draft, doc_id, article, rate, approved_by, meta, problems)
     return rate
 
 
@@ -774,6 +804,24 @@ def _store_spike(ledger: Ledger, draft: Draft) -> None:
             .values(state=DraftState.spiked.value, state_reason="spiked by an editor (the document's status chip)",
                     updated=utcnow())
         )
+
+
+def _edited_meta(config: Config | None, ledger: Ledger, draft: Draft, blocks: list[Block]) -> tuple[PublishMeta | None, list[str]]:
+    """The publishing metadata as the editor left it in the document's header, and what in it breaks the template."""
+    from pipeline.text.metadata import is_header_line, meta_from_lines, validate_meta
+    from pipeline.text.templates import TemplateError, load_templates
+
+    meta = meta_from_lines([b.text for b in blocks if is_header_line(b.text)], draft.meta)
+    if meta is None or config is None:
+        return meta, []
+    try:
+        spec = load_templates(config.templates_dir).get(draft.template)
+    except TemplateError as exc:
+        return meta, [f"not checked: {_first_line(exc)}"]
+    with ledger.engine.connect() as connection:
+        research = connection.execute(select(schema.drafts.c.research).where(schema.drafts.c.id == draft.id)).scalar()
+    sources = ResearchPack.model_validate(research).sources if research else []
+    return meta, validate_meta(meta, spec.metadata, sources) if spec is not None else []
 
 
 def sync_approvals(config: Config, ledger: Ledger, *, client: GoogleClient | None = None, retry_wait=None) -> StageReport:
@@ -888,7 +936,7 @@ def _sync_google(config: Config, ledger: Ledger, published: dict[str, Draft], re
             continue
         approved_by = "+".join(s for s in ("chip", "folder", "prefix") if s in signals)
         try:
-            rate = _approve(ledger, draft, doc_id, parse_document(document), approved_by)
+            rate = _approve(ledger, draft, doc_id, parse_document(document), approved_by, config)
         except PublishError as exc:
             report.errors.append(f"draft {draft.id}: {exc}")
             continue
@@ -917,7 +965,7 @@ def _sync_local(config: Config, ledger: Ledger, published: dict[str, Draft], rep
         if draft is None or draft.state != DraftState.published:
             continue   # already approved, or not one of ours
         try:
-            rate = _approve(ledger, draft, f"{APPROVED_DIR}/{path.name}", blocks, "outbox")
+            rate = _approve(ledger, draft, f"{APPROVED_DIR}/{path.name}", blocks, "outbox", config)
         except PublishError as exc:
             report.errors.append(f"{path.name}: {exc}")
             continue

@@ -249,17 +249,25 @@ def research(
     own = story_materials(ledger, story)
     background = background_materials(store, config, story, own, now) if store is not None else []
     sources, used, dropped = pack_sources([*own, *background], budget, count)
-    languages = item_languages(ledger, [s.item_id for s in sources])
-    sources = [s.model_copy(update={"language": languages.get(s.item_id, UNDETERMINED)}) for s in sources]
+    facts = item_facts(ledger, [s.item_id for s in sources])
+    sources = [s.model_copy(update=facts.get(s.item_id, {"language": UNDETERMINED})) for s in sources]
     return ResearchPack(story_key=story.key, sources=sources, budget_tokens=budget, used_tokens=used, dropped=dropped,
                         language=config.newsroom.language)
 
 
-def item_languages(ledger: Ledger, item_ids: Sequence[str]) -> dict[str, str]:
-    """The language detected at ingest for each item (background hits come from the store, which does not keep it)."""
+# Page metadata a draft needs from its sources: the share image and who to credit for it (pipeline/metadata.py).
+PACKED_OG = ("og:image", "og:image:secure_url", "og:image:url", "twitter:image", "og:site_name")
+
+
+def item_facts(ledger: Ledger, item_ids: Sequence[str]) -> dict[str, dict]:
+    """Per item, what the ingest stored besides its text: the detected language and the page's share image
+    (background hits come from the store, which keeps neither)."""
     if not item_ids:
         return {}
     items = schema.items
     with ledger.engine.connect() as connection:
-        rows = connection.execute(select(items.c.id, items.c.language).where(items.c.id.in_(list(item_ids)))).all()
-    return {row.id: row.language for row in rows}
+        rows = connection.execute(select(items.c.id, items.c.language, items.c.og).where(items.c.id.in_(list(item_ids)))).all()
+    return {
+        row.id: {"language": row.language, "og": {k: v for k, v in (row.og or {}).items() if k in PACKED_OG and isinstance(v, str)}}
+        for row in rows
+    }

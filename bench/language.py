@@ -9,7 +9,9 @@
   draft sentences (headline, lead, body, insights) the detector calls foreign, the sentences copied
   verbatim from a source in another language (independent of the detector), the checker's
   wrong_language flags, which stories mix languages, and the stories left needs_attention because all
-  their sources are in another language. Goal: 0 foreign sentences.
+  their sources are in another language. Goal: 0 foreign sentences. Also the publishing metadata
+  (issue 19): how many of the drafts ready to publish carry a slug, description and tags valid under
+  their template, and how many suggested images are a source page's own. Goal: all.
 
     python bench/language.py [all|detector|drafts]
 """
@@ -115,19 +117,34 @@ def run_mixed_sample(workdir: Path) -> dict:
     run.run_stages(["fetch", "classify", "draft", "check"])
     with run.ledger.engine.connect() as connection:
         drafts = connection.execute(select(schema.drafts.c.story_key, schema.drafts.c.article, schema.drafts.c.research,
-                                           schema.drafts.c.factcheck, schema.drafts.c.state, schema.drafts.c.state_reason)).all()
+                                           schema.drafts.c.factcheck, schema.drafts.c.state, schema.drafts.c.state_reason,
+                                           schema.drafts.c.template, schema.drafts.c.meta)).all()
         stories = connection.execute(select(schema.stories.c.key, schema.stories.c.title, schema.stories.c.item_ids)).all()
         languages = dict(connection.execute(select(schema.items.c.id, schema.items.c.language)).all())
     run.finish()
     out = {"drafts": 0, "sentences": 0, "foreign": [], "copied": [], "flags": 0, "all_foreign": [], "mixed_stories": [],
-           "needs_attention": 0}
+           "needs_attention": 0, "ready": 0, "meta_valid": 0, "meta_problems": [], "images": 0, "images_from_sources": 0}
+    from pipeline.text.metadata import source_images, validate_meta
+    from pipeline.core.models import PublishMeta
+    from pipeline.text.templates import load_templates
+
+    templates = load_templates(config.templates_dir)
     for key, title, item_ids in stories:
         langs = sorted({languages.get(i, "und") for i in item_ids})
         if len(langs) > 1:
             out["mixed_stories"].append((title, langs))
-    for key, article, research, factcheck, state, reason in drafts:
+    for key, article, research, factcheck, state, reason, template, meta in drafts:
         pack = ResearchPack.model_validate(research)
         out["drafts"] += 1
+        if state != "needs_attention":
+            out["ready"] += 1
+            parsed = PublishMeta.model_validate(meta) if meta else None
+            problems = validate_meta(parsed, templates[template].metadata, pack.sources)
+            out["meta_valid"] += not problems
+            out["meta_problems"] += [f"{key}: {p}" for p in problems]
+            if parsed is not None and parsed.image is not None:
+                out["images"] += 1
+                out["images_from_sources"] += parsed.image.url in {i.url for i in source_images(pack.sources)}
         out["needs_attention"] += state == "needs_attention"
         if reason and "in another language" in reason:
             out["all_foreign"].append(key)
@@ -156,7 +173,11 @@ def drafts_section(args) -> list[str]:
         f"  stories mixing languages: {len(r['mixed_stories'])} "
         + "; ".join(f"{title[:50]!r} {'/'.join(langs)}" for title, langs in r["mixed_stories"]),
         f"  needs_attention: {r['needs_attention']}, of which every source in another language: {len(r['all_foreign'])}",
+        f"metadata: {r['meta_valid']}/{r['ready']} drafts ready to publish with a valid slug, meta description and tags; "
+        f"images suggested {r['images']}, from a source page {r['images_from_sources']}/{r['images']} "
+        "(the sample's items come from feeds, whose pages declare no og:image)",
     ]
+    lines.extend(f"  metadata problem: {p}" for p in r["meta_problems"])
     lines.extend(f"  foreign ({lang}): {text[:100]}" for lang, text in r["foreign"])
     lines.extend(f"  copied: {text[:100]}" for text in r["copied"])
     return lines

@@ -217,12 +217,14 @@ def test_mixed_language_sample_offline_no_draft_sentence_outside_english(tmp_pat
     assert sorted(langs for _, langs in r["mixed_stories"]) == [["de", "en"], ["en", "es"]]
     # The Spanish-only stories (a bridge theft, a stablecoin launch) wait for a model, with the reason.
     assert len(r["all_foreign"]) == 2
+    # Every draft ready to publish carries valid publishing metadata (issue 19).
+    assert r["ready"] >= 15 and r["meta_valid"] == r["ready"], r["meta_problems"]
 
 
 def test_the_detector_loads_in_memory_when_no_temporary_file_can_be_written(monkeypatch):
     import tempfile
 
-    from pipeline import language
+    from pipeline.text import language
 
     def no_room(*args, **kwargs):
         raise OSError(27, "File too large")

@@ -128,6 +128,7 @@ class SourceDoc(Record):
     text: str                      # the packed (possibly cut) text the writer sees
     role: Literal["story", "background"] = "story"
     language: str = "und"          # detected at ingest (items.language); "und" for packs stored before that
+    og: dict[str, str] = {}        # the page's share image and site name (og:image, og:site_name), when it had them
 
 
 class ResearchPack(Record):
@@ -169,6 +170,23 @@ class Article(Record):
     sources: list[SourceRef]
 
 
+class ImageSuggestion(Record):
+    """An image the editor may use: a story source page's own share image, credited; never inserted into the document."""
+
+    url: str
+    credit: str
+    source_n: int | None = None    # the source whose page declares it (None when an editor typed another)
+
+
+class PublishMeta(Record):
+    """What the CMS needs besides the article (pipeline/metadata.py): made from the draft, editable in the document."""
+
+    slug: str
+    description: str               # the meta description, from the lead
+    tags: list[str]                # the story's topics, then its actors
+    image: ImageSuggestion | None = None
+
+
 class Draft(Record):
     id: str
     story_key: str
@@ -180,6 +198,7 @@ class Draft(Record):
     violations: list[str] = []
     state: DraftState = DraftState.drafted
     created: datetime = Field(default_factory=utcnow)
+    meta: PublishMeta | None = None   # None for drafts stored before metadata existed
 
 
 # --- check -----------------------------------------------------------------

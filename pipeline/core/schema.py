@@ -143,6 +143,8 @@ drafts = Table(
     Column("state_reason", Text),
     _ts("created", nullable=False),
     _ts("updated", nullable=False),
+    # Slug, meta description, tags, suggested image (pipeline.core.models.PublishMeta).
+    Column("meta", JSON),
 )
 
 publications = Table(
@@ -170,6 +172,8 @@ approvals = Table(
     # What approved it: "chip" (the status chip), "folder" (moved to the approved folder), "prefix" (renamed),
     # "outbox" (local approved/ folder); several joined by "+". NULL for approvals recorded before it was kept.
     Column("approved_by", String(32)),
+    # The publishing metadata as the editor left it in the document.
+    Column("meta", JSON),
 )
 
 # What editors wrote in a published document (a reply to a fact-check comment, or their own comment),

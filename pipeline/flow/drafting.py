@@ -73,7 +73,10 @@ def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templa
 
 async def _write(prepared: PreparedStory, gateway, embed) -> Draft:
 
-    return await write_draft(prepared.story, prepared.pack, prepared.spec, gateway, embed=embed)
+    from pipeline.text.metadata import with_meta
+
+    draft = await write_draft(prepared.story, prepared.pack, prepared.spec, gateway, embed=embed)
+    return with_meta(draft, prepared.story.topics, prepared.pack.sources, prepared.spec.metadata, prepared.pack.language)
 
 
 def needs_attention_reason(draft: Draft) -> str | None:

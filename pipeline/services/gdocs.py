@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from pipeline.text.editdiff import cite
 from pipeline.core.logs import redact
+from pipeline.text.metadata import header_lines, is_header_line
 from pipeline.core.models import VERDICTS, Article, ClaimVerdict, Draft, FactCheckReport, Insight, Paragraph
 
 BlockStyle = Literal["TITLE", "SUBTITLE", "HEADING_2", "HEADING_6", "NORMAL_TEXT"]
@@ -165,6 +166,8 @@ def layout_draft(draft: Draft, report: FactCheckReport | None) -> list[Block]:
     blocks: list[Block] = [
         Block(clean_text(article.headline) or "(untitled draft)", "TITLE", role="headline"),
         Block(clean_text(metadata_line(draft, report)), "HEADING_6", role="meta"),
+        # Slug, meta description, tags, suggested image (as text: never inserted or linked); read back on sync.
+        *(Block(clean_text(line), "HEADING_6", role="cms") for line in header_lines(draft.meta)),
     ]
     lead = clean_text(article.lead)
     if lead:
@@ -575,7 +578,7 @@ def article_from_blocks(blocks: list[Block], draft_article: Article) -> Article:
             # Our section titles count as headings even if an editor cleared their style.
             section = named or section
             continue
-        if block.style == "HEADING_6" or _METADATA.match(block.text):
+        if block.style == "HEADING_6" or _METADATA.match(block.text) or is_header_line(block.text):
             continue
         if block.role == "status" or _STATUS_LINE.match(block.text):
             continue

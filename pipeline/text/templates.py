@@ -91,6 +91,22 @@ class SelectionRules(_Rules):
         return self
 
 
+class MetadataRules(_Rules):
+    """What the CMS gets with each draft (pipeline/metadata.py); every key has a default."""
+
+    slug_max_chars: int = Field(default=60, ge=10, le=200)
+    description_max_chars: int = Field(default=155, ge=50, le=155, description="search engines show about 155")
+    min_tags: int = Field(default=1, ge=1, le=20)
+    max_tags: int = Field(default=6, ge=1, le=20)
+    image: bool = Field(default=True, description="suggest a source page's share image (og:image)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MetadataRules:
+        if self.min_tags > self.max_tags:
+            raise ValueError(f"min_tags ({self.min_tags}) is above max_tags ({self.max_tags})")
+        return self
+
+
 class TemplateSpec(_Rules):
     name: str = Field(pattern=r"^[a-z0-9_\-]+$")
     description: str = ""
@@ -100,6 +116,7 @@ class TemplateSpec(_Rules):
     body: BodyRules
     insights: InsightRules
     selection: SelectionRules = SelectionRules()
+    metadata: MetadataRules = MetadataRules()
 
     def matches(self, story: Story) -> bool:
         size = story_size(story)
