@@ -116,6 +116,7 @@ from pipeline.core.models import (
     Revision,
     RuleFailure,
     SourceDoc,
+    Translation,
     StageReport,
     SupportVerdict,
     VERDICTS,
@@ -263,6 +264,8 @@ class EvidenceIndex:
                  language: str = "en") -> None:
         self.sources = list(sources)
         self.language = language   # the newsroom's: every draft sentence must be in it
+        # The draft's translated quotations (Article.translations): checked against their originals, not verbatim.
+        self.translations: list[Translation] = []
         self._window_sentences = window_sentences
         self.by_n = {s.n: s for s in self.sources}
         self.index = SourceIndex.build([(str(s.n), s.text) for s in self.sources], window_size=window_sentences)
@@ -1355,10 +1358,49 @@ def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evi
         claims = list(sc.claims) or ([JudgedClaim(s.text, None)] if extras or reference or wrong else [])
         for k, c in enumerate(claims):
             claim = _claim(len(verdicts) + 1, c.text, s)
-            verdict = decide(claim, c.judgement, evidence.verify(c.text), extras if k == 0 else [], evidence)
+            rules, originals = translated_quotes(evidence.verify(c.text), c.text, evidence)
+            verdict = decide(claim, c.judgement, rules, extras if k == 0 else [], evidence)
             verdict = story.apply(verdict, c.text, s.text, reference if k == 0 else None)
+            if originals:
+                # The original words stay with the verdict: what the translation can be checked against.
+                kept = "; ".join(f"original ({t.language}) [{t.source_n}]: “{t.original}”" for t in originals)
+                verdict = verdict.model_copy(update={"evidence": f"{verdict.evidence} | {kept}" if verdict.evidence else kept})
             verdicts.append(with_language(verdict, wrong) if k == 0 else verdict)
     return verdicts
+
+
+def translated_quotes(rules: OfflineVerdict, claim_text: str, evidence: EvidenceIndex) -> tuple[OfflineVerdict, list[Translation]]:
+    """The rules' verdict with translated quotations judged by their originals.
+
+    A quotation the draft lists as translated cannot be verbatim in its source (it is in another language): its
+    "not verbatim" failure is replaced by the check that its original is word for word in the source it names.
+    Returns the verdict and the translations whose originals were found (their words go into the evidence)."""
+    mine = [t for t in evidence.translations if _quote_key_text(t.text) in _quote_key_text(claim_text)]
+    if not mine:
+        return rules, []
+    found, failures = [], []
+    for t in mine:
+        source = evidence.by_n.get(t.source_n)
+        if source is not None and quote_appears_verbatim(t.original, source.text):
+            found.append(t)
+        else:
+            failures.append(RuleFailure(type="quote", value=t.text,
+                                        detail=f"translated quotation: its original “{_clip(t.original)}” is not word for word in "
+                                               f"source [{t.source_n}]"))
+    translated = [_quote_key_text(t.text) for t in mine]
+    kept = [f for f in rules.failures
+            if not (f.type == "quote" and any(_quote_key_text(f.value) in key or key in _quote_key_text(f.value) for key in translated))]
+    if found and not kept and not failures:
+        # Nothing else is wrong and the quotation's own words are in its source: that source supports it. (The
+        # translation's wording is the writer model's; with a judge, the judge reads the original beside it.)
+        first = found[0]
+        return rules.model_copy(update={"verdict": "supported", "source_id": str(first.source_n), "evidence": first.original,
+                                        "evidence_start": None, "evidence_end": None, "failures": []}), found
+    return rules.model_copy(update={"failures": [*kept, *failures]}), found
+
+
+def _quote_key_text(text: str) -> str:
+    return " ".join(re.sub(r"[“”\"'‘’]", "", text).casefold().split())
 
 
 def language_failures(rendered: RenderedDraft, evidence: EvidenceIndex) -> dict[str, RuleFailure]:
@@ -1404,6 +1446,7 @@ async def check_article(
     use_model = gateway is not None and getattr(gateway, "available", False)
     stats = stats if stats is not None else JudgeStats()
     rendered = render_draft(article)
+    evidence.translations = list(article.translations)
     calls = draft_calls(settings, gateway) if use_model else None
     checked = await claims_of(rendered, evidence, settings=settings,
                               gateway=BoundedGateway(gateway, calls) if use_model else None,
@@ -1514,6 +1557,7 @@ def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Em
     """The evidence windows (embedded), the rendered draft and, for the model path, its statements with their windows."""
     evidence = EvidenceIndex(sources_from_pack(pack.sources), config.factcheck.window_sentences, embed, language=pack.language)
     article = as_article(draft.article)
+    evidence.translations = list(article.translations)
     rendered = render_draft(article)
     statements = statements_of(rendered, evidence) if with_model else None
     return PreparedCheck(draft, pack, article, rendered, evidence, statements)
@@ -1576,7 +1620,7 @@ async def check_prepared(
             if candidate == current:
                 revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
                 break
-            violations = validate_article(candidate, spec, pack.sources)
+            violations = validate_article(candidate, spec, pack.sources, pack.language)
             if violations:
                 log.warning("revision %d of draft %s breaks the template, keeping the previous version: %s",
                             round_number, draft.id, "; ".join(violations))

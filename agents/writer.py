@@ -38,7 +38,7 @@ from pipeline.text.entities import (
 )
 from pipeline.core.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
 from pipeline.core.prompts import Prompt, PromptLibrary, library
-from pipeline.text.language import foreign_language, is_target
+from pipeline.text.language import foreign_language, is_target, language_name
 from pipeline.text.templates import (
     TemplateSpec,
     article_model,
@@ -77,10 +77,12 @@ def prompt_library(gateway=None) -> PromptLibrary:
 def render_writer_prompt(story: Story, pack: ResearchPack, spec: TemplateSpec, *, prompts: PromptLibrary | None = None) -> Prompt:
     """Exactly what the writer model is sent for this story (also shown by `run.py preview`)."""
     sources = sorted(pack.sources, key=lambda s: s.n)
-    return (prompts or library()).render("writer", spec=spec, story=story, sources=sources, about=source_labels(story, sources))
+    return (prompts or library()).render("writer", spec=spec, story=story, sources=sources,
+                                         about=source_labels(story, sources, pack.language),
+                                         language=pack.language, language_name=language_name(pack.language))
 
 
-def source_labels(story: Story, sources: Sequence[SourceDoc]) -> dict[int, str]:
+def source_labels(story: Story, sources: Sequence[SourceDoc], language: str | None = None) -> dict[int, str]:
     """What each source is about, as the writer prompt states it: the names it is about, and for background,
     that it is other coverage and not this story's event (and whether it concerns this story's actors at all)."""
     story_sources = [s for s in sources if s.role == "story"] or list(sources)
@@ -99,6 +101,11 @@ def source_labels(story: Story, sources: Sequence[SourceDoc]) -> dict[int, str]:
             )
         else:
             labels[s.n] = f"{who}. Background about a different event, not this story's actors: do not use it."
+    if language is not None:
+        # A source in another language is used all the same, translated (see prompts/writer.system.j2).
+        for s in sources:
+            if not is_target(s.language, language) and s.n in labels:
+                labels[s.n] += f" Written in {language_name(s.language)} ({s.language}): translate what you use."
     return labels
 
 
@@ -201,9 +208,10 @@ def _masked(article: Article) -> Article:
     })
 
 
-def article_validator(spec: TemplateSpec, sources: list[SourceDoc]) -> Callable[[Article], list[str]]:
-    """The gateway validator: template rules on the article as it will be stored (sources list from its citations)."""
-    return lambda article: validate_article(_with_pack_sources(article, sources), spec, sources)
+def article_validator(spec: TemplateSpec, sources: list[SourceDoc], language: str | None = None) -> Callable[[Article], list[str]]:
+    """The gateway validator: template rules on the article as it will be stored (sources list from its citations),
+    translated quotations included when the newsroom's `language` is given."""
+    return lambda article: validate_article(_with_pack_sources(article, sources), spec, sources, language)
 
 
 NO_SOURCES = "the research pack has no sources; there is nothing to write from"
@@ -226,8 +234,8 @@ async def _write_with_model(story: Story, pack: ResearchPack, spec: TemplateSpec
         return Draft(**base, article=article, violations=[NO_SOURCES], state=DraftState.needs_attention)
     try:
         result = await gateway.call(
-            "writer", prompt, article_model(spec, pack.sources),
-            validators=(article_validator(spec, pack.sources),),
+            "writer", prompt, article_model(spec, pack.sources, pack.language),
+            validators=(article_validator(spec, pack.sources, pack.language),),
             stage="draft", max_tokens=_max_tokens(gateway, spec, len(pack.sources)),
         )
     except (InvalidOutput, OutputTruncated, Refused) as exc:
@@ -237,11 +245,11 @@ async def _write_with_model(story: Story, pack: ResearchPack, spec: TemplateSpec
             violations = [f"the writer model returned no usable article: {e}" for e in _errors(exc)]
         else:
             article = _with_pack_sources(last, pack.sources)
-            violations = validate_article(article, spec, pack.sources) or _errors(exc)
+            violations = validate_article(article, spec, pack.sources, pack.language) or _errors(exc)
         log.warning("draft for story %s still invalid after repair: %s", story.key, "; ".join(violations))
         return Draft(**base, article=article, violations=violations, state=DraftState.needs_attention)
     article = _with_pack_sources(result, pack.sources)
-    violations = validate_article(article, spec, pack.sources)
+    violations = validate_article(article, spec, pack.sources, pack.language)
     state = DraftState.needs_attention if violations else DraftState.drafted
     return Draft(**base, article=article, violations=violations, state=state)
 
@@ -294,7 +302,7 @@ async def revise_draft(draft: Draft, flagged: list[ClaimVerdict], pack: Research
         return draft.article
 
     prompt = render_reviser_prompt(draft.article, flagged, pack, spec, prompts=prompt_library(gateway))
-    template_rules = article_validator(spec, pack.sources)
+    template_rules = article_validator(spec, pack.sources, pack.language)
     scope_rules = revision_scope_validator(draft.article, flagged)
     try:
         result = await gateway.call(

@@ -162,12 +162,23 @@ class SourceRef(Record):
     published: datetime | None = None
 
 
+class Translation(Record):
+    """A quotation the writer translated into the newsroom's language: marked "(translated)" where it stands, with the
+    source's own words kept, verbatim, for the fact-check."""
+
+    text: str = Field(description="the quotation as the article gives it, in the article's language, without quotation marks")
+    original: str = Field(description="the source's own words, copied exactly, without quotation marks")
+    source_n: int = Field(description="the number n of the source it comes from")
+    language: str = Field(description="the source's language, as its About line gives it (e.g. de)")
+
+
 class Article(Record):
     headline: str
     lead: str
     body: list[Paragraph]
     insights: list[Insight]
     sources: list[SourceRef]
+    translations: list[Translation] = []   # quotations translated from sources in other languages (model path only)
 
 
 class ImageSuggestion(Record):

@@ -609,4 +609,5 @@ def article_from_blocks(blocks: list[Block], draft_article: Article) -> Article:
         body=paragraphs(body, Paragraph),
         insights=paragraphs(insights, Insight),
         sources=draft_article.sources,
+        translations=draft_article.translations,
     )

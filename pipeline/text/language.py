@@ -148,6 +148,19 @@ def foreign_language(sentence: str, target: str, others: tuple[str, ...] | list[
     return None
 
 
+# How prompts and translation marks name a language; any other is named by its code.
+NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+         "nl": "Dutch", "pl": "Polish", "sv": "Swedish", "da": "Danish", "no": "Norwegian", "fi": "Finnish",
+         "cs": "Czech", "ru": "Russian", "uk": "Ukrainian", "tr": "Turkish", "ja": "Japanese", "zh": "Chinese",
+         "ko": "Korean", "ar": "Arabic", "hi": "Hindi", "id": "Indonesian", "vi": "Vietnamese"}
+
+
+def language_name(tag: str | None) -> str:
+    """'de' -> 'German', 'pt-BR' -> 'Portuguese'; an unknown code is its own name."""
+    code = primary(tag)
+    return NAMES.get(code, code)
+
+
 def is_target(language: str | None, target: str) -> bool:
     """An item in the target language, or one whose language is unknown (its sentences are checked one by one)."""
     return language in (None, UNDETERMINED) or primary(language) == primary(target)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from pipeline.core.models import Article, Insight, Paragraph, SourceDoc, SourceRef, Story
+from pipeline.core.models import Article, Insight, Paragraph, SourceDoc, SourceRef, Story, Translation
 from pipeline.text.sentences import split_sentences
 
 
@@ -268,8 +268,41 @@ def cited_numbers(article: Article) -> set[int]:
     return {n for _, text, declared in _sections(article) for n in [*declared, *inline_citations(text)]}
 
 
-def validate_article(article: Article, spec: TemplateSpec, sources: list[SourceDoc]) -> list[str]:
-    """Every way `article` breaks `spec` or cites outside `sources`, one plain sentence each. Empty means valid."""
+# "(translated)" or "(translated from German)" right after a closing quotation mark: how a translated quotation is marked.
+TRANSLATED_MARK = re.compile(r"[”\"’']\s*\(translated(?: from [^)]{1,40})?\)")
+
+
+def validate_translations(article: Article, sources: list[SourceDoc], language: str | None) -> list[str]:
+    """Each translated quotation is marked where it stands, and its original is verbatim in a source in another
+    language; each mark has its translation listed."""
+    from pipeline.text.factrules import quote_appears_verbatim
+    from pipeline.text.language import is_target
+
+    problems: list[str] = []
+    provided = {s.n: s for s in sources}
+    texts = [text for _, text, _ in _sections(article)]
+    marks = sum(len(TRANSLATED_MARK.findall(text)) for text in texts)
+    for i, t in enumerate(article.translations, 1):
+        source = provided.get(t.source_n)
+        if source is None:
+            problems.append(f"translation {i} names source [{t.source_n}], which is not provided")
+            continue
+        if language is not None and source.language != "und" and is_target(source.language, language):
+            problems.append(f"translation {i} is from source [{t.source_n}], which is already in the article's language ({language})")
+        if not quote_appears_verbatim(t.original, source.text):
+            problems.append(f"translation {i}: its original \"{t.original[:80]}\" is not word for word in source [{t.source_n}]")
+        marked = any(re.search(re.escape(t.text.strip()) + r"[,.!?]?" + TRANSLATED_MARK.pattern, text) for text in texts)
+        if not marked:
+            problems.append(f"translation {i} (\"{t.text[:60]}\") must stand in the article in quotation marks followed by \"(translated)\"")
+    if marks > len(article.translations):
+        problems.append(f"the article marks {marks} quotation(s) as translated but lists {len(article.translations)} in translations")
+    return problems
+
+
+def validate_article(article: Article, spec: TemplateSpec, sources: list[SourceDoc], language: str | None = None) -> list[str]:
+    """Every way `article` breaks `spec` or cites outside `sources`, one plain sentence each. Empty means valid.
+
+    `language`: the newsroom's, for the translated quotations (see `validate_translations`)."""
     problems: list[str] = []
     provided = {s.n: s for s in sources}
 
@@ -345,6 +378,8 @@ def validate_article(article: Article, spec: TemplateSpec, sources: list[SourceD
             problems.append(f"source [{ref.n}] is listed but never cited; cite it or drop it from the sources list")
     for n in sorted(cited & set(provided) - listed):
         problems.append(f"source [{n}] is cited but missing from the sources list")
+    if article.translations or any(TRANSLATED_MARK.search(text) for _, text, _ in _sections(article)):
+        problems += validate_translations(article, sources, language)
     return problems
 
 
@@ -371,7 +406,7 @@ _MODELS: dict[tuple, type[Article]] = {}
 _MODELS_KEPT = 256  # per-pack classes: a long-running scheduler keeps only the recent ones
 
 
-def article_model(spec: TemplateSpec, sources: Sequence[SourceDoc] | None = None) -> type[Article]:
+def article_model(spec: TemplateSpec, sources: Sequence[SourceDoc] | None = None, language: str | None = None) -> type[Article]:
     """An `Article` subclass whose JSON schema carries the template's rules where JSON schema can say them.
 
     Item counts become minItems/maxItems (paragraphs, insights, citations per
@@ -389,13 +424,21 @@ def article_model(spec: TemplateSpec, sources: Sequence[SourceDoc] | None = None
     but there is no source 7"). The sources list the model writes is rebuilt
     from its citations anyway (agents/writer.py). The same rules and sources give
     the same class, so callers can key on it.
+
+    Given the newsroom's `language` too, a translation may only name a source in another language (an enum of
+    them; none at all when every source is in the newsroom's language, or when no language is given).
     """
+    from pipeline.text.language import is_target
+
     listed = tuple((s.n, s.title, s.outlet, s.url) for s in sorted(sources, key=lambda s: s.n)) if sources is not None else None
-    key = (spec.model_dump_json(), listed)
+    # Without the newsroom's language no source counts as another language's: no translation is allowed.
+    foreign = (tuple(s.n for s in sorted(sources, key=lambda s: s.n) if language is not None and not is_target(s.language, language))
+               if sources is not None else None)
+    key = (spec.model_dump_json(), listed, foreign)
     if key not in _MODELS:
         while len(_MODELS) >= _MODELS_KEPT:
             del _MODELS[next(iter(_MODELS))]
-        _MODELS[key] = _build_article_model(spec, listed)
+        _MODELS[key] = _build_article_model(spec, listed, foreign)
     return _MODELS[key]
 
 
@@ -407,7 +450,12 @@ def _citations(low: int, numbers: list[int] | None, description: str) -> Any:
     return (list[int], Field(min_length=low, description=description, json_schema_extra=extra))
 
 
-def _build_article_model(spec: TemplateSpec, listed: tuple[tuple[int, str, str, str], ...] | None) -> type[Article]:
+# Translated quotations per source in another language, at most (a schema bound, not a style rule).
+MAX_TRANSLATIONS_PER_SOURCE = 4
+
+
+def _build_article_model(spec: TemplateSpec, listed: tuple[tuple[int, str, str, str], ...] | None,
+                         foreign: tuple[int, ...] | None = None) -> type[Article]:
     title = "".join(part.capitalize() for part in re.split(r"[_\-]", spec.name))
     body, ins = spec.body, spec.insights
     numbers = sorted({n for n, *_ in listed}) if listed is not None else None
@@ -443,6 +491,16 @@ def _build_article_model(spec: TemplateSpec, listed: tuple[tuple[int, str, str, 
             for n, t, o, u in listed
         ]
         sources_field["json_schema_extra"] = {"items": {"anyOf": entries}, "maxItems": len(entries)}
+    translation: Any = Translation
+    translations_field: dict[str, Any] = {"description": "every quotation translated from a source in another language; [] when none"}
+    if foreign is not None:
+        if foreign:
+            translation = create_model(
+                f"{title}Translation", __base__=Translation,
+                source_n=(int, Field(description="the number n of the source it comes from",
+                                     json_schema_extra={"enum": list(foreign)})),
+            )
+        translations_field["json_schema_extra"] = {"maxItems": MAX_TRANSLATIONS_PER_SOURCE * len(foreign)}
     return create_model(
         f"{title}Article",
         __base__=Article,
@@ -451,6 +509,7 @@ def _build_article_model(spec: TemplateSpec, listed: tuple[tuple[int, str, str, 
         body=(list[paragraph], Field(min_length=body.min_paragraphs, max_length=body.max_paragraphs)),
         insights=(list[insight], Field(min_length=ins.min_count, max_length=ins.max_count)),
         sources=(list[SourceRef], Field(**sources_field)),
+        translations=(list[translation], Field(default=[], **translations_field)),
     )
 
 
