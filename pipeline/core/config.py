@@ -70,7 +70,7 @@ class Newsroom(Section):
     @field_validator("language")
     @classmethod
     def _language_tag(cls, value: str) -> str:
-        from pipeline.text.language import check_tag
+        from pipeline.core.language_tags import check_tag
 
         return check_tag(value)
 

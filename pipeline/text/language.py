@@ -18,10 +18,15 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-UNDETERMINED = "und"
-# BCP 47 in the shape a newsroom writes it: a 2-3 letter language, then optional script,
-# region or variant subtags ("en", "en-GB", "zh-Hant-TW", "sr-Latn").
-BCP47 = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+from pipeline.core.language_tags import (  # noqa: F401  (re-exported: the detector's callers use one module)
+    BCP47,
+    DETECTOR_LANGUAGES,
+    UNDETERMINED,
+    check_tag,
+    known_languages,
+    primary,
+)
+
 # Below this many letters a whole item's text says too little to name its language.
 MIN_ITEM_LETTERS = 40
 MIN_ITEM_CONFIDENCE = 0.5
@@ -33,20 +38,6 @@ COMMON = ("en", "de", "fr", "es", "it", "pt", "nl")
 # Share of (target + best other) the other language must hold before a sentence is called foreign.
 SENTENCE_MARGIN = 0.9
 
-# The detector's languages (py3langid 0.4 model), listed here so that checking config does not load the model;
-# tests/test_language.py checks the list against the installed model.
-DETECTOR_LANGUAGES = frozenset({
-    "ace", "af", "am", "an", "ar", "ary", "arz", "as", "az", "ba", "bcl", "be", "bg", "bn", "br", "bs", "ca",
-    "crh", "cs", "cy", "da", "de", "dz", "el", "en", "eo", "es", "et", "eu", "ext", "fa", "fi", "fo", "fr",
-    "fuv", "fy", "ga", "gcf", "gcr", "gd", "gl", "gom", "grc", "gu", "gug", "guw", "ha", "hbo", "he", "hi",
-    "hr", "ht", "hu", "hy", "id", "ig", "is", "it", "ja", "jv", "ka", "kab", "kik", "kk", "km", "kn", "ko",
-    "ku", "ky", "la", "lb", "lg", "lij", "ln", "lo", "lt", "ltg", "lv", "mg", "mk", "ml", "mn", "mr", "ms",
-    "mt", "my", "ne", "nl", "nn", "no", "nso", "oc", "om", "or", "pa", "pcm", "pl", "ps", "pt", "qu", "ro",
-    "ru", "rw", "sa", "sdh", "se", "si", "sk", "sl", "sn", "so", "sq", "sr", "st", "sv", "sw", "ta", "te",
-    "tg", "th", "tk", "tl", "tr", "tt", "ug", "uk", "ur", "uz", "uzs", "vec", "vi", "vo", "wa", "wuu", "xh",
-    "yo", "yue", "zh", "zu", "zxx",
-})
-
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
@@ -54,11 +45,6 @@ _WORD = re.compile(r"[^\W\d_]{2,}")
 class Detection:
     language: str          # ISO 639 code from the detector, or "und"
     confidence: float      # the detector's normalised probability for it
-
-
-def primary(tag: str | None) -> str:
-    """The language subtag of a BCP 47 tag, lower case: 'pt-BR' -> 'pt'."""
-    return (tag or UNDETERMINED).split("-", 1)[0].lower()
 
 
 @lru_cache(maxsize=1)
@@ -90,23 +76,6 @@ def _identifier_in_memory():
             modelio._to_array(data["nextmove"]), data["out_feat"].tolist(),
             norm_probs=True, tk_row=modelio._to_array(data["nextmove_row"]),
         )
-
-
-def known_languages() -> frozenset[str]:
-    return DETECTOR_LANGUAGES
-
-
-def check_tag(tag: str) -> str:
-    """A BCP 47 tag whose language the detector knows; ValueError saying what is wrong otherwise."""
-    value = tag.strip()
-    if not BCP47.match(value):
-        raise ValueError(f"must be a BCP 47 language tag such as 'en', 'de' or 'pt-BR', got {tag!r}")
-    if primary(value) not in known_languages():
-        raise ValueError(
-            f"language {primary(value)!r} is not one the language detector knows; "
-            f"known: {', '.join(sorted(DETECTOR_LANGUAGES))}"
-        )
-    return value
 
 
 def _ranked(text: str) -> dict[str, float]:
