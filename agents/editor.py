@@ -29,6 +29,7 @@ from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, as_utc, row_to_item, stable_hash, utcnow
 from pipeline.core.models import Classification, Item, ItemState, Story, StoryState
+from pipeline.text.entities import names
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -258,8 +259,6 @@ CROSS_LANGUAGE_SHARED_NAMES = 4
 
 def _name_words(candidate: Candidate) -> set[str]:
     if candidate.name_words is None:
-        from pipeline.text.entities import names
-
         candidate.name_words = {w for n in names(f"{candidate.item.title}. {candidate.item.text}") for w in n.split() if len(w) >= 4}
     return candidate.name_words
 
@@ -346,7 +345,6 @@ def select_top(stories: list[Story], k: int, min_score: float = 0.0) -> list[Sto
 
 
 def _candidate(row) -> Candidate:
-
     item = row_to_item(row)
     classification = Classification.model_validate(row.classification)
     return Candidate(item=item, classification=classification, entities=entity_set(classification, item.title))

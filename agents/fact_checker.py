@@ -126,6 +126,7 @@ from pipeline.core.prompts import PromptLibrary
 from pipeline.text.templates import TemplateSpec, as_article, find_urls, load_templates, normalize_url, validate_article
 from pipeline.text.sentences import split_sentences
 from pipeline.core.tokens import count_messages, count_tokens
+from pipeline.text.metadata import refreshed_meta
 
 log = logging.getLogger("newsdesk.fact_checker")
 
@@ -1644,8 +1645,6 @@ async def check_prepared(
     revised = current != prepared.article
     meta = None
     if revised and draft.meta is not None and spec is not None:
-        from pipeline.text.metadata import refreshed_meta
-
         meta = refreshed_meta(draft.meta, current, spec.metadata)
     return CheckOutcome(article=current, report=report, revised=revised, stats=stats, meta=meta)
 

@@ -89,6 +89,8 @@ from pipeline.core.corrections import learn_house_rules, record_corrections
 from pipeline.core.ledger import Ledger, stable_hash, utcnow
 from pipeline.core.models import Article, Draft, DraftState, FactCheckReport, PublishMeta, ResearchPack, StageReport
 from pipeline.services.outbox import APPROVED_DIR, file_stem, parse_markdown, render_html, render_markdown, write_atomic
+from pipeline.text.templates import TemplateError, load_templates
+from pipeline.text.metadata import build_meta, is_header_line, meta_from_lines, validate_meta
 
 log = logging.getLogger("newsdesk.publisher")
 
@@ -749,9 +751,6 @@ def publish_ready(config: Config, ledger: Ledger, *, client: GoogleClient | None
 
 def _with_stored_meta(config: Config, ledger: Ledger, row: Any, draft: Draft) -> Draft:
     """A draft written before publishing metadata existed gets it now, from its stored research, and keeps it."""
-    from pipeline.text.metadata import build_meta
-    from pipeline.text.templates import TemplateError, load_templates
-
     try:
         spec = load_templates(config.templates_dir).get(draft.template)
         pack = ResearchPack.model_validate(row.research) if row.research else None
@@ -808,9 +807,6 @@ def _store_spike(ledger: Ledger, draft: Draft) -> None:
 
 def _edited_meta(config: Config | None, ledger: Ledger, draft: Draft, blocks: list[Block]) -> tuple[PublishMeta | None, list[str]]:
     """The publishing metadata as the editor left it in the document's header, and what in it breaks the template."""
-    from pipeline.text.metadata import is_header_line, meta_from_lines, validate_meta
-    from pipeline.text.templates import TemplateError, load_templates
-
     meta = meta_from_lines([b.text for b in blocks if is_header_line(b.text)], draft.meta)
     if meta is None or config is None:
         return meta, []

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pipeline.core.language_tags import check_tag
 
 DEFAULT_CONFIG = "config.toml"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -70,8 +71,6 @@ class Newsroom(Section):
     @field_validator("language")
     @classmethod
     def _language_tag(cls, value: str) -> str:
-        from pipeline.core.language_tags import check_tag
-
         return check_tag(value)
 
 

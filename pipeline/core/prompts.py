@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 from pydantic import BaseModel
+from pipeline.core.corrections import read_house_rules
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 
@@ -65,8 +66,6 @@ class PromptLibrary:
 
     def render(self, name: str, **variables) -> Prompt:
         if name in HOUSE_RULE_PROMPTS:
-            from pipeline.core.corrections import read_house_rules
-
             variables.setdefault("house_rules", read_house_rules(self.house_rules))
         messages = []
         for part in ("system", "user"):

@@ -26,6 +26,7 @@ from pipeline.core.progress import progress
 from agents.writer import write_draft
 from agents.writer import prompt_library, render_writer_prompt
 from agents.researcher import context_budget, context_window, research
+from pipeline.text.metadata import with_meta
 
 log = logging.getLogger("newsdesk.drafting")
 
@@ -72,9 +73,6 @@ def prepare(story: Story, config: Config, ledger: Ledger, store, gateway, templa
 
 
 async def _write(prepared: PreparedStory, gateway, embed) -> Draft:
-
-    from pipeline.text.metadata import with_meta
-
     draft = await write_draft(prepared.story, prepared.pack, prepared.spec, gateway, embed=embed)
     return with_meta(draft, prepared.story.topics, prepared.pack.sources, prepared.spec.metadata, prepared.pack.language)
 

@@ -29,11 +29,10 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import MetaData, Table, create_engine, delete, inspect
 
 from pipeline.core.config import Config, load_config
-from pipeline.flow.runner import STOP, install_stop_handlers
-from pipeline.core.lock import LockHeld, PipelineLock
 from pipeline.core.ledger import Ledger
-from pipeline.flow.runner import run_locked
-from pipeline.core.lock import LockHeld
+from pipeline.core.lock import LockHeld, PipelineLock
+from pipeline.flow.runner import STOP, install_stop_handlers, run_locked
+from pipeline.flow.worker import enqueue_run
 
 log = logging.getLogger("newsdesk.scheduler")
 
@@ -48,9 +47,6 @@ def run_job(config_path: str, job_name: str) -> str:
     config = load_config(config_path)
     job = config.schedule.jobs[job_name]
     if config.cluster.enabled:  # the workers run it; this single scheduler only queues
-        from pipeline.core.ledger import Ledger
-        from pipeline.flow.worker import enqueue_run
-
         ledger = Ledger.from_config(config)
         try:
             run_id = enqueue_run(ledger, f"schedule:{job_name}", list(job.stages))

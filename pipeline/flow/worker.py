@@ -47,6 +47,9 @@ from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, as_utc, utcnow
 from pipeline.core.models import DraftState, StageReport
 from pipeline.flow.runner import STAGE_ORDER, STAGES, STOP, Run, stage_function
+from agents.editor import select_top, waiting_stories
+from agents.classifier import pending_items
+from pipeline.flow.stages import select_stories
 
 log = logging.getLogger("newsdesk.worker")
 
@@ -68,8 +71,6 @@ def stage_of(phase: str) -> str:
 
 def unit_function(phase: str) -> Callable[[Run], StageReport]:
     if phase == "select":
-        from pipeline.flow.stages import select_stories
-
         return select_stories
     return stage_function(phase)
 
@@ -98,8 +99,6 @@ def units_for(phase: str, config: Config, ledger: Ledger) -> list[str | tuple[st
     if phase == "fetch":
         return [feed.name for feed in config.feeds if feed.enabled]
     if phase == "classify":
-        from agents.classifier import pending_items
-
         # Copies of one text go in one batch: the batch decides them once (the classifier's twin rule).
         by_hash: dict[str, list[str]] = {}
         for item in pending_items(ledger):
@@ -114,8 +113,6 @@ def units_for(phase: str, config: Config, ledger: Ledger) -> list[str | tuple[st
             units.append((f"batch-{batch[0]}", {"keys": batch}))
         return units
     if phase == "draft":
-        from agents.editor import select_top, waiting_stories
-
         chosen = select_top(waiting_stories(ledger), config.stories.max_per_run, config.stories.min_newsworthiness)
         return [story.key for story in chosen]
     if phase == "check":

@@ -30,7 +30,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence, TypeVar
 
 from pydantic import BaseModel, RootModel, ValidationError
@@ -43,6 +43,7 @@ from pipeline.core.ledger import Ledger, stable_hash, utcnow
 from pipeline.core.prompts import Prompt
 from pipeline.core.tokens import count_messages, count_tokens
 from pipeline.core.logs import redact as redact_registered
+from pipeline.core.slots import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -793,10 +794,6 @@ class Gateway:
     def _ledger_slots(self):
         """llm.concurrency slots in the ledger, shared by every worker (a dead worker's slot frees after its lease)."""
         if self._shared_slots is None:
-            from datetime import timedelta
-
-            from pipeline.core.slots import SharedSlots
-
             self._shared_slots = SharedSlots(self.ledger, "llm", self.llm.concurrency,
                                              lease=timedelta(seconds=self.config.cluster.lease_s))
         return self._shared_slots

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipeline.core.models import Article, Insight, Paragraph, SourceDoc, SourceRef, Story, Translation
 from pipeline.text.sentences import split_sentences
+from pipeline.text.language import is_target
+from pipeline.text.factrules import quote_appears_verbatim
 
 
 class TemplateError(Exception):
@@ -275,9 +277,6 @@ TRANSLATED_MARK = re.compile(r"[”\"’']\s*\(translated(?: from [^)]{1,40})?\)
 def validate_translations(article: Article, sources: list[SourceDoc], language: str | None) -> list[str]:
     """Each translated quotation is marked where it stands, and its original is verbatim in a source in another
     language; each mark has its translation listed."""
-    from pipeline.text.factrules import quote_appears_verbatim
-    from pipeline.text.language import is_target
-
     problems: list[str] = []
     provided = {s.n: s for s in sources}
     texts = [text for _, text, _ in _sections(article)]
@@ -428,8 +427,6 @@ def article_model(spec: TemplateSpec, sources: Sequence[SourceDoc] | None = None
     Given the newsroom's `language` too, a translation may only name a source in another language (an enum of
     them; none at all when every source is in the newsroom's language, or when no language is given).
     """
-    from pipeline.text.language import is_target
-
     listed = tuple((s.n, s.title, s.outlet, s.url) for s in sorted(sources, key=lambda s: s.n)) if sources is not None else None
     # Without the newsroom's language no source counts as another language's: no translation is allowed.
     foreign = (tuple(s.n for s in sorted(sources, key=lambda s: s.n) if language is not None and not is_target(s.language, language))
