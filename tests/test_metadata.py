@@ -85,6 +85,12 @@ def test_no_share_image_means_no_suggestion_and_a_template_can_turn_images_off()
      "$48.2 million from its hot wallets early on Wednesday, November 18, in the largest exchange breach of the year.",
      "Korvex, a Lisbon-based cryptocurrency exchange with about 1.3 million registered users, said attackers drained "
      "$48.2 million from its hot wallets early…"),
+    # An abbreviation's full stop ends no sentence: cut at a word, never after "U.S.", nor before a dangling "on"
+    ("Lattice Protocol Inc. must pay a $12.5 million civil penalty over token sales to institutional investors, "
+     "U.S. District Judge Harriet Coleman ruled on Friday, while rejecting the Federal Digital Markets Commission's "
+     "broader claim.",
+     "Lattice Protocol Inc. must pay a $12.5 million civil penalty over token sales to institutional investors, "
+     "U.S. District Judge Harriet Coleman ruled…"),
 ])
 def test_the_description_is_the_lead_cut_at_a_sentence_else_a_word_within_155_characters(lead, expected):
     assert describe(lead, 155) == expected and len(expected) <= 155

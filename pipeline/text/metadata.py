@@ -18,11 +18,18 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.core.models import Article, Draft, DraftState, ImageSuggestion, PublishMeta, SourceDoc
+from pipeline.text.sentences import split_sentences
+from pipeline.text.language import is_target
+from pipeline.text.entities import capitalised_mid_sentence, story_profile
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _MARKERS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[.!?][\"'”’)]*(?=\s|$)")
+_TERMINAL_CHARS = ".!?\"'”’)"
+_NEEDS_NEXT = frozenset(
+    "a an the of on in at to for with by from and or but that as is was are were his her their its our while "
+    "after before than into over".split()
+)
 # og keys that name a page's share image, best first.
 IMAGE_KEYS = ("og:image", "og:image:secure_url", "og:image:url", "twitter:image")
 MAX_TAG_CHARS = 40
@@ -48,11 +55,15 @@ def describe(lead: str, limit: int) -> str:
     text = " ".join(_MARKERS.sub("", lead).split())
     if len(text) <= limit:
         return text
-    ends = [m.end() for m in _SENTENCE_END.finditer(text) if m.end() <= limit]
+    # The project's splitter, not a full stop before a space: "U.S. District Judge" or "Inc." ends no sentence.
+    ends = [s.end for s in split_sentences(text) if s.end <= limit and text[s.end - 1] in _TERMINAL_CHARS]
     if ends and ends[-1] >= limit // 2:
         return text[: ends[-1]]
-    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:—–- ")
-    return cut + "…"
+    words = text[: limit - 1].rsplit(" ", 1)[0].split(" ")
+    # "…ruled…", not "…ruled on…": a description never ends on a word that needs the next one.
+    while len(words) > 1 and words[-1].lower().rstrip(",;:") in _NEEDS_NEXT:
+        words.pop()
+    return " ".join(words).rstrip(",;:—–- ") + "…"
 
 
 _CALENDAR = frozenset(
@@ -87,9 +98,6 @@ def story_tags(topics: Sequence[str], sources: Sequence[SourceDoc], limit: int, 
     """The story's topics, then its actors: the names its headlines share first, then names most of its own
     sources share, each as the sources write it. Only sources in the newsroom's language are read for names
     (another language's capitalised nouns are no names: "Millionen Dollar")."""
-    from pipeline.text.entities import capitalised_mid_sentence, story_profile
-    from pipeline.text.language import is_target
-
     own = [s for s in sources if s.role == "story"] or list(sources)
     own = [s for s in own if is_target(s.language, language)] or own
     core, names, common = story_profile([s.title for s in own], [s.text for s in own])
