@@ -26,6 +26,7 @@ from pipeline.text.entities import (
     StoryProfile,
     about_story,
     bare_surnames,
+    second_reference,
     dangles,
     names,
     key_figures,
@@ -953,7 +954,9 @@ def _compose(
         nonlocal introduced
         pieces = []
         for u in units:
-            pieces.append(_introduce(u.text, material.people, introduced + " " + " ".join(pieces), _nearby(material, u)))
+            before = introduced + " " + " ".join(pieces)
+            named = _introduce(u.text, material.people, before, _nearby(material, u))
+            pieces.append(second_reference(named, material.people, before))
         out = " ".join(pieces) if text is None else text
         introduced += " " + out
         return out

@@ -17,6 +17,10 @@ These counts say where they do not; each is 0 (or False) for a clean draft.
   do not balance, plus every bare quotation (no speaker) that does not follow
   its speaker's attributed quote in the same paragraph.
 - `headline_copied`: the headline equals or nearly equals a source's title.
+- `full_name_repeated`: a person the sources also call by surname alone, given
+  their full name again after the lead or body already did ("U.S. District
+  Judge Harriet Coleman ruled …" and, a paragraph later, "U.S. District Judge
+  Harriet Coleman said …"): a second reference is the surname.
 - `off_story_sentences`: sentences citing only background sources that neither
   mention the story's entities nor are framed as context ("Earlier, …",
   "Separately, …", "Previously, …"); `unframed_background_sentences` counts every
@@ -256,6 +260,21 @@ def dangling_openings(draft: Any, pack: Any = None) -> int:
     return len(dangling_opening_texts(draft, pack))
 
 
+def full_name_repeated_texts(draft: Any, pack: Any = None) -> list[str]:
+    """Sentences naming in full again a person the draft has already named in full (see `full_name_repeated`)."""
+    people = person_names([s.text for s in _sources(pack)]) if pack is not None else {}
+    out, introduced = [], ""
+    for s in sentences(draft):
+        if any(name in introduced and name in s.text for name in people.values()):
+            out.append(s.text)
+        introduced += " " + s.text
+    return out
+
+
+def full_name_repeated(draft: Any, pack: Any = None) -> int:
+    return len(full_name_repeated_texts(draft, pack))
+
+
 def quote_split_texts(draft: Any) -> list[str]:
     d = view(draft)
     out = [d.headline] if not quotes_balanced(d.headline) else []
@@ -328,6 +347,10 @@ def unframed_background_sentences(draft: Any, pack: Any) -> int:
     return sum(1 for s in sentences(draft) if s.part.section != "lead" and _background_only(s, pack) and not is_framed(s.text))
 
 
+DRAFT_KEYS = ("repeated_facts", "dangling_openings", "quote_splits", "headline_copied", "off_story_sentences",
+              "unframed_background", "full_name_repeated")
+
+
 def draft_metrics(draft: Any, pack: Any) -> dict[str, int | bool]:
     return {
         "repeated_facts": repeated_facts(draft, pack),
@@ -336,6 +359,7 @@ def draft_metrics(draft: Any, pack: Any) -> dict[str, int | bool]:
         "headline_copied": headline_copied(draft, pack),
         "off_story_sentences": off_story_sentences(draft, pack),
         "unframed_background": unframed_background_sentences(draft, pack),
+        "full_name_repeated": full_name_repeated(draft, pack),
     }
 
 
@@ -347,6 +371,7 @@ def explain(draft: Any, pack: Any) -> dict[str, list]:
         "quote_splits": quote_split_texts(draft),
         "headline_copied": [view(draft).headline] if headline_copied(draft, pack) else [],
         "off_story_sentences": off_story_sentence_texts(draft, pack),
+        "full_name_repeated": full_name_repeated_texts(draft, pack),
     }
 
 
@@ -377,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print the offending sentences")
     args = parser.parse_args(argv)
     totals: dict[str, int] = {}
-    keys = ["repeated_facts", "dangling_openings", "quote_splits", "headline_copied", "off_story_sentences", "unframed_background"]
+    keys = list(DRAFT_KEYS)
     print("story         " + " ".join(f"{k[:12]:>12}" for k in keys) + "  headline")
     for key, article, pack in _workspace_drafts(args.workspace):
         m = draft_metrics(article, pack)

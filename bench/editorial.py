@@ -199,9 +199,6 @@ def clusters_section(args) -> tuple[list[str], float]:
 
 # --- the drafts section ----------------------------------------------------------------------
 
-DRAFT_KEYS = ("repeated_facts", "dangling_openings", "quote_splits", "headline_copied", "off_story_sentences", "unframed_background")
-
-
 def draft_labelled_set(labelled: LabelledSet, workdir: Path) -> tuple[list[dict], int, int]:
     """Run fetch → check offline on one set (every waiting story drafted), then measure each draft.
 
@@ -243,6 +240,8 @@ def drafts_section(args) -> tuple[list[str], float]:
         for name in names:
             started = time.perf_counter()
             measured, sentence_count, claims = draft_labelled_set(SETS[name], Path(scratch))
+            from bench.draft_metrics import DRAFT_KEYS
+
             totals = {k: sum(int(m[k]) for m in measured) for k in DRAFT_KEYS}
             n, per = len(measured), max(1, sentence_count)
             lines.append(
@@ -251,7 +250,8 @@ def drafts_section(args) -> tuple[list[str], float]:
                 f"repeated-fact rate {totals['repeated_facts'] / per:.3f} ({totals['repeated_facts']}), "
                 f"dangling-opening rate {totals['dangling_openings'] / per:.3f} ({totals['dangling_openings']}), "
                 f"quote splits {totals['quote_splits']}, headline copied {totals['headline_copied']}/{n}, "
-                f"unframed background {totals['unframed_background']} ({time.perf_counter() - started:.1f}s)"
+                f"unframed background {totals['unframed_background']}, "
+                f"full names repeated {totals['full_name_repeated']} ({time.perf_counter() - started:.1f}s)"
             )
             defects += sum(totals.values())
     lines.append(f"drafts: {defects} editorial defects over {', '.join(names)} (goal 0)")

@@ -25,8 +25,8 @@ from agents.writer import extractive_draft, render_writer_prompt
 from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.cli.demo import prepare_workspace
-from pipeline.text.entities import dangles, is_framed, key_figures, quotes_balanced, unattributed_quote
-from pipeline.core.models import Article, DraftState, ResearchPack, SourceDoc, Story
+from pipeline.text.entities import dangles, is_framed, key_figures, quotes_balanced, second_reference, unattributed_quote
+from pipeline.core.models import Article, DraftState, Insight, ResearchPack, SourceDoc, Story
 from pipeline.flow.runner import Run
 from pipeline.text.templates import load_templates, validate_article
 
@@ -73,7 +73,7 @@ def test_the_six_demo_drafts_have_no_editorial_defects(demo):
         metrics = dm.draft_metrics(article, pack)
         assert metrics == {
             "repeated_facts": 0, "dangling_openings": 0, "quote_splits": 0, "headline_copied": False,
-            "off_story_sentences": 0, "unframed_background": 0,
+            "off_story_sentences": 0, "unframed_background": 0, "full_name_repeated": 0,
         }, (article.headline, dm.explain(article, pack))
 
 
@@ -299,6 +299,30 @@ def test_metrics_count_the_defects_issue_13_describes():
     assert metrics["off_story_sentences"] == 2     # both Pellucid sentences, unframed
     framed = stitched.model_copy(update={"insights": [Insight(text="Separately, Pellucid said it would compensate users.", citations=[3])]})
     assert dm.off_story_sentences(framed, pack) == 1  # the framed one no longer counts
+
+
+def test_a_person_named_in_full_is_called_by_surname_after_that():
+    """Second reference, as an editor writes it: the surname, without the title that came with the full name."""
+    people = {"Coleman": "Harriet Coleman", "Raman": "Priya Raman", "Okafor": "Dev Okafor"}
+    named = "U.S. District Judge Harriet Coleman ruled on Friday. Vantor chief executive Priya Raman and Dev Okafor spoke."
+    cases = {
+        "In a 64-page opinion, U.S. District Judge Harriet Coleman said the buyers had no claim.":
+            "In a 64-page opinion, Coleman said the buyers had no claim.",
+        "Vantor Labs chief executive Priya Raman promised a full audit.": "Raman promised a full audit.",
+        "Lattice's chief executive Priya Raman said so on Friday Priya Raman.": "Raman said so on Friday Raman.",
+        "Halvane analyst Dev Okafor told Satoshi Wire.": "Okafor told Satoshi Wire.",
+        "The FDMC is reviewing the decision, Okafor said.": "The FDMC is reviewing the decision, Okafor said.",
+    }
+    for text, expected in cases.items():
+        assert second_reference(text, people, named) == expected
+    # Not named yet, or not someone the sources call by surname: left as written.
+    first = "U.S. District Judge Harriet Coleman ruled on Friday."
+    assert second_reference(first, people, "") == first
+    assert second_reference("Commissioner Robert Aldine dissented.", people, "Robert Aldine") == "Commissioner Robert Aldine dissented."
+    article = Article(headline="Judge rules", lead=first, body=[], sources=[],
+                      insights=[Insight(text="U.S. District Judge Harriet Coleman also declined a ban.", citations=[1])])
+    pack = [source(1, "Ruling", f"{first} Coleman said the buyers had no claim. Coleman declined a ban.")]
+    assert dm.full_name_repeated(article, pack) == 1
 
 
 def test_metrics_read_the_outbox_markdown():

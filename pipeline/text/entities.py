@@ -431,6 +431,63 @@ def bare_surnames(text: str, people: dict[str, str], introduced: str) -> list[st
     return out
 
 
+# Words of a title or role written before a name ("U.S. District Judge", "chief executive", "agency spokesperson").
+_ROLE_WORDS = frozenset(
+    """u.s. us federal district circuit appeals bankruptcy magistrate judge justice commissioner commission chair
+    chairman chairwoman chairperson president vice ceo cfo coo cto cio chief executive officer financial operating
+    technology investment senator sen. rep. representative governor gov. director managing lead senior principal head
+    spokesperson spokesman spokeswoman founder co-founder cofounder minister secretary attorney general prosecutor
+    economist strategist partner trader professor prof. dr. mr. ms. mrs. analyst researcher agency company exchange
+    firm foundation""".split()
+)
+_TOKEN = re.compile(r"\S+")
+
+
+def second_reference(text: str, people: dict[str, str], introduced: str) -> str:
+    """A person the article has already named in full is called by surname after that, without the title or role
+    that came with the full name: "U.S. District Judge Harriet Coleman said" -> "Coleman said" once the lead has
+    named her. Only people the sources themselves call by surname alone (`person_names`)."""
+    for last, name in people.items():
+        if name not in introduced:
+            continue
+        for m in reversed(list(re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text))):
+            start = _role_start(text, m.start())
+            text = text[:start] + last + text[m.end():]
+    return text
+
+
+def _role_start(text: str, name_start: int) -> int:
+    """Where the title or role right before a name begins (`name_start` when there is none): role words, then the
+    organisation they belong to ("Vantor Labs chief executive", "Lattice's chief executive", "the FDMC Chair")."""
+    tokens = [(m.start(), m.group(0)) for m in _TOKEN.finditer(text[:name_start])]
+    start, roles = name_start, 0
+    while tokens and tokens[-1][1].lower() in _ROLE_WORDS:
+        start = tokens.pop()[0]
+        roles += 1
+    if not roles:
+        return name_start
+    organisation = 0
+    while tokens and organisation < 2:
+        word = tokens[-1][1]
+        bare = word.removesuffix("'s").removesuffix("’s")
+        if not bare[:1].isupper() or not bare.replace("-", "").replace(".", "").isalnum() or bare.lower() in _NOT_NAMES \
+                or bare.lower() in _CALENDAR_WORDS:
+            break
+        start = tokens.pop()[0]
+        organisation += 1
+        if bare != word:  # a possessive is the organisation's first word as read backwards: nothing before it belongs
+            break
+    if tokens and tokens[-1][1].lower() == "the":
+        start = tokens.pop()[0]
+    return start
+
+
+_CALENDAR_WORDS = frozenset(
+    "january february march april may june july august september october november december monday tuesday wednesday "
+    "thursday friday saturday sunday".split()
+)
+
+
 def _lowercase_words(texts: Iterable[str]) -> set[str]:
     return {m.group(0) for text in texts for m in re.finditer(r"(?<![A-Za-z0-9\-])[a-z][a-z0-9\-]*", text)}
 
