@@ -26,6 +26,8 @@ from pipeline.text.entities import (
     StoryProfile,
     about_story,
     bare_surnames,
+    first_reference,
+    organisation_names,
     second_reference,
     dangles,
     names,
@@ -695,6 +697,7 @@ class _Material:
     lead_text: str = ""              # what every body paragraph and insight can lean on
 
     core: set[str] = dataclasses.field(default_factory=set)   # the story's subject (see StoryProfile)
+    organisations: dict[str, str] = dataclasses.field(default_factory=dict)  # short name -> full name
 
     @property
     def name_words(self) -> set[str]:
@@ -726,6 +729,7 @@ def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None, 
         story_sources=story_sources, units=units, people=person_names(s.text for s in pack_sources),
         entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
         similarity=measure.matrix(), same=measure.same, soft=measure.soft,
+        organisations=organisation_names(s.text for s in story_sources),
     )
 
 
@@ -956,6 +960,7 @@ def _compose(
         for u in units:
             before = introduced + " " + " ".join(pieces)
             named = _introduce(u.text, material.people, before, _nearby(material, u))
+            named = first_reference(named, material.organisations, before)
             pieces.append(second_reference(named, material.people, before))
         out = " ".join(pieces) if text is None else text
         introduced += " " + out

@@ -21,6 +21,8 @@ These counts say where they do not; each is 0 (or False) for a clean draft.
   their full name again after the lead or body already did ("U.S. District
   Judge Harriet Coleman ruled …" and, a paragraph later, "U.S. District Judge
   Harriet Coleman said …"): a second reference is the surname.
+- `short_name_first`: an organisation called by its short name ("Halvane
+  said …") before the draft has given its full name ("Halvane Security").
 - `off_story_sentences`: sentences citing only background sources that neither
   mention the story's entities nor are framed as context ("Earlier, …",
   "Separately, …", "Previously, …"); `unframed_background_sentences` counts every
@@ -53,6 +55,7 @@ from pipeline.text.entities import (  # noqa: E402
     is_framed,
     dangles,
     key_figures,
+    organisation_names,
     person_names,
     quotes_balanced,
     salient_names,
@@ -275,6 +278,25 @@ def full_name_repeated(draft: Any, pack: Any = None) -> int:
     return len(full_name_repeated_texts(draft, pack))
 
 
+def short_name_first_texts(draft: Any, pack: Any = None) -> list[str]:
+    """Sentences calling an organisation by its short name before the draft named it in full (`short_name_first`)."""
+    organisations = organisation_names([s.text for s in _sources(pack)]) if pack is not None else {}
+    out, introduced = [], ""
+    for s in sentences(draft):
+        text = s.text
+        for short, full in organisations.items():
+            bare = re.search(rf"(?<![\w-]){re.escape(short)}(?![\w-])(?!\s+{re.escape(full.split()[-1])})", text)
+            if bare and full not in introduced and full not in text[: bare.start()]:
+                out.append(text)
+                break
+        introduced += " " + text
+    return out
+
+
+def short_name_first(draft: Any, pack: Any = None) -> int:
+    return len(short_name_first_texts(draft, pack))
+
+
 def quote_split_texts(draft: Any) -> list[str]:
     d = view(draft)
     out = [d.headline] if not quotes_balanced(d.headline) else []
@@ -348,7 +370,7 @@ def unframed_background_sentences(draft: Any, pack: Any) -> int:
 
 
 DRAFT_KEYS = ("repeated_facts", "dangling_openings", "quote_splits", "headline_copied", "off_story_sentences",
-              "unframed_background", "full_name_repeated")
+              "unframed_background", "full_name_repeated", "short_name_first")
 
 
 def draft_metrics(draft: Any, pack: Any) -> dict[str, int | bool]:
@@ -360,6 +382,7 @@ def draft_metrics(draft: Any, pack: Any) -> dict[str, int | bool]:
         "off_story_sentences": off_story_sentences(draft, pack),
         "unframed_background": unframed_background_sentences(draft, pack),
         "full_name_repeated": full_name_repeated(draft, pack),
+        "short_name_first": short_name_first(draft, pack),
     }
 
 
@@ -372,6 +395,7 @@ def explain(draft: Any, pack: Any) -> dict[str, list]:
         "headline_copied": [view(draft).headline] if headline_copied(draft, pack) else [],
         "off_story_sentences": off_story_sentence_texts(draft, pack),
         "full_name_repeated": full_name_repeated_texts(draft, pack),
+        "short_name_first": short_name_first_texts(draft, pack),
     }
 
 

@@ -251,7 +251,8 @@ def drafts_section(args) -> tuple[list[str], float]:
                 f"dangling-opening rate {totals['dangling_openings'] / per:.3f} ({totals['dangling_openings']}), "
                 f"quote splits {totals['quote_splits']}, headline copied {totals['headline_copied']}/{n}, "
                 f"unframed background {totals['unframed_background']}, "
-                f"full names repeated {totals['full_name_repeated']} ({time.perf_counter() - started:.1f}s)"
+                f"full names repeated {totals['full_name_repeated']}, short names first {totals['short_name_first']} "
+                f"({time.perf_counter() - started:.1f}s)"
             )
             defects += sum(totals.values())
     lines.append(f"drafts: {defects} editorial defects over {', '.join(names)} (goal 0)")

@@ -25,7 +25,10 @@ from agents.writer import extractive_draft, render_writer_prompt
 from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.cli.demo import prepare_workspace
-from pipeline.text.entities import dangles, is_framed, key_figures, quotes_balanced, second_reference, unattributed_quote
+from pipeline.text.entities import (
+    dangles, first_reference, is_framed, key_figures, organisation_names, quotes_balanced, second_reference,
+    unattributed_quote,
+)
 from pipeline.core.models import Article, DraftState, Insight, ResearchPack, SourceDoc, Story
 from pipeline.flow.runner import Run
 from pipeline.text.templates import load_templates, validate_article
@@ -74,6 +77,7 @@ def test_the_six_demo_drafts_have_no_editorial_defects(demo):
         assert metrics == {
             "repeated_facts": 0, "dangling_openings": 0, "quote_splits": 0, "headline_copied": False,
             "off_story_sentences": 0, "unframed_background": 0, "full_name_repeated": 0,
+            "short_name_first": 0,
         }, (article.headline, dm.explain(article, pack))
 
 
@@ -323,6 +327,22 @@ def test_a_person_named_in_full_is_called_by_surname_after_that():
                       insights=[Insight(text="U.S. District Judge Harriet Coleman also declined a ban.", citations=[1])])
     pack = [source(1, "Ruling", f"{first} Coleman said the buyers had no claim. Coleman declined a ban.")]
     assert dm.full_name_repeated(article, pack) == 1
+
+
+def test_an_organisation_first_called_by_its_short_name_gets_its_full_name():
+    texts = ["Korvex hired Halvane Security, the firm investigating the breach, on Wednesday.",
+             "Halvane said the attacker had a stolen key. Dev Okafor, a security analyst, agreed."]
+    organisations = organisation_names(texts)
+    assert organisations == {"Halvane": "Halvane Security"}  # "Dev Okafor" is a person: "okafor" is never lower case
+    assert first_reference("Halvane said the attacker had a key.", organisations, "Korvex lost $48.2 million.") \
+        == "Halvane Security said the attacker had a key."
+    # Named in full already (or in the same text): the short name stays.
+    assert first_reference("Halvane said so.", organisations, "Halvane Security investigated.") == "Halvane said so."
+    assert first_reference("Halvane Security said Halvane would report.", organisations, "") \
+        == "Halvane Security said Halvane would report."
+    article = Article(headline="Korvex hack", lead="Halvane said the attacker had a stolen key.", body=[], insights=[],
+                      sources=[])
+    assert dm.short_name_first(article, [source(1, "Hack", " ".join(texts))]) == 1
 
 
 def test_metrics_read_the_outbox_markdown():

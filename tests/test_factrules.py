@@ -169,6 +169,19 @@ def test_surname_reference_to_a_person_named_in_full_is_fine():
     assert verdict("Senate President Bukola Saraki read 16 letters.").failures == []
 
 
+def test_an_organisation_the_passage_calls_by_its_short_name_is_the_one_the_source_names_in_full():
+    """The offline writer gives "Halvane said ..." its full name; the source's passage still says "Halvane"."""
+    source = ("Attackers who took $48.2 million from Korvex used a stolen key, according to Halvane Security, the firm "
+              "investigating the breach. Korvex's wallets needed two of three keys. Halvane said the attacker had one "
+              "of those keys and tricked the withdrawal system into a second approval. Withdrawals stay paused.")
+    index = SourceIndex.build([("1", source)], window_size=2)
+    full = "Halvane Security said the attacker had one of those keys and tricked the withdrawal system into a second approval."
+    assert verify_offline(full, index).verdict == "supported"
+    # Another organisation with the same first word is not the one the source names.
+    other = verify_offline(full.replace("Halvane Security", "Halvane Capital"), index)
+    assert other.verdict != "supported" and "Halvane Capital" in " ".join(f.value or "" for f in other.failures) + " ".join(other.unsupported_terms)
+
+
 def test_unknown_name_fails():
     v = verdict("Lawan raised the motion after Senator Dino Melaye read 16 letters.")
     assert any(f.type == "entity" and "Dino Melaye" in f.value for f in v.failures)

@@ -412,6 +412,42 @@ def person_names(texts: Iterable[str]) -> dict[str, str]:
     return people
 
 
+_ORGANISATION = re.compile(r"\b([A-Z][a-z]+[A-Za-z]*)\s+([A-Z][a-z]+)\b(?!\s+[A-Z])")
+
+
+def organisation_names(texts: Iterable[str]) -> dict[str, str]:
+    """Short name -> full name ("Halvane" -> "Halvane Security") for organisations the texts name in full and then
+    by their first word alone, as the subject of what they did ("Halvane said"). The second word of the full name is
+    a common word ("security" is written in lower case somewhere), which tells an organisation from a person."""
+    texts = [t for t in texts if t]
+    common = _lowercase_words(texts)
+    candidates: dict[str, Counter] = {}
+    for text in texts:
+        for m in _ORGANISATION.finditer(text):
+            first, second = m.group(1), m.group(2)
+            if first.lower() in _NOT_NAMES or first.lower() in common or second.lower() not in common:
+                continue
+            candidates.setdefault(first, Counter())[f"{first} {second}"] += 1
+    out: dict[str, str] = {}
+    for short, fulls in candidates.items():
+        if len(fulls) != 1:  # "Meridian Foundation" and "Meridian Network": which one a bare "Meridian" is, is unclear
+            continue
+        alone = re.compile(rf"(?<![\w-]){re.escape(short)}(?:['’]s)?\s+(?:{_ACTS})\b")
+        if any(alone.search(text) for text in texts):
+            out[short] = next(iter(fulls))
+    return out
+
+
+def first_reference(text: str, organisations: dict[str, str], introduced: str) -> str:
+    """An organisation the article has not named in full yet gets its full name where the text first calls it by
+    its short one ("Halvane said" -> "Halvane Security said")."""
+    for short, full in organisations.items():
+        if full in introduced or full in text:
+            continue
+        text = re.sub(rf"(?<![\w-]){re.escape(short)}(?![\w-])", full, text, count=1)
+    return text
+
+
 # What people do in news copy, right after their surname ("Okafor said", "Coleman agreed").
 _ACTS = (
     "said|says|told|tells|wrote|writes|added|adds|noted|notes|expects|expected|agreed|held|found|imposed|argued|warned|"

@@ -1716,11 +1716,7 @@ def verify_offline(
     # A name the evidence passage lacks is unsupported even if the rest is there:
     # "..., with backing from the FBI" borrows a real name for a claim no source makes.
     region_names = " " + " ".join(_entity_key(t.text) for t in region) + " "
-    missing_names = [
-        e.raw for e in parts.entities
-        if not _entity_in(e, [region_names]) and not (len(e.tokens) > 1 and _entity_in(
-            Entity(e.tokens[-1], e.start, e.end, e.tokens[-1:], False), [region_names]))
-    ]
+    missing_names = [e.raw for e in parts.entities if not _named_in(e, region_names, doc)]
 
     if any(f.type == "negation" for f in failures) or contradicted:
         verdict: SupportVerdict = "contradicted"
@@ -1743,6 +1739,18 @@ def verify_offline(
             if not any(parts.surface.get(t, t) in name.split() for name in missing_names)
         ],
     )
+
+
+def _named_in(ent: Entity, region_names: str, doc: "_SourceDoc") -> bool:
+    """The passage names `ent`: in full, a person by surname ("Coleman" for "Harriet Coleman"), or an organisation
+    by its first word ("Halvane" for "Halvane Security") when the same source names it in full elsewhere."""
+    if _entity_in(ent, [region_names]):
+        return True
+    if len(ent.tokens) < 2:
+        return False
+    last = Entity(ent.tokens[-1], ent.start, ent.end, ent.tokens[-1:], False)
+    first = Entity(ent.tokens[0], ent.start, ent.end, ent.tokens[:1], False)
+    return _entity_in(last, [region_names]) or (_entity_in(first, [region_names]) and _entity_in(ent, [doc.entity_string]))
 
 
 # --------------------------------------------------------------------------- story rules
