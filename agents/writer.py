@@ -1053,6 +1053,12 @@ _HL_DATE = re.compile(
     rf"|\s*\bon (?:{_MONTH_NAMES})\.? \d{{1,2}}(?:, \d{{4}})?"
 )
 _HL_APPOSITIVE = re.compile(r"^((?:[A-Z][\w'’.&\-]*\s?){1,5}),\s+(?:a|an|the)\s(?:[^,]|,(?=\d)){3,140}?,\s+")
+# An aside between the subject and its verb: "The public capacity of the Lightning Network, bitcoin's system for fast,
+# low-cost payments, rose above …" (the comma after "Network" is not where the main clause ends).
+_HL_SUBJECT_ASIDE = re.compile(
+    r"^([^,]{3,80}?),\s+[^,]{3,80}(?:,\s+[^,]{1,40})?,\s+(?=(?:[a-z]+ed|rose|fell|said|says|won|set|sold|made|took|paid|cut|"
+    r"lost|began|held|found|drew|has|have|is|was|will|plans|expects|agreed)\b)"
+)
 _HL_ATTRIBUTION_TAIL = re.compile(
     r",\s+(?:(?:the|a|an)\s+[\w\s\-]{1,40}?|[A-Z][\w.\s\-]{1,60}?)\s(?:said|says|reported|announced|ruled|wrote|found)\b.*$"
 )
@@ -1065,6 +1071,7 @@ _HL_SAID = re.compile(r"^(?P<subject>[A-Z][\w'’.&\-]*(?:\s+[A-Z][\w'’.&\-]*)
 _HL_PREPOSITIONS = frozenset(
     "in on at from of for with across over by after as within into through amid while when because following once".split()
 )
+_HL_RELATIVE = frozenset("that which who whose where".split())
 _HL_INNER = frozenset("from with across over through into amid at on within by".split())  # phrases that can go from the middle
 _PRESENT = {
     "said": "says", "approved": "approves", "ruled": "rules", "agreed": "agrees", "won": "wins", "fell": "falls",
@@ -1121,6 +1128,10 @@ def _own_headline(material: _Material, lead: list[_Unit], limit: int) -> str:
             fitted = _fit(headline, {key} if key else set(), limit, keep=material.core)
         if len(fitted) > limit:  # and the subject named a second time before it breaks the limit
             fitted = _fit(headline, {key} if key else set(), limit, target=limit)
+        if len(fitted) > limit and key and key.startswith(_WHEN_FIGURES):
+            # A date or time is the last thing a headline needs: "… ordering its transactions" without
+            # "from January" beats falling back to another sentence of the source.
+            fitted = _fit(headline, set(), limit, target=limit, keep=material.core)
         fallback = fallback or fitted
         if len(fitted) <= limit and len(fitted.split()) >= 4 and not _copied(fitted, titles):
             return fitted
@@ -1132,6 +1143,9 @@ def _own_headline(material: _Material, lead: list[_Unit], limit: int) -> str:
     while cut and not key_figures(" ".join(cut)) <= key_figures(fallback):  # never "$312" out of "$312 million"
         cut.pop()
     return _cut_words(" ".join(cut), limit)
+
+
+_WHEN_FIGURES = ("month:", "date:", "time:")
 
 
 def _first_figure(sentence: str, among: set[str]) -> str | None:
@@ -1166,6 +1180,7 @@ def _compress(
 ) -> str:
     text = sentence.strip().rstrip(".!").strip()
     text = _HL_APPOSITIVE.sub(r"\1 ", text)
+    text = _HL_SUBJECT_ASIDE.sub(r"\1 ", text)
 
     text = _drop_dates(text)
     tail = _HL_ATTRIBUTION_TAIL.search(text)
@@ -1181,10 +1196,12 @@ def _compress(
             text = " ".join(words[: i + 1]).rstrip(",") + (" " + clause if keep else "")
             break
     text = re.sub(r"^(?:The|A|An)\s+", "", text)
+    text = re.sub(r"\b(?:has|have) been\s+(?=[a-z])", "", text)  # "Phishing kit used to build …", headline style
     text = _HL_DESCRIPTOR.sub("", text)
     m = _HL_SAID_IT.match(text)
-    if m:
-        text = f"{m.group('subject')} {m.group('rest')}"
+    if m:  # reported speech back in the headline's present: "said it would begin" -> "will begin"
+        rest = re.sub(r"^would\b", "will", re.sub(r"^was\b", "is", m.group("rest")))
+        text = f"{m.group('subject')} {rest}"
     else:
         text = _HL_SAID.sub(lambda m: f"{m.group('subject')} says ", text)
     # Headlines speak in the present: "Korvex says", "FDMC approves" (a named subject is singular;
@@ -1237,8 +1254,12 @@ def _fit(headline: str, keys: set[str], limit: int, target: int = 85, keep: set[
 
     while len(" ".join(words)) > min(limit, target):
         starts = [i for i in range(4, len(words)) if words[i].lower() in _HL_PREPOSITIONS]
-        if starts and not holds_key(words[starts[-1]:]):
-            words = words[: starts[-1]]
+        # A relative clause goes from the end only when what is left still says something (8 words or more):
+        # "… opened a regulatory sandbox [that will let five banks …]", but not "… passed a law [that bans …]".
+        trailing = [i for i in range(4, len(words)) if words[i].lower() in _HL_PREPOSITIONS
+                    or (words[i].lower() in _HL_RELATIVE and i >= 8 and words[i - 1].lower() not in _HL_PREPOSITIONS)]
+        if trailing and not holds_key(words[trailing[-1]:]):
+            words = words[: trailing[-1]]
             continue
         inner = [i for i in starts if words[i].lower() in _HL_INNER]
         segments = [(i, next((j for j in starts if j > i), len(words))) for i in inner]

@@ -345,6 +345,43 @@ def test_an_organisation_first_called_by_its_short_name_gets_its_full_name():
     assert dm.short_name_first(article, [source(1, "Hack", " ".join(texts))]) == 1
 
 
+HEADLINE_CASES = {
+    # The lead's own sentence makes the headline, without the date that made it too long; never the explainer that
+    # follows it in the source.
+    "opening past its date": (
+        "Tollgate, a payments network built on Ethereum, said on Monday that five independent companies will begin "
+        "taking turns settling its payments from March, ending its reliance on one settlement operator.\n\n"
+        "A settlement operator decides when payments on the network become final. Most networks still run one.\n\n"
+        "Each of the five companies will settle payments for a rotating slot of eight hours, Tollgate said.",
+        "Tollgate says five independent companies will begin taking turns settling its payments"),
+    # "The X of the Y" defines itself: a source's opening that starts so is still its lead.
+    "definite opening with its own complement": (
+        "The public capacity of the Sparkline Network, a system for small payments, rose above 4,100 BTC for the "
+        "first time this week after node operator Fernway opened 700 BTC of new channels.\n\n"
+        "Sparkline lets users move bitcoin through channels that settle on the main chain only when they close.\n\n"
+        "Fernway said the new channels connect it to the largest exchanges' nodes.",
+        "Public capacity of the Sparkline Network rose above 4,100 BTC"),
+    # Reported speech is back in the present: "said it would begin" -> "will begin".
+    "reported future": (
+        "Hollins Trust, a custody bank with about $1.9 trillion of assets, said on Tuesday it would begin holding "
+        "ether for insurance clients from February.\n\nTwo insurers have signed up, the bank said.",
+        "Hollins Trust will begin holding ether for insurance clients from February"),
+    # A long trailing relative clause goes; the main clause stays whole instead of being cut mid-phrase.
+    "relative clause": (
+        "The Marrow Bay Monetary Authority has opened a regulatory sandbox that will let four commercial banks issue "
+        "customer deposits as tokens on a shared, permissioned ledger for nine months.\n\n"
+        "The authority said the trial would test settlement between banks outside business hours.",
+        "Marrow Bay Monetary Authority has opened a regulatory sandbox"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADLINE_CASES))
+def test_the_headline_is_the_leads_main_clause_whole(case):
+    text, expected = HEADLINE_CASES[case]
+    draft, _ = draft_of([source(1, "Wire copy", text)])
+    assert draft.article.headline == expected
+
+
 def test_metrics_read_the_outbox_markdown():
     markdown = """<!-- newsdesk-draft: d-1 -->
 

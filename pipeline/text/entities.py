@@ -250,7 +250,7 @@ _LEANS_OPENER = re.compile(
 # "The approved funds …", "The 3-2 vote …", "The Lisbon-based platform …": a definite description
 # that points back, unless a defining clause follows at once ("The hacker who took …").
 _DEFINITE = re.compile(r"^[\"“'‘]?(?:the|this|that|these|those|such)\s+([\w$][\w\-.,$%']*)", re.IGNORECASE)
-_DEFINING = re.compile(r"^(?:\S+\s+){0,4}?(?<!,\s)(?:who|that|which|whose|issued by|run by|known as)\b|^(?:\S+\s+){0,3}?of\s+[A-Z]")
+_DEFINING = re.compile(r"^(?:\S+\s+){0,4}?(?<!,\s)(?:who|that|which|whose|issued by|run by|known as)\b|^(?:\S+\s+){0,3}?of\s+(?:the\s+)?[A-Z]")
 _INTRO = re.compile(
     r"^[\"“]?(?:for|in|on|at|by|after|before|since|once|when|while|as|under|with|until|despite|following|according to|"
     r"within|during|unlike|like|over|across|through|beyond|from|to)\b[^.;:]*?,\s+(.*)$",
