@@ -658,7 +658,7 @@ class _Ledger:
                 if score >= self.soft and overlap >= 0.25 and (speakers & self.speakers.get(other_row, set())):
                     return False
                 if unit.index == 0 and other_row in self.lead_rows and (
-                    (score >= self.same and overlap >= 0.2) or (score >= self.soft and overlap >= 0.3)
+                    (score >= self.same and overlap >= 0.34) or (score >= self.soft and overlap >= 0.3)
                 ):
                     return False
         return True
@@ -774,8 +774,17 @@ def _insight_candidates(material: _Material, spec: TemplateSpec, taken: set[tupl
         if u.key not in taken and len(u.sentences) == 1 and u.words <= spec.insights.max_words
         and _stands(u, material.lead_text, material.people, _nearby(material, u))
     ]
-    # The facts every source leads with belong in the body; an insight adds to them.
-    return sorted(out, key=lambda u: (-(u.cue - 0.15 * material.centrality[id(u)]), u.source.n, u.index))
+    # The facts every source leads with belong in the body; an insight adds to them. A sentence the next one leans
+    # on comes last: taken as an insight, it would leave that one to open a body paragraph on "Several have …".
+    return sorted(out, key=lambda u: (_leaned_on(material, u), -(u.cue - 0.15 * material.centrality[id(u)]), u.source.n, u.index))
+
+
+def _leaned_on(material: _Material, unit: _Unit) -> bool:
+    """The next sentence of the unit's source paragraph leans on it ("Public miners have responded by … Several have
+    also sold …"): the two belong together in the body, not one as an insight and the other an orphan."""
+    siblings = material.units[unit.source.n]
+    nxt = siblings[unit.index + 1] if unit.index + 1 < len(siblings) else None
+    return nxt is not None and nxt.para == unit.para and nxt.usable and nxt.leans
 
 
 def _pick_insights(

@@ -244,9 +244,25 @@ _LEANS_OPENER = re.compile(
     r"^[\"“'‘]?(?:first|second|third|fourth|finally|next|again|likewise|similarly|otherwise|besides|moreover|"
     r"furthermore|in addition|additionally|as a result|by contrast|in contrast|even so|nonetheless|nevertheless|"
     r"despite (?:this|that|it)|because of (?:this|that|it)|after (?:that|this)|not everyone|not all|others?|"
-    r"another|the other|the rest|the latter|the former|here|now|too|so|thus|hence|later|afterwards)\b",
+    r"another|the other|the rest|the latter|the former|here|now|too|so|thus|hence|later|afterwards|"
+    # "Several have also sold …", "Many of them …": a quantifier standing for people the reader has not met.
+    r"(?:several|many|some|most|few|each|all|both)\s+(?:also|of them|have|has|had|are|were|will|would|said|say|do|did)|"
+    r"(?:since|until|before|by) then)\b",
     re.IGNORECASE,
 )
+# "Critics argue that it moves activity …", "Supporters say it gives …": a pronoun right after an opening
+# attribution to an unnamed group, pointing at whatever the sentence before was about ("Korvex said it had …"
+# is about Korvex: a named subject is its own antecedent).
+_PRONOUN_AFTER_ATTRIBUTION = re.compile(
+    r"^[\"“]?(?:some\s+|many\s+|most\s+)?(?:critics|supporters|analysts|opponents|proponents|skeptics|sceptics|observers|"
+    r"experts|lawyers|economists|investors|traders|users|regulators|officials|researchers|developers|advocates|"
+    r"detractors|others|some|many)\s+(?:say|says|said|argue|argues|argued|note|notes|noted|warn|warns|warned|"
+    r"contend|contends|contended|believe|believes|believed)\s+(?:that\s+)?(?:(?:it|this|they|these|those)\s+[a-z]|"
+    r"that\s+(?:makes|made|is|was|means|meant|will|would|could|can|has|had|gives|gave|leaves|left|puts|put)\b)",
+    re.IGNORECASE,
+)
+# "Solvers then compete to fill the order": a step in a sequence whose first steps the reader has not seen.
+_THEN_STEP = re.compile(r"^[\"“]?[A-Z][\w'’\-]*(?:\s+[a-z][\w\-]*)?\s+then\s+[a-z]")
 # "The approved funds …", "The 3-2 vote …", "The Lisbon-based platform …": a definite description
 # that points back, unless a defining clause follows at once ("The hacker who took …").
 _DEFINITE = re.compile(r"^[\"“'‘]?(?:the|this|that|these|those|such)\s+([\w$][\w\-.,$%']*)", re.IGNORECASE)
@@ -271,7 +287,8 @@ _DEMONSTRATIVE = re.compile(
     r"\b(?:those|these)\s+(?!who\b|that\b|which\b|of\b|in\b|at\b|on\b|with\b|for\b|from\b)[a-z][a-z\-]*\b(?!\s+(?:who|that|which)\b)"
     r"|\b(?:of|like|in|from|on|with|for|at|by)\s+(?:this|that)\s+(?:kind|type|sort|case|way|period|time|amount|figure|level|"
     r"move|decision|ruling|deal|scale|size)\b"
-    r"|\b(?:the same|that same|this same)\s+(?:period|day|time|week|month|year|hour)\b",
+    # "the same period" points back, unless it says which: "… compared with the same period in October"
+    r"|\b(?:the same|that same|this same)\s+(?:period|day|time|week|month|year|hour)\b(?!\s+(?:in|of|last|a year)\b)",
     re.IGNORECASE,
 )
 _ELLIPTICAL_END = re.compile(r"\b(?:can|will|could|would|did|does|do|has|have|had|may|might|must|should)\.[\"”']?$", re.IGNORECASE)
@@ -326,9 +343,9 @@ def lean_reasons(text: str) -> set[str]:
     base = UNRESOLVED_OPENING.match(text)
     if base:
         reasons.add("definite" if base.group(1).lower().startswith("the ") else "pronoun")
-    if _ANAPHORIC_ATTRIBUTION.search(text):
+    if _ANAPHORIC_ATTRIBUTION.search(text) or _PRONOUN_AFTER_ATTRIBUTION.match(text):
         reasons.add("pronoun")
-    if _LEANS_OPENER.match(text):
+    if _LEANS_OPENER.match(text) or _THEN_STEP.match(text):
         reasons.add("connective")
     if _definite_opening(text):
         reasons.add("definite" if re.match(r"^[\"“'‘]?the\s", text, re.IGNORECASE) else "demonstrative")
@@ -452,7 +469,8 @@ def first_reference(text: str, organisations: dict[str, str], introduced: str) -
 _ACTS = (
     "said|says|told|tells|wrote|writes|added|adds|noted|notes|expects|expected|agreed|held|found|imposed|argued|warned|"
     "promised|called|described|cautioned|drew|ordered|ruled|sought|declined|denied|confirmed|announced|joined|left|"
-    "sued|voted|testified|estimated|predicted|urged|acknowledged|insisted"
+    "sued|voted|testified|estimated|predicted|urged|acknowledged|insisted|advised|recommended|explained|stressed|"
+    "emphasised|emphasized|suggested|believes|believed|conceded|admitted|replied|responded|maintained|claimed"
 )
 
 
