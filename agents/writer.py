@@ -29,6 +29,7 @@ from pipeline.text.entities import (
     first_reference,
     organisation_names,
     second_reference,
+    titled_people,
     dangles,
     names,
     key_figures,
@@ -698,6 +699,7 @@ class _Material:
 
     core: set[str] = dataclasses.field(default_factory=set)   # the story's subject (see StoryProfile)
     organisations: dict[str, str] = dataclasses.field(default_factory=dict)  # short name -> full name
+    titled: dict[str, str] = dataclasses.field(default_factory=dict)  # surname -> full name, named with a role
 
     @property
     def name_words(self) -> set[str]:
@@ -730,6 +732,7 @@ def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None, 
         entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
         similarity=measure.matrix(), same=measure.same, soft=measure.soft,
         organisations=organisation_names(s.text for s in story_sources),
+        titled=titled_people(s.text for s in pack_sources),
     )
 
 
@@ -970,7 +973,7 @@ def _compose(
             before = introduced + " " + " ".join(pieces)
             named = _introduce(u.text, material.people, before, _nearby(material, u))
             named = first_reference(named, material.organisations, before)
-            pieces.append(second_reference(named, material.people, before))
+            pieces.append(second_reference(named, {**material.titled, **material.people}, before))
         out = " ".join(pieces) if text is None else text
         introduced += " " + out
         return out

@@ -17,8 +17,8 @@ These counts say where they do not; each is 0 (or False) for a clean draft.
   do not balance, plus every bare quotation (no speaker) that does not follow
   its speaker's attributed quote in the same paragraph.
 - `headline_copied`: the headline equals or nearly equals a source's title.
-- `full_name_repeated`: a person the sources also call by surname alone, given
-  their full name again after the lead or body already did ("U.S. District
+- `full_name_repeated`: a person (one the sources call by surname alone, or
+  name with a title or role), given their full name again after the lead or body already did ("U.S. District
   Judge Harriet Coleman ruled …" and, a paragraph later, "U.S. District Judge
   Harriet Coleman said …"): a second reference is the surname.
 - `short_name_first`: an organisation called by its short name ("Halvane
@@ -60,6 +60,7 @@ from pipeline.text.entities import (  # noqa: E402
     quotes_balanced,
     salient_names,
     story_profile,
+    titled_people,
     unattributed_quote,
 )
 from pipeline.text.sentences import split_sentences  # noqa: E402
@@ -265,7 +266,8 @@ def dangling_openings(draft: Any, pack: Any = None) -> int:
 
 def full_name_repeated_texts(draft: Any, pack: Any = None) -> list[str]:
     """Sentences naming in full again a person the draft has already named in full (see `full_name_repeated`)."""
-    people = person_names([s.text for s in _sources(pack)]) if pack is not None else {}
+    texts = [s.text for s in _sources(pack)]
+    people = {**titled_people(texts), **person_names(texts)} if pack is not None else {}
     out, introduced = [], ""
     for s in sentences(draft):
         if any(name in introduced and name in s.text for name in people.values()):

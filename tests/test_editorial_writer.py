@@ -26,7 +26,7 @@ from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.cli.demo import prepare_workspace
 from pipeline.text.entities import (
-    dangles, first_reference, lean_reasons, person_names, is_framed, key_figures, organisation_names, quotes_balanced, second_reference,
+    dangles, first_reference, lean_reasons, person_names, titled_people, is_framed, key_figures, organisation_names, quotes_balanced, second_reference,
     unattributed_quote,
 )
 from pipeline.core.models import Article, DraftState, Insight, ResearchPack, SourceDoc, Story
@@ -370,6 +370,24 @@ def test_a_person_named_in_full_is_called_by_surname_after_that():
                       insights=[Insight(text="U.S. District Judge Harriet Coleman also declined a ban.", citations=[1])])
     pack = [source(1, "Ruling", f"{first} Coleman said the buyers had no claim. Coleman declined a ban.")]
     assert dm.full_name_repeated(article, pack) == 1
+
+
+def test_a_person_named_with_a_role_is_a_person_even_if_never_called_by_surname():
+    texts = ['"Pegs need buyers," said Dario Vence, Calloway\'s founder.', "Calloway founder Dario Vence said so again.",
+             "Its issuer, Norrland Digital, said its banking partner froze an account.",
+             "Orrin Capital partner Wen Li said payments matter.", "Trading starts on Atlas Exchange on Monday."]
+    assert titled_people(texts) == {"Vence": "Dario Vence", "Li": "Wen Li"}
+    # In a draft: the second time, the surname.
+    first = '"Pegs need buyers," said Dario Vence, Calloway\'s founder.'
+    draft, _ = draft_of([source(1, "Calloway", "\n\n".join([
+        "Calloway Finance's DLRX stablecoin fell to $0.87 on Thursday after sellers overwhelmed its largest pool.",
+        first, "Liquidity pools that pair DLRX with other coins grew lopsided as traders sold.",
+        "One lending protocol paused new DLRX deposits while the coin traded below its peg.",
+        '"The mechanism is working as designed," Calloway founder Dario Vence said, adding that arbitrage would help.',
+        "Data from the exchange showed the DLRX pool had swung to 91% DLRX by the afternoon.",
+    ]))])
+    text = " ".join([draft.article.lead, *(p.text for p in draft.article.body), *(i.text for i in draft.article.insights)])
+    assert text.count("Dario Vence") == 1 and "Vence said" in text, text
 
 
 def test_an_organisation_first_called_by_its_short_name_gets_its_full_name():

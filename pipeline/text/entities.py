@@ -429,6 +429,43 @@ def person_names(texts: Iterable[str]) -> dict[str, str]:
     return people
 
 
+_TITLED_BEFORE = re.compile(r"\b([A-Z][a-z]+(?:-[A-Z][a-z]+)?)\s+([A-Z][a-z]+(?:-[A-Z][a-z]+)?)\b(?!\s+[A-Z])")
+
+
+def titled_people(texts: Iterable[str]) -> dict[str, str]:
+    """Surname -> full name for people the texts name with a title or role: right before the name ("Calloway
+    founder Dario Vence", "chief executive Marta Lindqvist") or right after it (", Calloway's founder", ", a
+    researcher at …"). Such a name is a person's even when the texts never use the surname alone."""
+    texts = [t for t in texts if t]
+    common = _lowercase_words(texts)  # "Korvex Labs", "Fernhill Ventures": a common word makes it no person's name
+    out: dict[str, str] = {}
+    for text in texts:
+        for m in _TITLED_BEFORE.finditer(text):
+            first, last = m.group(1), m.group(2)
+            if any(w.lower() in _NOT_NAMES or w.lower() in common or w.lower() in _ROLE_WORDS for w in (first, last)):
+                continue
+            before = (text[: m.start()].split()[-1:] or [""])[0].lower()
+            after = text[m.end():]
+            titled = before in _PERSON_ROLES or before in _HONORIFICS
+            # ", Calloway's founder", ", a senior analyst", ", the foundation's lead researcher": an article or an
+            # owner, at most two describing words, then the role (never ", said its banking partner").
+            described = re.match(r",\s+(?:(?:a|an|the)\s+)?(?:[A-Z][\w]*['’]s\s+|[a-z]+['’]s\s+)?"
+                                 r"(?:(?!said|says|its|his|her|their|whose|which|who|that)[a-z\-]+\s+){0,2}?"
+                                 r"(?:" + "|".join(sorted(_PERSON_ROLES)) + r")\b", after)
+            if titled or described:
+                out.setdefault(last, f"{first} {last}")
+    return out
+
+
+# Nouns that name what a person is: "…, Calloway's founder", "…, a senior analyst at …".
+_PERSON_ROLES = frozenset(
+    """founder co-founder cofounder chief ceo cfo cto coo president chair chairman chairwoman director analyst researcher
+    spokesperson spokesman spokeswoman partner economist strategist trader lawyer professor judge commissioner minister
+    governor head executive officer developer engineer contributor manager editor""".split()
+)
+_HONORIFICS = frozenset("sen. rep. dr. mr. ms. mrs. prof. senator representative".split())
+
+
 _ORGANISATION = re.compile(r"\b([A-Z][a-z]+[A-Za-z]*)\s+([A-Z][a-z]+)\b(?!\s+[A-Z])")
 
 
