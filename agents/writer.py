@@ -27,6 +27,8 @@ from pipeline.text.entities import (
     about_story,
     bare_surnames,
     first_reference,
+    first_title,
+    person_titles,
     organisation_names,
     second_reference,
     titled_people,
@@ -53,6 +55,7 @@ from pipeline.text.templates import (
     source_refs,
     validate_article,
 )
+from pipeline.text.factrules import SourceIndex, verify_offline
 from pipeline.text.sentences import normalize_for_match, split_sentences
 from pipeline.services.llm import LLMError
 from pipeline.services.llm import InvalidOutput, OutputTruncated, Refused
@@ -700,6 +703,8 @@ class _Material:
     core: set[str] = dataclasses.field(default_factory=set)   # the story's subject (see StoryProfile)
     organisations: dict[str, str] = dataclasses.field(default_factory=dict)  # short name -> full name
     titled: dict[str, str] = dataclasses.field(default_factory=dict)  # surname -> full name, named with a role
+    titles: dict[str, str] = dataclasses.field(default_factory=dict)  # full name -> title the sources give
+    indexes: dict[int, SourceIndex] = dataclasses.field(default_factory=dict)  # source n -> its rules index
 
     @property
     def name_words(self) -> set[str]:
@@ -727,12 +732,14 @@ def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None, 
             u.rows = tuple(range(len(rows) + 1, len(rows) + 1 + len(u.sentences)))
             rows.extend(u.sentences)
     measure = _Similarity([story.title, *rows], embed)
+    people = person_names(s.text for s in pack_sources)
+    titled = titled_people(s.text for s in pack_sources)
     return _Material(
-        story_sources=story_sources, units=units, people=person_names(s.text for s in pack_sources),
+        story_sources=story_sources, units=units, people=people,
         entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
         similarity=measure.matrix(), same=measure.same, soft=measure.soft,
         organisations=organisation_names(s.text for s in story_sources),
-        titled=titled_people(s.text for s in pack_sources),
+        titled=titled, titles=person_titles([s.text for s in story_sources], {**titled, **people}),
     )
 
 
@@ -961,6 +968,24 @@ def _introduce(text: str, people: dict[str, str], introduced: str, nearby: str =
     return text
 
 
+CHECK_WINDOW = 4  # sentences per evidence window: factcheck.window_sentences' default
+
+
+def _kept_if_supported(material: _Material, unit: _Unit, text: str, edited: str) -> str:
+    """An edit to a copied sentence (a name given in full, a title added, a surname for a second reference) stands
+    only if the unit's own source still supports the edited text by the fact-checker's rules; else the text stays."""
+    if edited == text:
+        return text
+    index = material.indexes.get(unit.source.n)
+    if index is None:
+        index = material.indexes[unit.source.n] = SourceIndex.build([(str(unit.source.n), unit.source.text)],
+                                                                    window_size=CHECK_WINDOW)
+    for sentence in split_sentences(edited):
+        if verify_offline(sentence.text, index).verdict != "supported":
+            return text
+    return edited
+
+
 def _compose(
     story: Story, material: _Material, spec: TemplateSpec, lead: list[_Unit], body: list[list[_Unit]], insights: list[_Unit]
 ) -> Article:
@@ -970,10 +995,17 @@ def _compose(
         nonlocal introduced
         pieces = []
         for u in units:
-            before = introduced + " " + " ".join(pieces)
-            named = _introduce(u.text, material.people, before, _nearby(material, u))
-            named = first_reference(named, material.organisations, before)
-            pieces.append(second_reference(named, {**material.titled, **material.people}, before))
+            before, nearby = introduced + " " + " ".join(pieces), _nearby(material, u)
+            edits = (
+                lambda t: _introduce(t, material.people, before, nearby),
+                lambda t: first_reference(t, material.organisations, before),
+                lambda t: first_title(t, material.titles, before, nearby),
+                lambda t: second_reference(t, {**material.titled, **material.people}, before),
+            )
+            named = u.text
+            for edit in edits:
+                named = _kept_if_supported(material, u, named, edit(named))
+            pieces.append(named)
         out = " ".join(pieces) if text is None else text
         introduced += " " + out
         return out

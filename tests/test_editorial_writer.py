@@ -26,10 +26,11 @@ from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.cli.demo import prepare_workspace
 from pipeline.text.entities import (
-    dangles, first_reference, lean_reasons, person_names, titled_people, is_framed, key_figures, organisation_names, quotes_balanced, second_reference,
+    dangles, first_reference, first_title, lean_reasons, person_names, person_titles, titled_people, is_framed, key_figures, organisation_names, quotes_balanced, second_reference,
     unattributed_quote,
 )
 from pipeline.core.models import Article, DraftState, Insight, ResearchPack, SourceDoc, Story
+from pipeline.text.factrules import SourceIndex, verify_offline
 from pipeline.flow.runner import Run
 from pipeline.text.templates import load_templates, validate_article
 
@@ -388,6 +389,36 @@ def test_a_person_named_with_a_role_is_a_person_even_if_never_called_by_surname(
     ]))])
     text = " ".join([draft.article.lead, *(p.text for p in draft.article.body), *(i.text for i in draft.article.insights)])
     assert text.count("Dario Vence") == 1 and "Vence said" in text, text
+
+
+def test_a_persons_first_mention_carries_the_title_the_source_gives_nearby():
+    texts = ["Commissioner Robert Aldine voted against the fund.", "Chief executive Ravi Tandon said balances were safe."]
+    titles = person_titles(texts, {"Aldine": "Robert Aldine", "Tandon": "Ravi Tandon"})
+    assert titles == {"Robert Aldine": "Commissioner", "Ravi Tandon": "chief executive"}
+    quote = '"Slashing is a risk," Robert Aldine wrote in his dissent.'
+    assert first_title(quote, titles, "", texts[0]) == '"Slashing is a risk," Commissioner Robert Aldine wrote in his dissent.'
+    assert first_title("Ravi Tandon said so.", titles, "", texts[1]) == "Chief executive Ravi Tandon said so."
+    # Not where the checker's evidence is, already named, or given a role right there: as written.
+    assert first_title(quote, titles, "", "The fund lists on Monday.") == quote
+    assert first_title(quote, titles, "Robert Aldine dissented.", texts[0]) == quote
+    appositive = "The exchange's chief executive, Ravi Tandon, said so."
+    assert first_title(appositive, titles, "", texts[1]) == appositive
+
+
+def test_every_reference_the_writer_edits_is_still_supported_by_its_source():
+    text = "\n\n".join([
+        "The Federal Digital Markets Commission approved a spot fund holding the Corvid token on Wednesday in a 4-1 vote.",
+        "Commissioner Robert Aldine voted against. In a written dissent he said trading was concentrated on a few venues.",
+        '"Concentration is a risk most retail buyers will never see," Robert Aldine wrote in his dissent.',
+        "The fund will charge an annual fee of 0.30% and list on Atlas Exchange on December 1, its sponsor said.",
+        "Analysts expect steady inflows from advisers who cannot hold tokens directly.",
+        "The Corvid token rose 6% after the decision, while trading volume doubled from the day before.",
+    ])
+    draft, pack = draft_of([source(1, "FDMC approves Corvid fund", text)])
+    index = SourceIndex.build([("1", text)], window_size=4)
+    for part in [draft.article.lead, *(p.text for p in draft.article.body), *(i.text for i in draft.article.insights)]:
+        for sentence in dm.quote_sentences(re.sub(r"\s*\[\d+\]", "", part)):
+            assert verify_offline(sentence, index).verdict == "supported", sentence
 
 
 def test_an_organisation_first_called_by_its_short_name_gets_its_full_name():

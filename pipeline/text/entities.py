@@ -457,11 +457,50 @@ def titled_people(texts: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def person_titles(texts: Iterable[str], people: dict[str, str]) -> dict[str, str]:
+    """Full name -> the title or role the texts put right before it most often ("Robert Aldine" -> "Commissioner",
+    "Ravi Tandon" -> "Pellucid chief executive"), for the `people` (surname -> full name) given."""
+    seen: dict[str, Counter] = {}
+    for text in texts:
+        for name in people.values():
+            for m in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text or ""):
+                start = _role_start(text, m.start())
+                title = " ".join(text[start:m.start()].split())
+                if title and not title.lower().startswith("the "):
+                    if title.split()[0].lower() in _LOWER_CASE_ROLES:  # "Chief executive …" opened a sentence
+                        title = title[0].lower() + title[1:]
+                    seen.setdefault(name, Counter())[title] += 1
+    return {name: titles.most_common(1)[0][0] for name, titles in seen.items()}
+
+
+def first_title(text: str, titles: dict[str, str], introduced: str, nearby: str) -> str:
+    """A person's first mention carries their title when the text gives none: '"…," Robert Aldine wrote' ->
+    '"…," Commissioner Robert Aldine wrote'. A role said right after the name (", Calloway's founder") counts.
+    Only a title the source gives within a sentence or two (`nearby`), where the fact-checker's evidence is."""
+    for name, title in titles.items():
+        if name in introduced or f"{title} {name}".lower() not in " ".join(nearby.split()).lower():
+            continue
+        m = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
+        if m is None or _role_start(text, m.start()) != m.start() or re.match(r",\s+(?:a|an|the|[A-Z][\w]*['’]s)\b", text[m.end():]):
+            continue
+        if re.search(r",\s*$", text[: m.start()]):  # "The startup's chief executive, Jules Amrani, said": said around it
+            continue
+        at_start = m.start() == 0 or bool(re.search(r"(?:^|[.!?][\"”’]?)\s*[\"“]?$", text[: m.start()]))
+        shown = title[0].upper() + title[1:] if at_start else title
+        text = f"{text[:m.start()]}{shown} {text[m.start():]}"
+    return text
+
+
 # Nouns that name what a person is: "…, Calloway's founder", "…, a senior analyst at …".
 _PERSON_ROLES = frozenset(
     """founder co-founder cofounder chief ceo cfo cto coo president chair chairman chairwoman director analyst researcher
     spokesperson spokesman spokeswoman partner economist strategist trader lawyer professor judge commissioner minister
     governor head executive officer developer engineer contributor manager editor""".split()
+)
+# Roles written in lower case before a name ("chief executive Marta Lindqvist"), unlike formal titles ("Commissioner").
+_LOWER_CASE_ROLES = frozenset(
+    """chief executive analyst researcher founder co-founder cofounder head partner spokesperson spokesman spokeswoman
+    director developer engineer contributor economist strategist trader lawyer senior lead managing deputy""".split()
 )
 _HONORIFICS = frozenset("sen. rep. dr. mr. ms. mrs. prof. senator representative".split())
 
