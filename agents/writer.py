@@ -1125,6 +1125,10 @@ _PRESENT = {
     "gained": "gains", "announced": "announces", "reported": "reports", "promised": "promises", "imposed": "imposes",
     "cleared": "clears", "bought": "buys", "sold": "sells", "hired": "hires", "froze": "freezes", "opened": "opens",
     "closed": "closes", "delayed": "delays", "recovered": "recovers", "doubled": "doubles", "posted": "posts",
+    "rejected": "rejects", "passed": "passes", "voted": "votes", "fined": "fines", "charged": "charges",
+    "banned": "bans", "blocked": "blocks", "acquired": "acquires", "signed": "signs", "named": "names",
+    "unveiled": "unveils", "released": "releases", "completed": "completes", "reached": "reaches", "warned": "warns",
+    "expanded": "expands", "listed": "lists", "settled": "settles", "appointed": "appoints", "began": "begins",
 }
 # Long forms a headline shortens when the sources use the short one.
 _SHORT_FORMS = (
@@ -1237,7 +1241,9 @@ def _compress(
             # "…$0.913, after holders rushed to redeem $640 million": a cause with a key figure stays;
             # "…, which it expects …", "…, in the largest breach of the year": asides go.
             keep = key_figures(clause) & central and not re.match(r"(?:which|who|whose|where|while|a|an|the)\b", clause)
-            text = " ".join(words[: i + 1]).rstrip(",") + (" " + clause if keep else "")
+            # A participle clause keeps its comma: "…the Pyra token, turning down …", never "…token turning down …".
+            joint = ", " if re.match(r"[a-z]+ing\b", clause) else " "
+            text = " ".join(words[: i + 1]).rstrip(",") + (joint + clause if keep else "")
             break
     text = re.sub(r"^(?:The|A|An)\s+", "", text)
     text = re.sub(r"\b(?:has|have) been\s+(?=[a-z])", "", text)  # "Phishing kit used to build …", headline style

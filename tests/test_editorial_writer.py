@@ -474,6 +474,17 @@ def test_the_headline_is_the_leads_main_clause_whole(case):
     assert draft.article.headline == expected
 
 
+def test_a_participle_clause_in_the_headline_keeps_its_comma():
+    """The lead sentence as a headline (the near-miss set's Pyra story): present tense, the clause with the vote kept
+    after its comma rather than glued on ("…token turning down …")."""
+    from agents.writer import _compress
+
+    lead = ("The Federal Digital Markets Commission on Wednesday rejected a spot exchange-traded fund holding the Zello "
+            "token, turning down an application from Marsh Funds in a 3-2 vote.")
+    headline = _compress(lead, {"FDMC"}, {"ratio:3-2"}, {"ETF"})
+    assert headline == "FDMC rejects a spot ETF holding the Zello token, turning down an application from Marsh Funds in 3-2 vote"
+
+
 def test_metrics_read_the_outbox_markdown():
     markdown = """<!-- newsdesk-draft: d-1 -->
 

@@ -182,6 +182,17 @@ def test_an_organisation_the_passage_calls_by_its_short_name_is_the_one_the_sour
     assert other.verdict != "supported" and "Halvane Capital" in " ".join(f.value or "" for f in other.failures) + " ".join(other.unsupported_terms)
 
 
+def test_an_acronym_is_the_name_the_passage_writes_out():
+    """Headlines abbreviate: "FDMC rejects a spot ETF …" is what "The Federal Digital Markets Commission … rejected a
+    spot exchange-traded fund …" says. An acronym the passage does not spell out is still a name no source has."""
+    source = ("The Federal Digital Markets Commission on Wednesday rejected a spot exchange-traded fund holding the "
+              "Pyra token, turning down an application from Ostrander Funds in a 3-2 vote.")
+    index = SourceIndex.build([("1", source)], window_size=4)
+    claim = "FDMC rejects a spot ETF holding the Pyra token, turning down an application in 3-2 vote"
+    assert verify_offline(claim, index).verdict == "supported"
+    assert verify_offline(claim.replace("FDMC", "SEC"), index).verdict != "supported"
+
+
 def test_unknown_name_fails():
     v = verdict("Lawan raised the motion after Senator Dino Melaye read 16 letters.")
     assert any(f.type == "entity" and "Dino Melaye" in f.value for f in v.failures)

@@ -429,9 +429,6 @@ def person_names(texts: Iterable[str]) -> dict[str, str]:
     return people
 
 
-_TITLED_BEFORE = re.compile(r"\b([A-Z][a-z]+(?:-[A-Z][a-z]+)?)\s+([A-Z][a-z]+(?:-[A-Z][a-z]+)?)\b(?!\s+[A-Z])")
-
-
 def titled_people(texts: Iterable[str]) -> dict[str, str]:
     """Surname -> full name for people the texts name with a title or role: right before the name ("Calloway
     founder Dario Vence", "chief executive Marta Lindqvist") or right after it (", Calloway's founder", ", a
@@ -440,7 +437,7 @@ def titled_people(texts: Iterable[str]) -> dict[str, str]:
     common = _lowercase_words(texts)  # "Korvex Labs", "Fernhill Ventures": a common word makes it no person's name
     out: dict[str, str] = {}
     for text in texts:
-        for m in _TITLED_BEFORE.finditer(text):
+        for m in _PERSON.finditer(text):
             first, last = m.group(1), m.group(2)
             if any(w.lower() in _NOT_NAMES or w.lower() in common or w.lower() in _ROLE_WORDS for w in (first, last)):
                 continue

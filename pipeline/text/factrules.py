@@ -974,7 +974,8 @@ def _date_in_sources(d: DateMention, index: SourceIndex) -> bool:
 
 
 def _entity_in_sources(ent: Entity, index: SourceIndex) -> bool:
-    return _entity_in(ent, [d.entity_string for d in index.docs])
+    return _entity_in(ent, [d.entity_string for d in index.docs]) or any(
+        _acronym_of_name_in(ent.raw, d.text) for d in index.docs)
 
 
 def _entity_in(ent: Entity, haystacks: list[str]) -> bool:
@@ -1716,7 +1717,9 @@ def verify_offline(
     # A name the evidence passage lacks is unsupported even if the rest is there:
     # "..., with backing from the FBI" borrows a real name for a claim no source makes.
     region_names = " " + " ".join(_entity_key(t.text) for t in region) + " "
-    missing_names = [e.raw for e in parts.entities if not _named_in(e, region_names, doc)]
+    region_text = doc.text[ev_start:ev_end]
+    missing_names = [e.raw for e in parts.entities
+                     if not _named_in(e, region_names, doc) and not _acronym_of_name_in(e.raw, region_text)]
 
     if any(f.type == "negation" for f in failures) or contradicted:
         verdict: SupportVerdict = "contradicted"
@@ -1739,6 +1742,29 @@ def verify_offline(
             if not any(parts.surface.get(t, t) in name.split() for name in missing_names)
         ],
     )
+
+
+_ACRONYM_SKIP = frozenset({"of", "and", "the", "for", "&"})
+
+
+def _acronym_of_name_in(raw: str, text: str) -> bool:
+    """An acronym whose words the passage writes out: "FDMC" for "Federal Digital Markets Commission", "ETF" for
+    "exchange-traded fund". Only a run of capitalised words, or one with a hyphenated compound, counts."""
+    if not re.fullmatch(r"[A-Z]{2,6}s?", raw):
+        return False
+    letters = raw.rstrip("s").lower() if raw.endswith("s") and len(raw) > 2 else raw.lower()
+    words = [w for w in re.findall(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*", text) if w.lower() not in _ACRONYM_SKIP]
+    for i in range(len(words)):
+        run, initials = [], ""
+        for word in words[i:]:
+            parts = word.split("-")
+            initials += "".join(part[0].lower() for part in parts)
+            run.append(word)
+            if len(initials) >= len(letters):
+                break
+        if initials == letters and (all(w[0].isupper() for w in run) or any("-" in w for w in run)):
+            return True
+    return False
 
 
 def _named_in(ent: Entity, region_names: str, doc: "_SourceDoc") -> bool:
