@@ -662,7 +662,7 @@ class _Ledger:
                 if score >= self.soft and overlap >= 0.25 and (speakers & self.speakers.get(other_row, set())):
                     return False
                 if unit.index == 0 and other_row in self.lead_rows and (
-                    (score >= self.same and overlap >= 0.34) or (score >= self.soft and overlap >= 0.3)
+                    (score >= self.same and overlap >= 0.2) or (score >= self.soft and overlap >= 0.3)
                 ):
                     return False
         return True
