@@ -42,6 +42,7 @@ from pipeline.text.entities import (
     salient_names,
     unattributed_quote,
 )
+from pipeline.core.config import FactCheck
 from pipeline.core.models import Article, ClaimVerdict, Draft, DraftState, Insight, Paragraph, ResearchPack, SourceDoc, Story
 from pipeline.core.prompts import Prompt, PromptLibrary, library
 from pipeline.text.language import foreign_language, is_target, language_name
@@ -702,7 +703,7 @@ class _Material:
 
     core: set[str] = dataclasses.field(default_factory=set)   # the story's subject (see StoryProfile)
     organisations: dict[str, str] = dataclasses.field(default_factory=dict)  # short name -> full name
-    titled: dict[str, str] = dataclasses.field(default_factory=dict)  # surname -> full name, named with a role
+    known: dict[str, str] = dataclasses.field(default_factory=dict)  # surname -> full name: `people` and those named with a role
     titles: dict[str, str] = dataclasses.field(default_factory=dict)  # full name -> title the sources give
     indexes: dict[int, SourceIndex] = dataclasses.field(default_factory=dict)  # source n -> its rules index
 
@@ -733,13 +734,13 @@ def _material(story: Story, pack_sources: list[SourceDoc], embed: Embed | None, 
             rows.extend(u.sentences)
     measure = _Similarity([story.title, *rows], embed)
     people = person_names(s.text for s in pack_sources)
-    titled = titled_people(s.text for s in pack_sources)
+    known = {**titled_people(s.text for s in pack_sources), **people}
     return _Material(
         story_sources=story_sources, units=units, people=people,
         entities=profile.entities, common=profile.common, background_ok=background_ok, centrality=centrality, core=profile.core,
         similarity=measure.matrix(), same=measure.same, soft=measure.soft,
         organisations=organisation_names(s.text for s in story_sources),
-        titled=titled, titles=person_titles([s.text for s in story_sources], {**titled, **people}),
+        known=known, titles=person_titles([s.text for s in story_sources], known),
     )
 
 
@@ -968,7 +969,7 @@ def _introduce(text: str, people: dict[str, str], introduced: str, nearby: str =
     return text
 
 
-CHECK_WINDOW = 4  # sentences per evidence window: factcheck.window_sentences' default
+CHECK_WINDOW = FactCheck.model_fields["window_sentences"].default  # the checker's evidence window, in sentences
 
 
 def _kept_if_supported(material: _Material, unit: _Unit, text: str, edited: str) -> str:
@@ -1000,7 +1001,7 @@ def _compose(
                 lambda t: _introduce(t, material.people, before, nearby),
                 lambda t: first_reference(t, material.organisations, before),
                 lambda t: first_title(t, material.titles, before, nearby),
-                lambda t: second_reference(t, {**material.titled, **material.people}, before),
+                lambda t: second_reference(t, material.known, before),
             )
             named = u.text
             for edit in edits:

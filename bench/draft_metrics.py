@@ -250,14 +250,16 @@ def repeated_facts(draft: Any, pack: Any = None) -> int:
 def dangling_opening_texts(draft: Any, pack: Any = None) -> list[str]:
     """First sentences of the lead, body paragraphs and insights that lean on something the reader never saw."""
     people = person_names([s.text for s in _sources(pack)]) if pack is not None else {}
-    out, introduced = [], ""
+    return [s.text for s, introduced in _in_reading_order(draft) if s.first
+            and (dangles(_unframed(s.text), introduced) or bare_surnames(_unframed(s.text), people, introduced))]
+
+
+def _in_reading_order(draft: Any) -> Iterable[tuple[Sentence, str]]:
+    """Each sentence with everything the reader has seen before it."""
+    introduced = ""
     for s in sentences(draft):
-        if s.first:
-            opening = _unframed(s.text)
-            if dangles(opening, introduced) or bare_surnames(opening, people, introduced):
-                out.append(s.text)
+        yield s, introduced
         introduced += " " + s.text
-    return out
 
 
 def dangling_openings(draft: Any, pack: Any = None) -> int:
@@ -268,12 +270,8 @@ def full_name_repeated_texts(draft: Any, pack: Any = None) -> list[str]:
     """Sentences naming in full again a person the draft has already named in full (see `full_name_repeated`)."""
     texts = [s.text for s in _sources(pack)]
     people = {**titled_people(texts), **person_names(texts)} if pack is not None else {}
-    out, introduced = [], ""
-    for s in sentences(draft):
-        if any(name in introduced and name in s.text for name in people.values()):
-            out.append(s.text)
-        introduced += " " + s.text
-    return out
+    return [s.text for s, introduced in _in_reading_order(draft)
+            if any(name in introduced and name in s.text for name in people.values())]
 
 
 def full_name_repeated(draft: Any, pack: Any = None) -> int:
@@ -283,16 +281,15 @@ def full_name_repeated(draft: Any, pack: Any = None) -> int:
 def short_name_first_texts(draft: Any, pack: Any = None) -> list[str]:
     """Sentences calling an organisation by its short name before the draft named it in full (`short_name_first`)."""
     organisations = organisation_names([s.text for s in _sources(pack)]) if pack is not None else {}
-    out, introduced = [], ""
-    for s in sentences(draft):
-        text = s.text
+
+    def short_first(text: str, introduced: str) -> bool:
         for short, full in organisations.items():
             bare = re.search(rf"(?<![\w-]){re.escape(short)}(?![\w-])(?!\s+{re.escape(full.split()[-1])})", text)
             if bare and full not in introduced and full not in text[: bare.start()]:
-                out.append(text)
-                break
-        introduced += " " + text
-    return out
+                return True
+        return False
+
+    return [s.text for s, introduced in _in_reading_order(draft) if short_first(s.text, introduced)]
 
 
 def short_name_first(draft: Any, pack: Any = None) -> int:

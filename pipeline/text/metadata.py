@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.core.models import Article, Draft, DraftState, ImageSuggestion, PublishMeta, SourceDoc
-from pipeline.text.sentences import split_sentences
+from pipeline.text.sentences import DANGLING_WORDS, split_sentences
 from pipeline.text.language import is_target
 from pipeline.text.entities import capitalised_mid_sentence, story_profile
 
@@ -26,10 +26,7 @@ SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _MARKERS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _TERMINAL_CHARS = ".!?\"'”’)"
-_NEEDS_NEXT = frozenset(
-    "a an the of on in at to for with by from and or but that as is was are were his her their its our while "
-    "after before than into over".split()
-)
+_NEEDS_NEXT = DANGLING_WORDS | {"while", "after", "before", "than", "into", "over"}
 # og keys that name a page's share image, best first.
 IMAGE_KEYS = ("og:image", "og:image:secure_url", "og:image:url", "twitter:image")
 MAX_TAG_CHARS = 40

@@ -50,10 +50,10 @@ _SENTENCE_OPENERS = {
 }
 
 # A line ending in one of these words is wrapped mid-sentence, not a headline.
-_DANGLING = {
+DANGLING_WORDS = frozenset({
     "a", "an", "the", "of", "on", "in", "at", "to", "for", "with", "by", "from", "and", "or",
     "but", "that", "as", "is", "was", "are", "were", "his", "her", "their", "its", "our",
-}
+})
 
 _CLOSERS = "\"'”’»)]}"
 _OPENERS = "\"'“‘«([{"
@@ -123,7 +123,7 @@ def split_sentences(text: str) -> list[Sentence]:
         hard_wrapped = bool(prev) and prev[-1] not in ".!?:;\"”’)" and (
             following[:1].islower()
             or prev.endswith(",")
-            or (bool(last_word) and last_word[0].lower() in _DANGLING)
+            or (bool(last_word) and last_word[0].lower() in DANGLING_WORDS)
         )
         if not hard_wrapped:
             cuts.append(m.start())
