@@ -1687,6 +1687,12 @@ def save_check(ledger: Ledger, draft: Draft, outcome: CheckOutcome) -> bool:
 
 
 def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
+    report = StageReport(stage="check")
+    run.run_async(check_stream(run, report, reviser))
+    return report
+
+
+async def check_stream(run, report: StageReport, reviser: Reviser | None = None, incoming: asyncio.Queue | None = None) -> None:
     """Fact-check every `drafted` draft; `needs_attention` drafts are left for editors to fix first.
 
     Drafts are checked concurrently: each is prepared (evidence, embeddings,
@@ -1696,9 +1702,11 @@ def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
     further draft goes to the model; those in hand are finished. One draft's
     failure is an error line in the report; the others still run. `reviser`
     (the writer's `revise_draft`, given by the check stage) rewrites flagged claims.
+
+    `incoming` streams the ids of drafts written while this stage runs (the runner's draft -> check handoff,
+    ended by None): each is checked as it arrives, beside the drafts that were waiting when the stage began.
     """
     config, ledger = run.config, run.ledger
-    report = StageReport(stage="check")
     counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0, "revisions_capped": 0}
     report.notes.update(counts)
     with ledger.engine.connect() as connection:
@@ -1707,8 +1715,8 @@ def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
         ).all()
     rows = [row for row in rows if run.in_scope("check", row.id)]
     report.items_in = len(rows)
-    if not rows:
-        return report
+    if not rows and incoming is None:
+        return
 
     try:
         templates = load_templates(config.templates_dir, config.topic_names)
@@ -1772,10 +1780,22 @@ def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
         # Drafts likely to need a revision go first: theirs is the longest chain of calls (check, then revise),
         # so when there are more drafts than slots, the revisions overlap the other drafts' checks.
         ordered = sorted(rows, key=lambda row: not revision_likely(row)) if with_model else rows
-        await asyncio.gather(*(check_one(row, gate) for row in ordered))
+        seen = {row.id for row in rows}
+        checking = [asyncio.ensure_future(check_one(row, gate)) for row in ordered]
+        while incoming is not None and (draft_id := await incoming.get()) is not None:
+            if draft_id in seen:
+                continue
+            seen.add(draft_id)
+            with ledger.engine.connect() as connection:
+                row = connection.execute(select(schema.drafts).where(
+                    schema.drafts.c.id == draft_id, schema.drafts.c.state == DraftState.drafted.value)).first()
+            if row is not None:
+                report.items_in += 1
+                checking.append(asyncio.ensure_future(check_one(row, gate)))
+        await asyncio.gather(*checking)
 
     try:
-        run.run_async(check_all())
+        await check_all()
     finally:
         preparer.shutdown(wait=True)
     if left[0]:
@@ -1792,7 +1812,6 @@ def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
         report.notes["model_requests"] = sum(requests)
         report.notes["max_requests_per_draft"] = max(requests)
         report.notes["request_cap_per_draft"] = config.factcheck.max_calls_per_draft
-    return report
 
 
 def revision_likely(row) -> bool:
@@ -1913,6 +1932,7 @@ __all__ = [
     "check_claims_with_model",
     "check_draft",
     "check_drafts",
+    "check_stream",
     "check_prepared",
     "check_validator",
     "claim_problems",

@@ -106,8 +106,17 @@ def assign(run, report: StageReport) -> None:
 
 
 def draft_stories(run) -> StageReport:
-    config, ledger = run.config, run.ledger
     report = StageReport(stage="draft")
+    run.run_async(write_stories(run, report))
+    return report
+
+
+async def write_stories(run, report: StageReport, handoff: asyncio.Queue | None = None) -> None:
+    """Choose the stories, research and write each, and save each draft the moment it is written.
+
+    With a `handoff` (the runner's draft -> check stream), each saved draft's id is put on it, so its check can
+    start while the other stories are still being written."""
+    config, ledger = run.config, run.ledger
     store = run.store
     if run.unit is None:
         assign(run, report)
@@ -119,10 +128,9 @@ def draft_stories(run) -> StageReport:
         selected = [story] if story is not None and story.state == StoryState.new else []
     report.items_in = len(selected)
     if not selected:
-        return report
+        return
     templates = load_templates(config.templates_dir, config.topic_names)
     gateway = run.gateway
-
 
     states: dict[str, int] = {}
     with progress(run, "draft: writing stories", total=len(selected)) as advance:
@@ -142,26 +150,24 @@ def draft_stories(run) -> StageReport:
             reason = needs_attention_reason(draft)
             if reason is not None:  # saved for an editor, but not a draft the next stages can take: say so
                 report.errors.append(f"story {item.story.key} ({item.story.title[:60]}): draft {draft.id} needs attention: {reason}")
+            elif handoff is not None:
+                handoff.put_nowait(draft.id)
 
-        async def write_all():
-            # Each story goes to the writer as soon as it is researched: its call is in flight while the next
-            # story is researched (on this thread, between the loop's turns), instead of every call waiting
-            # for the research of all of them.
-            writing = []
-            for story in selected:
-                try:
-                    item = prepare(story, config, ledger, store, gateway, templates, now=run.now())
-                except Exception as exc:
-                    report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
-                    advance()
-                    continue
-                writing.append(asyncio.ensure_future(write_one(item)))
-                await asyncio.sleep(0.005)  # let the request just queued go out before the next research blocks the loop
-            await asyncio.gather(*writing)
-
-        run.run_async(write_all())
+        # Each story goes to the writer as soon as it is researched: its call is in flight while the next
+        # story is researched (on this thread, between the loop's turns), instead of every call waiting
+        # for the research of all of them.
+        writing = []
+        for story in selected:
+            try:
+                item = prepare(story, config, ledger, store, gateway, templates, now=run.now())
+            except Exception as exc:
+                report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
+                advance()
+                continue
+            writing.append(asyncio.ensure_future(write_one(item)))
+            await asyncio.sleep(0.005)  # let the request just queued go out before the next research blocks the loop
+        await asyncio.gather(*writing)
     report.notes.update({f"drafts_{state}": n for state, n in states.items()})
-    return report
 
 
 def preview(config: Config, ledger: Ledger, store, gateway, key: str, now=None) -> PreparedStory:

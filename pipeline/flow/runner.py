@@ -9,6 +9,7 @@ reported; the stages after it still run on whatever work is ready for them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import logging
 import os
@@ -41,6 +42,16 @@ STAGE_ORDER = ("fetch", "classify", "draft", "check", "publish", "sync")
 # name -> "module:function"; imported on use so one stage's import cost or
 # breakage never touches the others.
 STAGES: dict[str, str] = {name: f"pipeline.flow.stages:{name}" for name in STAGE_ORDER}
+
+# Stages that run at once when a run has both (and is not a worker's unit, see pipeline/flow/worker.py's
+# check_early): producer -> consumer, "module:function" async (run, report, queue) each. A story's check needs
+# nothing but its own draft, so it starts the moment the draft is saved, while the other stories are written.
+STREAMED: dict[str, tuple[str, str, str]] = {
+    "draft": ("check", "pipeline.flow.stages:draft_streaming", "pipeline.flow.stages:check_streaming"),
+}
+
+# The stage whose work is running in this thread or task (a streamed pair runs two on one thread).
+_current_stage: contextvars.ContextVar[str | None] = contextvars.ContextVar("newsdesk_stage", default=None)
 
 
 STOP = threading.Event()
@@ -106,11 +117,12 @@ def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
     elif moment == "start" and point.startswith("commit:"):
         from sqlalchemy import event
 
-        target, thread, reports, commits = int(point.removeprefix("commit:")), threading.get_ident(), len(run.reports), [0]
+        target, thread, commits = int(point.removeprefix("commit:")), threading.get_ident(), [0]
 
         def kill_before_commit(_connection) -> None:
-            # Only this stage's own commits count: not the lock's heartbeat thread, not later stages.
-            if threading.get_ident() == thread and len(run.reports) == reports:
+            # Only this stage's own commits count: not the lock's heartbeat thread, not the stage streamed beside
+            # it, not later stages.
+            if threading.get_ident() == thread and _current_stage.get() == stage:
                 commits[0] += 1
                 if commits[0] == target:
                     _kill_self()
@@ -126,8 +138,20 @@ def stage_function(name: str) -> Callable[["Run"], StageReport]:
     target = STAGES.get(name)
     if target is None:
         raise StageUnavailable(f"unknown stage '{name}'; stages: {', '.join(STAGE_ORDER)}")
+    return _load(target)
+
+
+def _load(target: str):
     module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
+
+
+def _failure(name: str, exc: BaseException, run_id: str) -> str:
+    """A stage's failure as its report's error line: the cause, not "unhandled errors in a TaskGroup"."""
+    log.exception("stage %s failed", name, extra={"run_id": run_id, "stage": name, "event": "failed"})
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -199,28 +223,61 @@ class Run:
 
     def run_stage(self, name: str) -> StageReport:
         report = self.execute_stage(name)
-        self.reports.append(report)
-        self._save(status="running")
-        _test_kill_hook(self, name, "after")
+        self._record(report)
         return report
 
     def execute_stage(self, name: str, function: Callable[["Run"], StageReport] | None = None) -> StageReport:
         """Run one stage (or a worker's unit of it) and return its report, recording nothing in `runs`."""
         started = time.perf_counter()
         spend_before = self._llm_totals()
-        _test_kill_hook(self, name, "start")
+        token = _current_stage.set(name)
         try:
-            report = (function or stage_function(name))(self)
-        except Exception as exc:  # a stage's failure is reported, never a crash of the run
-            log.exception("stage %s failed", name, extra={"run_id": self.id, "stage": name, "event": "failed"})
-            while isinstance(exc, ExceptionGroup) and exc.exceptions:  # the cause, not "unhandled errors in a TaskGroup"
-                exc = exc.exceptions[0]
-            report = StageReport(stage=name, errors=[redact(f"{type(exc).__name__}: {exc}")])
+            _test_kill_hook(self, name, "start")
+            try:
+                report = (function or stage_function(name))(self)
+            except Exception as exc:  # a stage's failure is reported, never a crash of the run
+                report = StageReport(stage=name, errors=[_failure(name, exc, self.id)])
+        finally:
+            _current_stage.reset(token)
+        return self._finished(name, report, started, spend_before)
+
+    def run_streamed(self, producer: str) -> None:
+        """Run `producer` and its STREAMED consumer at once on the run's loop, each unit the producer saves handed
+        to the consumer through a queue; each stage is recorded when it ends (the producer first)."""
+        consumer, produce_target, consume_target = STREAMED[producer]
+        started = time.perf_counter()
+        reports = {name: StageReport(stage=name) for name in (producer, consumer)}
+        spend_before = {name: self._llm_totals(name) for name in reports}
+
+        async def part(name: str, target: str, handoff: asyncio.Queue) -> None:
+            _current_stage.set(name)  # this task's context, and the tasks it starts
+            _test_kill_hook(self, name, "start")
+            try:
+                await _load(target)(self, reports[name], handoff)
+            except Exception as exc:  # one stage's failure is its report's error; the other stage goes on
+                reports[name].errors.append(_failure(name, exc, self.id))
+
+        async def both() -> None:
+            handoff: asyncio.Queue = asyncio.Queue()
+            consuming = asyncio.ensure_future(part(consumer, consume_target, handoff))
+            try:
+                await asyncio.ensure_future(part(producer, produce_target, handoff))
+            finally:
+                handoff.put_nowait(None)  # the consumer finishes what it was handed, then ends
+            self._record(self._finished(producer, reports[producer], started, spend_before[producer], stage_spend=True))
+            await consuming
+
+        self.run_async(both())
+        self._record(self._finished(consumer, reports[consumer], started, spend_before[consumer], stage_spend=True))
+
+    def _finished(self, name: str, report: StageReport, started: float, spend_before: tuple[int, int, float],
+                  stage_spend: bool = False) -> StageReport:
         report.stage = name
         # Stage errors quote exceptions and provider answers; they reach the ledger, the summary and `status`.
         report.errors = [redact(error) for error in report.errors]
         report.duration_s = round(time.perf_counter() - started, 3)
-        calls, tokens, cost = (after - before for after, before in zip(self._llm_totals(), spend_before))
+        spend_after = self._llm_totals(name if stage_spend else None)
+        calls, tokens, cost = (after - before for after, before in zip(spend_after, spend_before))
         report.llm_calls, report.tokens, report.cost_usd = calls, tokens, round(cost, 6)
         log.info(
             "stage %s: %d in, %d out, %d error(s), %.2fs",
@@ -229,11 +286,23 @@ class Run:
         )
         return report
 
+    def _record(self, report: StageReport) -> None:
+        self.reports.append(report)
+        self._save(status="running")
+        _test_kill_hook(self, report.stage, "after")
+
     def run_stages(self, names: list[str]) -> list[StageReport]:
+        streamed: set[str] = set()
         for name in sorted(names, key=STAGE_ORDER.index):
             if self.stop_requested:
                 log.warning("stop requested; skipping stage %s", name)
                 break
+            if name in streamed:
+                continue
+            if name in STREAMED and STREAMED[name][0] in names and self.unit is None:
+                self.run_streamed(name)
+                streamed.add(STREAMED[name][0])
+                continue
             self.run_stage(name)
         return self.reports
 
@@ -264,10 +333,13 @@ class Run:
         with self.ledger.begin() as connection:
             connection.execute(update(schema.runs).where(schema.runs.c.id == self.id).values(stages=stages, **values))
 
-    def _llm_totals(self) -> tuple[int, int, float]:
+    def _llm_totals(self, stage: str | None = None) -> tuple[int, int, float]:
+        """The run's model spend so far: all of it, or the calls made for one stage (stages streamed together)."""
         if "gateway" not in self.__dict__:
             return 0, 0, 0.0
-        totals = self.gateway.totals
+        totals = self.gateway.totals if stage is None else self.gateway.totals_by_stage.get(stage)
+        if totals is None:
+            return 0, 0, 0.0
         return totals.calls, totals.tokens, totals.cost_usd
 
 

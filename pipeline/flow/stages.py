@@ -12,13 +12,13 @@ import logging
 from sqlalchemy import func, select, update
 
 from agents.classifier import classify_pending
-from agents.fact_checker import check_drafts
+from agents.fact_checker import check_drafts, check_stream
 from agents.fetcher import run_fetch
 from agents.publisher import publish_ready, sync_approvals
 from agents.writer import revise_draft
 from pipeline.core import schema
 from pipeline.core.progress import progress
-from pipeline.flow.drafting import assign, draft_stories
+from pipeline.flow.drafting import assign, draft_stories, write_stories
 from pipeline.text.chunking import chunk_text
 from pipeline.services.store import item_body
 from pipeline.core.ledger import row_to_item
@@ -101,3 +101,14 @@ def publish(run) -> StageReport:
 
 def sync(run) -> StageReport:
     return sync_approvals(run.config, run.ledger)
+
+
+# The draft -> check stream (Run.run_streamed): the two stages run at once, each draft checked as soon as it is saved.
+
+
+async def draft_streaming(run, report: StageReport, handoff) -> None:
+    await write_stories(run, report, handoff)
+
+
+async def check_streaming(run, report: StageReport, incoming) -> None:
+    await check_stream(run, report, reviser=revise_draft, incoming=incoming)
