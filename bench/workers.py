@@ -148,13 +148,23 @@ def measure(n: int, server_url: str, chroma_port: int, site: NewsSite, model: Fa
                 time.sleep(0.05)
             wall = time.perf_counter() - started
             rss = worker_rss(processes)
+            # A worker that ended before it was told to: its unit waited a lease for another worker.
+            died = {k: p.returncode for k, p in enumerate(processes) if p.poll() is not None}
         finally:
             stop_workers(processes)
         record = exactly_once(ledger, run_id, workspace, config)
         ledger.close()
+        record["died"] = {k: (code, log_tail(workspace / f"worker-{k}.log")) for k, code in died.items()}
     record.update(workers=n, wall_s=wall, requests=len(model.chat_requests) - requests_before, rss_mib=rss,
                   per_minute=record["drafts"] / wall * 60)
     return record
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
 
 
 def exactly_once(ledger: Ledger, run_id: str, workspace: Path, config) -> dict:
@@ -185,6 +195,7 @@ def exactly_once(ledger: Ledger, run_id: str, workspace: Path, config) -> dict:
         "lost_units": sum(c.state != "done" for c in claims) + len(draft_units - {d.story_key for d in drafts}) + unclassified,
         "store_mismatch": stored - chunks,
         "owners": len({c.owner for c in claims}),
+        "takeovers": sum(max(0, c.attempts - 1) for c in claims),
         "phases": {stage: (max(times) - min(times)).total_seconds() for stage, times in phases.items()},
         "phase_units": Counter(c.stage for c in claims),
     }
@@ -220,7 +231,10 @@ def main() -> int:
                   f"documents {result['duplicate_documents']}; lost units {result['lost_units']}; "
                   f"store vs ledger chunks {result['store_mismatch']:+d}; {result['rss_mib']:.0f} MiB per worker", flush=True)
             print("    phases: " + ", ".join(f"{stage} {seconds:.1f} s ({result['phase_units'][stage]} units)"
-                                          for stage, seconds in result["phases"].items()), flush=True)
+                                          for stage, seconds in result["phases"].items())
+                  + f"; units taken over after a lease: {result['takeovers']}", flush=True)
+            for k, (code, tail) in result["died"].items():
+                print(f"    worker {k} ended early (exit {code}); its log ends:\n      " + tail.replace("\n", "\n      "), flush=True)
     site.close()
     base = results[0]
     speedups = {r["workers"]: r["per_minute"] / base["per_minute"] for r in results}
