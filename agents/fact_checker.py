@@ -102,6 +102,7 @@ from pipeline.text.factrules import (
 )
 from pipeline.core.ledger import Ledger, as_utc, stable_hash, utcnow
 from pipeline.services.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
+from pipeline.services.embeddings import EmbeddingMemo
 from pipeline.text.language import foreign_language
 from pipeline.text.safety import instructs_a_model
 from pipeline.core.models import (
@@ -1564,6 +1565,14 @@ def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Em
     return PreparedCheck(draft, pack, article, rendered, evidence, statements)
 
 
+def warm_evidence(pack: ResearchPack, config: Config, embed: Embed | None) -> None:
+    """Embed a story's source windows before its draft exists (through `embed`, an EmbeddingMemo), so that
+    `prepare_check` finds them done when the draft arrives: the story's check starts sooner."""
+    if embed is not None and pack.sources:
+        EvidenceIndex(sources_from_pack(pack.sources), config.factcheck.window_sentences, embed,
+                      language=pack.language).prepare([])
+
+
 async def check_draft(
     draft: Draft,
     pack: ResearchPack,
@@ -1705,6 +1714,8 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
 
     `incoming` streams the ids of drafts written while this stage runs (the runner's draft -> check handoff,
     ended by None): each is checked as it arrives, beside the drafts that were waiting when the stage began.
+    It also carries the ResearchPack of each story as it goes to the writer: its source windows are embedded
+    while the writer's call is in flight, so the draft's own preparation is only its sentences.
     """
     config, ledger = run.config, run.ledger
     counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0, "revisions_capped": 0}
@@ -1730,6 +1741,8 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         except Exception as exc:
             report.errors.append(f"the LLM gateway could not be set up, checking with rules only: {type(exc).__name__}: {exc}")
     embed = _store_embed(run)
+    if embed is not None:
+        embed = EmbeddingMemo(embed)
 
     # Drafts per method that decided them: llm, rules (offline), rules (fallback: ...) by the fallback's first reason.
     methods: dict[str, int] = {}
@@ -1783,6 +1796,11 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         seen = {row.id for row in rows}
         checking = [asyncio.ensure_future(check_one(row, gate)) for row in ordered]
         while incoming is not None and (draft_id := await incoming.get()) is not None:
+            if isinstance(draft_id, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
+                if not run.stop_requested:
+                    warming = asyncio.get_running_loop().run_in_executor(preparer, warm_evidence, draft_id, config, embed)
+                    warming.add_done_callback(_log_warm_failure)
+                continue
             if draft_id in seen:
                 continue
             seen.add(draft_id)
@@ -1830,6 +1848,12 @@ def revision_likely(row) -> bool:
         if any(not any(quote_appears_verbatim(quote, text) for text in sources) for quote in extract_quotes(sentence)):
             return True
     return False
+
+
+def _log_warm_failure(future: asyncio.Future) -> None:
+    # Only a head start: the draft's own preparation embeds what the warm-up did not, and reports its failures.
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("fact-check warm-up failed: %s", future.exception())
 
 
 def _store_embed(run) -> Embed | None:

@@ -22,6 +22,7 @@ from pipeline.services.embeddings import (
     TOKENIZER_PATH,
     TOKENIZER_SHA256,
     EmbeddingError,
+    EmbeddingMemo,
     LocalEmbeddingFunction,
     MiniLMEncoder,
     OpenAIEmbeddingFunction,
@@ -237,3 +238,29 @@ def test_openai_config_round_trips_without_the_secret(tmp_path, monkeypatch):
     assert (rebuilt.model, rebuilt.base_url, rebuilt.api_key_env) == ("text-embedding-3-small", BASE, "NEWSDESK_TEST_KEY")
     assert "sk-test" not in repr(ef.get_config())
     assert embeddings.OpenAIEmbeddingFunction.name() != LocalEmbeddingFunction.name()
+
+
+def test_the_memo_embeds_each_text_once_and_returns_the_models_vectors(local):
+    asked: list[list[str]] = []
+
+    def model(texts):
+        asked.append(list(texts))
+        return local.embed(texts)
+
+    memo = EmbeddingMemo(model, limit=3)
+    first = memo(["a hot wallet was drained", "the exchange halted withdrawals"])
+    again = memo(["the exchange halted withdrawals", "regulators opened an inquiry", "a hot wallet was drained"])
+    assert asked == [["a hot wallet was drained", "the exchange halted withdrawals"], ["regulators opened an inquiry"]]
+    np.testing.assert_allclose(again[[2, 0]], first, atol=1e-6)
+    np.testing.assert_allclose(again, local.embed(
+        ["the exchange halted withdrawals", "regulators opened an inquiry", "a hot wallet was drained"]), atol=1e-5)
+    memo(["a fourth text pushes out the oldest"])
+    memo(["a hot wallet was drained"])
+    assert asked[-1] == ["a hot wallet was drained"], "only the last `limit` texts are kept"
+    assert memo([]).shape == (0, 384)
+
+
+def test_the_memo_names_a_model_that_returns_the_wrong_number_of_vectors():
+    memo = EmbeddingMemo(lambda texts: np.zeros((1, 384), dtype=np.float32))
+    with pytest.raises(EmbeddingError, match="shape \\(1, 384\\) for 2 texts"):
+        memo(["one", "two"])

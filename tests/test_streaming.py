@@ -78,8 +78,13 @@ def run_all(workspace) -> Run:
     return run
 
 
-def test_a_draft_is_checked_while_the_other_stories_are_still_being_written(online_workspace):
+def test_a_draft_is_checked_while_the_other_stories_are_still_being_written(online_workspace, monkeypatch):
+    import agents.fact_checker as fact_checker
+
     workspace, model = online_workspace
+    warmed = []
+    warm = fact_checker.warm_evidence
+    monkeypatch.setattr(fact_checker, "warm_evidence", lambda pack, *args: (warmed.append(pack.story_key), warm(pack, *args)))
     run = run_all(workspace)
 
     reports = {r.stage: r for r in run.reports}
@@ -91,6 +96,7 @@ def test_a_draft_is_checked_while_the_other_stories_are_still_being_written(onli
         states = Counter(connection.execute(select(schema.drafts.c.state)).scalars())
     assert states.get("drafted", 0) == 0, f"every draft was checked in the same run: {dict(states)}"
     assert reports["check"].items_out == reports["draft"].items_out
+    assert len(warmed) == len(set(warmed)) >= reports["draft"].items_out, "each story's sources went ahead of its draft"
 
     # Each stage reports its own model spend, though their calls were in flight together.
     roles = Counter(model.roles)
@@ -108,3 +114,112 @@ def test_without_the_stream_the_held_writers_wait_for_a_check_that_never_starts(
     reports = {r.stage: r for r in run.reports}
     assert model.writers_answered_after_a_judge == 0
     assert any("writing failed" in error for error in reports["draft"].errors)
+
+
+# --- a story's sources are prepared for its check while the story is being written ------------------------------
+
+
+def _drafted(tmp_path):
+    """The offline demo desk, fetched, classified and drafted (not checked): its drafts and their research packs."""
+    from agents.fact_checker import draft_from_row
+
+    workspace = prepare_workspace(tmp_path / "ws")
+    run = Run(load_config(workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    run.run_stages(["fetch", "classify", "draft"])
+    with run.ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.drafts).where(schema.drafts.c.state == "drafted")).all()
+    assert rows, "the demo desk drafts its sample stories"
+    return run, [draft_from_row(row) for row in rows]
+
+
+class RecordingEmbed:
+    """The store's embedding function, noting every text it is asked for and when (before or after a mark)."""
+
+    def __init__(self, embed) -> None:
+        self.embed = embed
+        self.before: list[str] = []
+        self.after: list[str] = []
+        self.marked = False
+        self.calls_before = 0
+
+    def __call__(self, texts):
+        (self.after if self.marked else self.before).extend(texts)
+        self.calls_before += not self.marked
+        return self.embed(texts)
+
+
+def _set_state(run, drafts, state: str) -> None:
+    from sqlalchemy import update
+
+    with run.ledger.begin() as connection:
+        connection.execute(update(schema.drafts).where(schema.drafts.c.id.in_([d.id for d, _ in drafts])).values(state=state))
+
+
+def _check_streamed(run, drafts, *, ahead: bool) -> RecordingEmbed:
+    """check_stream fed as the draft stage feeds it: each story's research pack as it goes to the writer (if
+    `ahead`), then, once the check has had the time the writer's calls take, the saved drafts' ids."""
+    import asyncio
+
+    from agents.fact_checker import check_stream
+    from agents.writer import revise_draft
+    from pipeline.core.models import StageReport
+
+    recorder = RecordingEmbed(run.store.embed)
+    run.store.embed = recorder
+
+    async def feed() -> StageReport:
+        report = StageReport(stage="check")
+        incoming: asyncio.Queue = asyncio.Queue()
+        _set_state(run, drafts, "failed")  # not yet written: the stage finds no draft waiting when it starts
+        checking = asyncio.ensure_future(check_stream(run, report, revise_draft, incoming))
+        if ahead:
+            for _, pack in drafts:
+                incoming.put_nowait(pack)
+        # The writer's calls are in flight: the check may use the time (one embedding call per story ahead;
+        # the ceiling, 10 s, only ends a run that would hang).
+        await asyncio.sleep(0.05)  # the stage starts, with no draft waiting
+        for _ in range(1000):
+            if recorder.calls_before >= (len(drafts) if ahead else 0):
+                break
+            await asyncio.sleep(0.01)
+        recorder.marked = True  # the writer's answers arrive, and each draft is saved
+        _set_state(run, drafts, "drafted")
+        for draft, _ in drafts:
+            incoming.put_nowait(draft.id)
+        incoming.put_nowait(None)
+        await checking
+        return report
+
+    report = run.run_async(feed())
+    assert report.items_out == len(drafts), report.errors
+    return recorder
+
+
+def test_a_storys_sources_are_embedded_for_its_check_while_the_story_is_being_written(tmp_path):
+    from agents.fact_checker import render_draft
+    from pipeline.text.templates import as_article
+
+    run, drafts = _drafted(tmp_path)
+    try:
+        recorder = _check_streamed(run, drafts, ahead=True)
+    finally:
+        run.close()
+    sentences = {s.text for draft, _ in drafts for s in render_draft(as_article(draft.article)).sentences}
+    assert recorder.before, "the sources were embedded before any draft arrived"
+    assert not set(recorder.before) & set(recorder.after), "nothing embedded ahead was embedded again"
+    assert set(recorder.after) <= sentences, "once a draft arrives, only its own sentences are left to embed"
+
+
+def test_without_the_packs_ahead_the_sources_wait_for_their_drafts(tmp_path):
+    """The control: the same feed without the packs embeds the sources only after the drafts arrive."""
+    from agents.fact_checker import render_draft
+    from pipeline.text.templates import as_article
+
+    run, drafts = _drafted(tmp_path)
+    try:
+        recorder = _check_streamed(run, drafts, ahead=False)
+    finally:
+        run.close()
+    sentences = {s.text for draft, _ in drafts for s in render_draft(as_article(draft.article)).sentences}
+    assert not recorder.before
+    assert set(recorder.after) - sentences, "the sources' windows were embedded after the drafts arrived"

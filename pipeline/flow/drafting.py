@@ -115,7 +115,8 @@ async def write_stories(run, report: StageReport, handoff: asyncio.Queue | None 
     """Choose the stories, research and write each, and save each draft the moment it is written.
 
     With a `handoff` (the runner's draft -> check stream), each saved draft's id is put on it, so its check can
-    start while the other stories are still being written."""
+    start while the other stories are still being written; before that, each story's research pack, as the
+    story goes to the writer, so the check can prepare its sources during the writer's call."""
     config, ledger = run.config, run.ledger
     store = run.store
     if run.unit is None:
@@ -165,6 +166,8 @@ async def write_stories(run, report: StageReport, handoff: asyncio.Queue | None 
                 advance()
                 continue
             writing.append(asyncio.ensure_future(write_one(item)))
+            if handoff is not None:
+                handoff.put_nowait(item.pack)
             await asyncio.sleep(0.005)  # let the request just queued go out before the next research blocks the loop
         await asyncio.gather(*writing)
     report.notes.update({f"drafts_{state}": n for state, n in states.items()})

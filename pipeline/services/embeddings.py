@@ -411,3 +411,39 @@ def embedding_function_from_config(config: Config, http_client: Any = None) -> N
         batch_size=settings.batch_size,
         http_client=http_client,
     )
+
+
+class EmbeddingMemo:
+    """An embedding function that remembers its last `limit` texts' vectors.
+
+    The fact-check embeds a story's source windows while the story is still being written (check_stream's
+    warm-up); when the draft arrives, its evidence is built from the same windows and costs no second pass
+    through the model. Thread-safe: the loop and the check's preparer thread may both call it."""
+
+    def __init__(self, embed, limit: int = 4096) -> None:
+        self._embed = embed
+        self._limit = limit
+        self._vectors: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _as_texts(texts)
+        with self._lock:
+            known = {t: self._vectors[t] for t in texts if t in self._vectors}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            fresh = np.asarray(self._embed(missing), dtype=np.float32)
+            if fresh.ndim != 2 or len(fresh) != len(missing):
+                raise EmbeddingError(f"got vectors of shape {fresh.shape} for {len(missing)} texts")
+            known.update(zip(missing, fresh))
+            with self._lock:
+                self._vectors.update(zip(missing, fresh))
+                while len(self._vectors) > self._limit:  # oldest first: dicts keep insertion order
+                    del self._vectors[next(iter(self._vectors))]
+        with self._lock:
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
+        if not texts:
+            return np.zeros((0, DIMENSION), dtype=np.float32)
+        return np.stack([known[t] for t in texts])
