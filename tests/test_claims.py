@@ -187,3 +187,36 @@ def test_contending_workers_never_get_the_same_unit(shared_ledger):
     assert sorted(units) == [f"batch-{n:03d}" for n in range(120)]
     assert set(states(shared_ledger).values()) == {DONE}
     assert PENDING not in states(shared_ledger).values()
+
+
+def test_two_workers_enqueueing_the_same_unit_at_once_add_it_once_and_neither_fails(shared_ledger):
+    """The draft phase's last worker queues a draft's check (check_early) while another, seeing the phase done,
+    queues every drafted draft's check: both insert the same unit. The second must find it there, not crash
+    (a worker process died of the unique violation, and its share of the run waited for the others)."""
+    a, b = worker(shared_ledger, "a"), worker(shared_ledger, "b")
+    inserted = threading.Event()
+    release = threading.Event()
+    results: dict[str, object] = {}
+
+    def first() -> None:  # queues d1 and holds its transaction open until told to commit
+        with shared_ledger.begin() as connection:
+            results["a"] = a.enqueue("run1", "check", ["d1"], connection=connection)
+            inserted.set()
+            release.wait(30)
+
+    def second() -> None:
+        inserted.wait(30)
+        try:
+            results["b"] = b.enqueue("run1", "check", ["d0", "d1", "d2"])
+        except BaseException as exc:  # noqa: BLE001 - the assertion below names it
+            results["b"] = exc
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    threading.Timer(0.5, release.set).start()  # the other insert is under way (or waiting for the lock) by then
+    for thread in threads:
+        thread.join(60)
+    assert results["a"] == 1
+    assert results["b"] == 2, f"the second enqueue added d0 and d2 and left d1 alone: {results['b']!r}"
+    assert sorted(states(shared_ledger)) == ["d0", "d1", "d2"]

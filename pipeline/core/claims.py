@@ -94,12 +94,26 @@ class Claims:
 
     @staticmethod
     def _insert_new(connection: Connection, run_id: str, stage: str, rows: list[dict]) -> int:
-        c = schema.claims.c
-        present = set(connection.execute(select(c.unit).where(c.run_id == run_id, c.stage == stage)).scalars())
-        new = [row for row in rows if row["unit"] not in present]
-        if new:
-            connection.execute(insert(schema.claims), new)
-        return len(new)
+        # Another worker may queue the same unit at the same moment (check_early beside the check phase's start):
+        # the database skips it, where a read-then-insert raced into a unique violation that ended a worker.
+        dialect = connection.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as insert_new
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as insert_new
+        else:
+            c = schema.claims.c
+            present = set(connection.execute(select(c.unit).where(c.run_id == run_id, c.stage == stage)).scalars())
+            new = [row for row in rows if row["unit"] not in present]
+            if new:
+                connection.execute(insert(schema.claims), new)
+            return len(new)
+        added = 0
+        for start in range(0, len(rows), 500):
+            statement = insert_new(schema.claims).values(rows[start:start + 500])
+            statement = statement.on_conflict_do_nothing(index_elements=["run_id", "stage", "unit"])
+            added += len(connection.execute(statement.returning(schema.claims.c.id)).all())
+        return added
 
     # --- claim, renew, complete ----------------------------------------------------------
 
