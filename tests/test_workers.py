@@ -83,6 +83,38 @@ def test_a_queued_run_drafts_exactly_what_one_process_drafts(tmp_path):
     assert {key: after[key][1] for key in expected} == {key: article for key, (_, article) in expected.items()}
 
 
+def test_a_worker_that_loses_the_ledger_for_a_moment_says_so_and_carries_on(tmp_path, monkeypatch, caplog):
+    """A failure outside a stage (the ledger gone for a moment, a claim that cannot be written) used to end the
+    worker process, and its share of the run waited for the others. It is logged with its cause, and the worker
+    goes on once the ledger answers again."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    import pipeline.flow.worker as worker_module
+
+    config = load_config(prepare_workspace(tmp_path / "ws") / "config.toml")
+    config = config.model_copy(update={"cluster": Cluster(enabled=True, poll_s=0.01)})
+    ledger = Ledger.from_config(config)
+    run_id = enqueue_run(ledger, "test", ["fetch", "classify"], as_of=SAMPLE_AS_OF)
+    failures = [OperationalError("UPDATE run_queue", {}, Exception("server closed the connection unexpectedly"))] * 2
+    advance = worker_module.advance
+
+    def flaky_advance(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return advance(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "advance", flaky_advance)
+    with caplog.at_level(logging.ERROR, logger="newsdesk.worker"):
+        assert work_run(config, ledger, run_id) == FINISHED
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and "server closed the connection unexpectedly" in errors[0], errors
+    assert "trying again in 0.01s" in errors[0] and "trying again in 0.02s" in errors[1], "it waits longer while it fails"
+    with ledger.engine.connect() as connection:
+        assert set(connection.execute(select(schema.claims.c.state)).scalars()) == {"done"}
+
+
 # --- a cluster of worker processes ----------------------------------------------------------------
 
 

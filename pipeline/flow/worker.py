@@ -54,6 +54,7 @@ from pipeline.flow.stages import select_stories
 log = logging.getLogger("newsdesk.worker")
 
 QUEUED, RUNNING, FINISHED = "queued", "running", "done"
+MAX_PAUSE_S = 60.0  # the longest a failing worker waits before it tries the ledger again
 
 
 def phases_for(stages: list[str]) -> list[str]:
@@ -295,11 +296,24 @@ class Worker:
 
     def serve(self, until: Callable[[], bool] | None = None) -> int:
         """Work until SIGTERM/SIGINT (the unit in hand is finished first) or until `until()`; returns units done."""
+        pause = self.config.cluster.poll_s
         try:
             while not STOP.is_set():
                 if until is not None and until():
                     break
-                if not self.work_one():
+                try:
+                    worked = self.work_one()
+                except Exception as exc:
+                    # The ledger or a claim failed outside a stage (a stage's own failure is its report): a
+                    # long-running worker says so and tries again, pausing longer while it keeps failing.
+                    # A unit it held is taken over after its lease, as if the worker had died.
+                    log.error("worker %s: %s: %s; trying again in %gs", self.owner, type(exc).__name__, exc, pause,
+                              exc_info=log.isEnabledFor(logging.DEBUG))
+                    STOP.wait(pause)
+                    pause = min(pause * 2, MAX_PAUSE_S)
+                    continue
+                pause = self.config.cluster.poll_s
+                if not worked:
                     STOP.wait(self.config.cluster.poll_s)
         finally:
             self._close_run()
