@@ -155,16 +155,22 @@ def measure(n: int, server_url: str, chroma_port: int, site: NewsSite, model: Fa
         record = exactly_once(ledger, run_id, workspace, config)
         ledger.close()
         record["died"] = {k: (code, log_tail(workspace / f"worker-{k}.log")) for k, code in died.items()}
+        # Failures outside a stage a worker lived through (Worker.serve logs each and tries again).
+        record["recovered"] = [line for k in range(n) for line in log_lines(workspace / f"worker-{k}.log") if "trying again in" in line]
     record.update(workers=n, wall_s=wall, requests=len(model.chat_requests) - requests_before, rss_mib=rss,
                   per_minute=record["drafts"] / wall * 60)
     return record
 
 
-def log_tail(path: Path, lines: int = 12) -> str:
+def log_lines(path: Path) -> list[str]:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log: {exc})"
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    return "\n".join(log_lines(path)[-lines:]) if path.exists() else f"(no log at {path})"
 
 
 def exactly_once(ledger: Ledger, run_id: str, workspace: Path, config) -> dict:
@@ -232,7 +238,10 @@ def main() -> int:
                   f"store vs ledger chunks {result['store_mismatch']:+d}; {result['rss_mib']:.0f} MiB per worker", flush=True)
             print("    phases: " + ", ".join(f"{stage} {seconds:.1f} s ({result['phase_units'][stage]} units)"
                                           for stage, seconds in result["phases"].items())
-                  + f"; units taken over after a lease: {result['takeovers']}", flush=True)
+                  + f"; units taken over after a lease: {result['takeovers']}"
+                  + f"; worker errors lived through: {len(result['recovered'])}", flush=True)
+            for line in result["recovered"][:3]:
+                print(f"      {line}", flush=True)
             for k, (code, tail) in result["died"].items():
                 print(f"    worker {k} ended early (exit {code}); its log ends:\n      " + tail.replace("\n", "\n      "), flush=True)
     site.close()
