@@ -195,16 +195,21 @@ def _check_streamed(run, drafts, *, ahead: bool) -> RecordingEmbed:
     return recorder
 
 
-def test_a_storys_sources_are_embedded_for_its_check_while_the_story_is_being_written(tmp_path):
+def _embedded(tmp_path, *, ahead: bool) -> tuple[RecordingEmbed, set[str]]:
+    """What the check embedded before and after the drafts arrived, and the drafts' own sentences."""
     from agents.fact_checker import render_draft
     from pipeline.text.templates import as_article
 
     run, drafts = _drafted(tmp_path)
     try:
-        recorder = _check_streamed(run, drafts, ahead=True)
+        recorder = _check_streamed(run, drafts, ahead=ahead)
     finally:
         run.close()
-    sentences = {s.text for draft, _ in drafts for s in render_draft(as_article(draft.article)).sentences}
+    return recorder, {s.text for draft, _ in drafts for s in render_draft(as_article(draft.article)).sentences}
+
+
+def test_a_storys_sources_are_embedded_for_its_check_while_the_story_is_being_written(tmp_path):
+    recorder, sentences = _embedded(tmp_path, ahead=True)
     assert recorder.before, "the sources were embedded before any draft arrived"
     assert not set(recorder.before) & set(recorder.after), "nothing embedded ahead was embedded again"
     assert set(recorder.after) <= sentences, "once a draft arrives, only its own sentences are left to embed"
@@ -212,14 +217,6 @@ def test_a_storys_sources_are_embedded_for_its_check_while_the_story_is_being_wr
 
 def test_without_the_packs_ahead_the_sources_wait_for_their_drafts(tmp_path):
     """The control: the same feed without the packs embeds the sources only after the drafts arrive."""
-    from agents.fact_checker import render_draft
-    from pipeline.text.templates import as_article
-
-    run, drafts = _drafted(tmp_path)
-    try:
-        recorder = _check_streamed(run, drafts, ahead=False)
-    finally:
-        run.close()
-    sentences = {s.text for draft, _ in drafts for s in render_draft(as_article(draft.article)).sentences}
+    recorder, sentences = _embedded(tmp_path, ahead=False)
     assert not recorder.before
     assert set(recorder.after) - sentences, "the sources' windows were embedded after the drafts arrived"
