@@ -1696,6 +1696,7 @@ def save_check(ledger: Ledger, draft: Draft, outcome: CheckOutcome) -> bool:
 
 
 def check_drafts(run, reviser: Reviser | None = None) -> StageReport:
+    """The check stage on its own (drafts already written): `check_stream` with nothing streaming in."""
     report = StageReport(stage="check")
     run.run_async(check_stream(run, report, reviser))
     return report
