@@ -1796,12 +1796,13 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         ordered = sorted(rows, key=lambda row: not revision_likely(row)) if with_model else rows
         seen = {row.id for row in rows}
         checking = [asyncio.ensure_future(check_one(row, gate)) for row in ordered]
-        while incoming is not None and (draft_id := await incoming.get()) is not None:
-            if isinstance(draft_id, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
+        while incoming is not None and (message := await incoming.get()) is not None:
+            if isinstance(message, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
                 if not run.stop_requested:
-                    warming = asyncio.get_running_loop().run_in_executor(preparer, warm_evidence, draft_id, config, embed)
+                    warming = asyncio.get_running_loop().run_in_executor(preparer, warm_evidence, message, config, embed)
                     warming.add_done_callback(_log_warm_failure)
                 continue
+            draft_id = message
             if draft_id in seen:
                 continue
             seen.add(draft_id)

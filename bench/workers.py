@@ -170,7 +170,7 @@ def log_lines(path: Path) -> list[str]:
 
 
 def log_tail(path: Path, lines: int = 12) -> str:
-    return "\n".join(log_lines(path)[-lines:]) if path.exists() else f"(no log at {path})"
+    return "\n".join(log_lines(path)[-lines:]) or f"(no log at {path})"
 
 
 def exactly_once(ledger: Ledger, run_id: str, workspace: Path, config) -> dict:

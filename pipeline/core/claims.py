@@ -38,7 +38,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from pipeline.core import schema
-from pipeline.core.ledger import Ledger, as_utc, utcnow
+from pipeline.core.ledger import Ledger, as_utc, conflict_insert, utcnow
 
 log = logging.getLogger("newsdesk.claims")
 
@@ -96,12 +96,8 @@ class Claims:
     def _insert_new(connection: Connection, run_id: str, stage: str, rows: list[dict]) -> int:
         # Another worker may queue the same unit at the same moment (check_early beside the check phase's start):
         # the database skips it, where a read-then-insert raced into a unique violation that ended a worker.
-        dialect = connection.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as insert_new
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as insert_new
-        else:
+        insert_new = conflict_insert(connection, schema.claims)
+        if insert_new is None:
             c = schema.claims.c
             present = set(connection.execute(select(c.unit).where(c.run_id == run_id, c.stage == stage)).scalars())
             new = [row for row in rows if row["unit"] not in present]
@@ -110,7 +106,7 @@ class Claims:
             return len(new)
         added = 0
         for start in range(0, len(rows), 500):
-            statement = insert_new(schema.claims).values(rows[start:start + 500])
+            statement = insert_new.values(rows[start:start + 500])
             statement = statement.on_conflict_do_nothing(index_elements=["run_id", "stage", "unit"])
             added += len(connection.execute(statement.returning(schema.claims.c.id)).all())
         return added

@@ -97,6 +97,19 @@ class Ledger:
                 connection.execute(insert(schema.settings).values(key=key, value=value, updated=utcnow()))
 
 
+def conflict_insert(connection: Connection, table):
+    """An INSERT into `table` that takes ON CONFLICT clauses (PostgreSQL, SQLite); None on another database,
+    whose callers fall back to statements that every database has."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        return None
+    return dialect_insert(table)
+
+
 def make_engine(url: str, busy_timeout_s: float = 10.0) -> Engine:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -425,7 +425,6 @@ class EmbeddingMemo:
         self._limit = limit
         self._vectors: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         texts = _as_texts(texts)
@@ -441,9 +440,6 @@ class EmbeddingMemo:
                 self._vectors.update(zip(missing, fresh))
                 while len(self._vectors) > self._limit:  # oldest first: dicts keep insertion order
                     del self._vectors[next(iter(self._vectors))]
-        with self._lock:
-            self.hits += len(texts) - len(missing)
-            self.misses += len(missing)
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         return np.stack([known[t] for t in texts])

@@ -39,7 +39,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from pipeline.core import schema as tables
 from pipeline.core.config import Config, read_secret
-from pipeline.core.ledger import Ledger, stable_hash, utcnow
+from pipeline.core.ledger import Ledger, conflict_insert, stable_hash, utcnow
 from pipeline.core.prompts import Prompt
 from pipeline.core.tokens import count_messages, count_tokens
 from pipeline.core.logs import redact as redact_registered
@@ -916,16 +916,12 @@ def _cache_upsert(connection, key: str, model: str, reply: ModelReply) -> None:
         "completion_tokens": reply.completion_tokens,
         "created": utcnow(),
     }
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    else:
+    upsert = conflict_insert(connection, tables.llm_cache)
+    if upsert is None:
         connection.execute(delete(tables.llm_cache).where(tables.llm_cache.c.request_hash == key))
         connection.execute(insert(tables.llm_cache).values(request_hash=key, **values))
         return
-    statement = upsert(tables.llm_cache).values(request_hash=key, **values)
+    statement = upsert.values(request_hash=key, **values)
     connection.execute(statement.on_conflict_do_update(index_elements=["request_hash"], set_=values))
 
 
