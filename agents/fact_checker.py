@@ -621,10 +621,22 @@ class JudgeFinding(BaseModel):
     quote: str
 
 
+class JudgeCorrection(BaseModel):
+    """A contradicted statement as the judge would correct it. The rules verify it before it replaces the statement
+    (`verified_correction`); one they cannot verify is dropped, and the reviser is asked instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    claim_id: str   # the statement corrected
+    text: str       # the whole statement, changed only where a source contradicts it
+
+
 class JudgeReply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verdicts: list[JudgeFinding]
+    # Default empty: a reply from a server that ignores the schema and leaves corrections out still parses.
+    corrections: list[JudgeCorrection] = Field(default_factory=list)
 
 
 # Atomic claims one statement may yield, as the reply schema's bound (maxItems, with the statements' count): a
@@ -636,7 +648,8 @@ def reply_schema(batch: Sequence["JudgeItem"]) -> type[JudgeReply]:
     """The reply schema for one request, built from what the request holds, so a constrained decoder cannot leave it:
     claim ids as an enum of the statements sent, source numbers as an enum of the sources whose passages were shown
     (null besides, for unverifiable), the verdict labels (only "unverifiable" when no passage was shown at all), and
-    between (statements that must be answered) and MAX_CLAIMS_PER_STATEMENT x statements findings.
+    between (statements that must be answered) and MAX_CLAIMS_PER_STATEMENT x statements findings; at most one
+    correction per statement, under the same id enum.
 
     The constraints are in the JSON schema only (what the provider's decoder enforces); the parsed reply is
     validated by the JudgeReply types, and `check_validator` checks only what a schema cannot say. So a reply from
@@ -662,10 +675,17 @@ def reply_schema(batch: Sequence["JudgeItem"]) -> type[JudgeReply]:
         source_n=(int | None, Field(json_schema_extra=replaced(source_n))),
     )
     counts = {"minItems": required, "maxItems": max(1, MAX_CLAIMS_PER_STATEMENT * len(ids))}
+    correction = create_model(
+        "JudgeCorrection",
+        __base__=JudgeCorrection,
+        claim_id=(str, Field(json_schema_extra=replaced({"type": "string", "enum": ids}))),
+    )
     return create_model(
         "JudgeReply",
         __base__=JudgeReply,
         verdicts=(list[finding], Field(json_schema_extra=lambda node: node.update(counts))),
+        corrections=(list[correction], Field(default_factory=list,
+                                             json_schema_extra=lambda node: node.update({"maxItems": len(ids)}))),
     )
 
 
@@ -721,6 +741,7 @@ class JudgeStats:
     cap: int | None = None        # the draft's cap on them, when one applied
     kept: int = 0                 # requests of the cap that judge calls after the first left for the reviser
     revisions_capped: int = 0     # revisions not asked for because the cap left no room
+    corrected: int = 0            # sentences the judge's own corrections fixed (no reviser call)
 
     def fall_back(self, ids: Iterable[str], reason: str, detail: str = "") -> None:
         for i in ids:
@@ -857,8 +878,8 @@ REPLY_BASE_TOKENS = 20
 # json_object mode appends the schema to the system prompt with a sentence around it; json_schema
 # mode sends it as response_format, which the provider counts as input too.
 SCHEMA_WRAPPER_TOKENS = 40
-# What each statement adds to the request's own schema (its id in the claim_id enum; see reply_schema).
-SCHEMA_TOKENS_PER_ITEM = 4
+# What each statement adds to the request's own schema (its id in the two claim_id enums; see reply_schema).
+SCHEMA_TOKENS_PER_ITEM = 8
 
 
 @dataclass(frozen=True)
@@ -1047,8 +1068,10 @@ async def judge_items(
     stats: JudgeStats | None = None,
     calls: DraftCalls | None = None,
     keep: int = 0,
+    corrections: dict[str, str] | None = None,
 ) -> dict[str, list[JudgedClaim]]:
     """Atomic claims with verdicts by statement id: one call when everything fits, batches in parallel otherwise.
+    `corrections`, when given, receives the judge's corrected statements by id (unverified: see verified_correction).
 
     An entry is the statement's claims ([] when the model found nothing to check
     in a statement that is not `required`). Each request has its own schema
@@ -1077,12 +1100,12 @@ async def judge_items(
         """Whether a call may be made now; a call beyond the draft's first keeps `keep` requests free."""
         return calls is None or calls.allows(keep if extra else 0)
 
-    async def ask(batch: Sequence[JudgeItem]) -> tuple[str, list[JudgeFinding], str]:
+    async def ask(batch: Sequence[JudgeItem]) -> tuple[str, JudgeReply | None, str]:
         extra, first[0] = not first[0], False
         if not room(extra):
             if calls is not None:
                 calls.refused += 1
-            return "cap", [], ""
+            return "cap", None, ""
         stats.calls += 1
         try:
             reply = await gateway.call(
@@ -1091,21 +1114,26 @@ async def judge_items(
             )
         except InvalidOutput as exc:
             if isinstance(exc.output, JudgeReply):
-                return "ok", exc.output.verdicts, ""  # still flawed after repair: the valid findings are kept below
+                return "ok", exc.output, ""  # still flawed after repair: the valid findings are kept below
             log.warning("check reply unusable for %d statement(s): %s", len(batch), exc)
-            return "unusable", [], "no reply of the schema"
+            return "unusable", None, "no reply of the schema"
         except (OutputTruncated, Refused) as exc:
             log.warning("check reply unusable for %d statement(s): %s", len(batch), exc)
-            return "unusable", [], "cut off" if isinstance(exc, OutputTruncated) else "refused"
+            return "unusable", None, "cut off" if isinstance(exc, OutputTruncated) else "refused"
         except CallCapReached:
-            return "cap", [], ""
+            return "cap", None, ""
         except LLMError as exc:
             log.warning("judge unavailable for %d statement(s), the rules decide: %s", len(batch), exc)
-            return "outage", [], _clip(f"{type(exc).__name__}: {exc}", 100)
-        return "ok", reply.verdicts, ""
+            return "outage", None, _clip(f"{type(exc).__name__}: {exc}", 100)
+        return "ok", reply, ""
 
-    def collect(batch: Sequence[JudgeItem], findings: Sequence[JudgeFinding]) -> dict[str, list[JudgedClaim]]:
+    def collect(batch: Sequence[JudgeItem], reply: JudgeReply) -> dict[str, list[JudgedClaim]]:
         by_id = {it.id: it for it in batch}
+        if corrections is not None:
+            for c in reply.corrections:
+                if c.claim_id in by_id and c.text.strip():
+                    corrections.setdefault(c.claim_id, c.text)
+        findings = reply.verdicts
         grouped: dict[str, dict[str, list[JudgeFinding]]] = {}
         flawed: set[str] = set()
         for f in findings:
@@ -1135,7 +1163,7 @@ async def judge_items(
         return found
 
     async def run_batch(batch: list[JudgeItem]) -> None:
-        status, findings, detail = await ask(batch)
+        status, reply, detail = await ask(batch)
         if status in ("outage", "cap"):
             stats.unanswered += len(batch)
             stats.fall_back([it.id for it in batch], status, detail)
@@ -1149,16 +1177,16 @@ async def judge_items(
                 stats.unanswered += len(batch)
                 stats.fall_back([it.id for it in batch], "unusable", detail)
             return
-        found = collect(batch, findings)
+        found = collect(batch, reply)
         missing = [it for it in batch if it.id not in found and it.required]
         why: dict[str, tuple[str, str]] = {}
         if len(batch) > 1 and missing:
             retries = await asyncio.gather(*(ask([it]) for it in missing))
-            for it, (again, again_findings, again_detail) in zip(missing, retries):
+            for it, (again, again_reply, again_detail) in zip(missing, retries):
                 if again != "cap":
                     stats.retried_alone += 1
                 if again == "ok":
-                    found.update(collect([it], again_findings))
+                    found.update(collect([it], again_reply))
                 why[it.id] = (again if again != "ok" else "missing", again_detail)
         for it in batch:
             if it.id in found:
@@ -1287,6 +1315,7 @@ def model_available(gateway, config: Config | None = None) -> bool:
 class SentenceClaims:
     sentence: DraftSentence
     claims: tuple[JudgedClaim, ...]   # () when the model found nothing to check in it
+    correction: str = ""              # the judge's corrected sentence, not verified yet ("" when it gave none)
 
 
 def _claim(idx: int, text: str, sentence: DraftSentence) -> Claim:
@@ -1329,9 +1358,12 @@ async def claims_of(
         return [_whole(s) for s in sentences]
     prompts = prompts or PromptLibrary(gateway.config.prompts_dir)
     statements = statements if statements is not None else statements_of(rendered, evidence)
-    judged = await judge_items(statements, gateway, prompts, settings, context=context, stats=stats, calls=calls, keep=keep)
+    corrections: dict[str, str] = {}
+    judged = await judge_items(statements, gateway, prompts, settings, context=context, stats=stats, calls=calls, keep=keep,
+                               corrections=corrections)
     # A sentence the model gave no usable answer for is checked whole by the rules.
-    return [SentenceClaims(s, tuple(judged[s.id])) if s.id in judged else _whole(s) for s in sentences]
+    return [SentenceClaims(s, tuple(judged[s.id]), corrections.get(s.id, "")) if s.id in judged else _whole(s)
+            for s in sentences]
 
 
 def verdicts_for(rendered: RenderedDraft, checked: Sequence[SentenceClaims], evidence: EvidenceIndex) -> list[ClaimVerdict]:
@@ -1528,9 +1560,76 @@ def carry_over(old: RenderedDraft, checked: Sequence[SentenceClaims], new: Rende
                 if before is not None:
                     kept[j1 + k] = before
     return [
-        SentenceClaims(s, kept[j].claims) if j in kept else _whole(s)
+        SentenceClaims(s, kept[j].claims, kept[j].correction) if j in kept else _whole(s)
         for j, s in enumerate(new.sentences)
     ]
+
+
+# --- the judge's corrections: a contradicted sentence fixed in the check call, without a reviser call ---------
+
+# Share of a sentence's content words its correction must keep: a correction changes the wrong detail, it is not
+# another statement (which a decoder filling the schema at random, or a judge rewriting freely, would give).
+CORRECTION_KEPT_TERMS = 0.5
+
+
+def verified_correction(sentence: DraftSentence, correction: str, evidence: EvidenceIndex) -> str | None:
+    """The judge's correction of a flagged sentence, if the rules take it in the sentence's place: one sentence of the
+    lead, body or insights, without citation markers or links of its own, keeping most of the sentence's words, that
+    a source supports by the rules with no rule failure. None otherwise (then the reviser is asked, as before)."""
+    text = " ".join(correction.replace("<\\/", "</").split())
+    if sentence.section == "headline" or not text or text == sentence.text:
+        return None
+    if _MARKER.search(text) or find_urls(text) or len(split_sentences(text)) != 1:
+        return None
+    before = set(content_terms(tokenize(sentence.text)))
+    if len(before & set(content_terms(tokenize(text)))) < CORRECTION_KEPT_TERMS * len(before):
+        return None
+    evidence.prepare([text])
+    rules = evidence.verify(text)
+    return text if rules.verdict == "supported" and not rules.failures else None
+
+
+def with_corrections(article: Article, rendered: RenderedDraft, fixes: Mapping[str, str]) -> Article:
+    """The article with each sentence of `fixes` (by sentence id) replaced; a citation marker inside the old sentence
+    goes to the end of the new one. A sentence whose text is not found exactly once in its part is left as it was."""
+    parts: dict[tuple[str, int], str] = {("lead", 0): article.lead}
+    parts.update({("body", i): p.text for i, p in enumerate(article.body)})
+    parts.update({("insights", i): x.text for i, x in enumerate(article.insights)})
+    for s in rendered.sentences:
+        key = (s.section, s.part)
+        if s.id not in fixes or key not in parts:
+            continue
+        raw, new = rendered.text[s.start:s.end], fixes[s.id]
+        markers = " ".join(m.group(0) for m in _MARKER.finditer(raw))
+        if markers:
+            new = re.sub(r"([.!?…]*)$", lambda m: f" {markers}{m.group(1)}", new, count=1)
+        if parts[key].count(raw) == 1:
+            parts[key] = parts[key].replace(raw, new)
+    return article.model_copy(update={
+        "lead": parts[("lead", 0)],
+        "body": [p.model_copy(update={"text": parts[("body", i)]}) for i, p in enumerate(article.body)],
+        "insights": [x.model_copy(update={"text": parts[("insights", i)]}) for i, x in enumerate(article.insights)],
+    })
+
+
+def judge_corrected(article: Article, rendered: RenderedDraft, checked: Sequence[SentenceClaims],
+                    verdicts: Sequence[ClaimVerdict], evidence: EvidenceIndex, spec: TemplateSpec,
+                    pack: ResearchPack) -> tuple[Article, int] | None:
+    """The article with the judge's verified corrections of its flagged sentences, and how many there were; None when
+    there is none, or when they would break the template."""
+    flagged = {v.claim.start for v in verdicts if v.verdict != "supported"}
+    fixes = {}
+    for sc in checked:
+        if sc.correction and sc.sentence.start in flagged:
+            text = verified_correction(sc.sentence, sc.correction, evidence)
+            if text is not None:
+                fixes[sc.sentence.id] = text
+    if not fixes:
+        return None
+    candidate = with_corrections(article, rendered, fixes)
+    if candidate == article or validate_article(candidate, spec, pack.sources, pack.language):
+        return None
+    return candidate, len(fixes)
 
 
 @dataclass
@@ -1587,8 +1686,10 @@ async def check_draft(
     check stage passes in: agents never import each other), revise its flagged claims at most
     `factcheck.revise_rounds` times.
 
-    After a revision only the changed sentences are checked again, by the rules
-    (see `carry_over`): no second check call. A revision that breaks the template
+    The check call also returns the judge's correction of each contradicted sentence; those the
+    rules verify replace their sentences at once (`judge_corrected`), so the reviser is asked only
+    for what is still flagged. After any revision only the changed sentences are checked again, by
+    the rules (see `carry_over`): no second check call. A revision that breaks the template
     (or changes nothing) ends the loop and the last good version is kept. Claims
     that still fail stay in the article, flagged in the report.
     """
@@ -1615,6 +1716,22 @@ async def check_prepared(
                               keep=calls.per_call if calls is not None and revising else 0)
     verdicts = verdicts_for(rendered, checked, evidence)
     revisions: list[Revision] = []
+
+    def adopt(candidate: Article, revision: Revision) -> None:
+        """The revised article from now on: unchanged sentences keep their verdicts, changed ones go to the rules."""
+        nonlocal current, rendered, checked, verdicts
+        revisions.append(revision)
+        revised = render_draft(candidate)
+        checked = carry_over(rendered, checked, revised)
+        current, rendered = candidate, revised
+        verdicts = verdicts_for(rendered, checked, evidence)
+
+    if use_model and spec is not None:
+        # The judge's own corrections first: no call, so a draft with a misstated figure is done in one round.
+        corrected = judge_corrected(current, rendered, checked, verdicts, evidence, spec, pack)
+        if corrected is not None:
+            stats.corrected = corrected[1]
+            adopt(corrected[0], measure_revision(current, corrected[0], 0).model_copy(update={"by": "judge"}))
     if revising:
         for round_number in range(1, settings.revise_rounds + 1):
             flagged = [v for v in verdicts if v.verdict != "supported"]
@@ -1636,11 +1753,7 @@ async def check_prepared(
                             round_number, draft.id, "; ".join(violations))
                 revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
                 break
-            revisions.append(measure_revision(current, candidate, round_number))
-            revised = render_draft(candidate)
-            checked = carry_over(rendered, checked, revised)
-            current, rendered = candidate, revised
-            verdicts = verdicts_for(rendered, checked, evidence)
+            adopt(candidate, measure_revision(current, candidate, round_number))
     if calls is not None:
         stats.requests = calls.used
     method, fallback = decided_by(use_model, stats, len(prepared.rendered.sentences))
@@ -1648,9 +1761,10 @@ async def check_prepared(
                              totals=totals(verdicts))
     if use_model:
         log.info("draft %s: %d sentence(s) checked in %d call(s) (%d split, %d retried alone, %d left to the rules), "
-                 "%d revision(s), %d of %d model request(s); method %s",
+                 "%d corrected by the judge, %d revision(s), %d of %d model request(s); method %s",
                  draft.id, len(rendered.sentences), stats.calls, stats.split, stats.retried_alone, stats.unanswered,
-                 sum(1 for r in revisions if r.spans_revised), stats.requests, stats.cap, method_label(report))
+                 stats.corrected, sum(1 for r in revisions if r.spans_revised and r.by == "reviser"), stats.requests,
+                 stats.cap, method_label(report))
     revised = current != prepared.article
     meta = None
     if revised and draft.meta is not None and spec is not None:
@@ -1719,7 +1833,8 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
     while the writer's call is in flight, so the draft's own preparation is only its sentences.
     """
     config, ledger = run.config, run.ledger
-    counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0, "revisions_capped": 0}
+    counts = {"drafts_checked": 0, "claims": 0, **dict.fromkeys(VERDICTS, 0), "revised_rounds": 0, "judge_corrections": 0,
+              "revisions_capped": 0}
     report.notes.update(counts)
     with ledger.engine.connect() as connection:
         rows = connection.execute(
@@ -1785,7 +1900,8 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
             requests.append(outcome.stats.requests)
             counts["revisions_capped"] += outcome.stats.revisions_capped
         counts["drafts_checked"] += 1
-        counts["revised_rounds"] += sum(1 for r in outcome.report.revisions if r.spans_revised)
+        counts["revised_rounds"] += sum(1 for r in outcome.report.revisions if r.spans_revised and r.by == "reviser")
+        counts["judge_corrections"] += outcome.stats.corrected
         for key in ("claims", *VERDICTS):
             counts[key] += outcome.report.totals.get(key, 0)
 

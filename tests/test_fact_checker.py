@@ -153,18 +153,20 @@ def honest_verdict(claim_id: str, text: str, evidence: dict) -> dict:
     return {"claim_id": claim_id, "verdict": "unverifiable", "source_n": None, "quote": ""}
 
 
-def scripted_model(judge=None, revised: Article | None = None) -> TestModel:
+def scripted_model(judge=None, revised: Article | None = None, corrections=None) -> TestModel:
     """`judge(statements, evidence) -> list of findings`, statements as (id, text); the default judge is honest and
-    answers each statement as one claim (no "claim" field). `revised`: the reviser's answer."""
+    answers each statement as one claim (no "claim" field). `revised`: the reviser's answer. `corrections(statements)
+    -> list of {"claim_id", "text"}`: the judge's corrected statements (none by default)."""
 
     def respond(request):
         if request.role == "reviser" and revised is not None:
             return revised.model_dump(mode="json")
         if request.role == "judge":
             claims, evidence = judge_claims_in(request), evidence_in(request)
+            fixes = corrections(claims) if corrections is not None else []
             if judge is not None:
-                return {"verdicts": judge(claims, evidence)}
-            return {"verdicts": [honest_verdict(cid, text, evidence) for cid, text in claims]}
+                return {"verdicts": judge(claims, evidence), "corrections": fixes}
+            return {"verdicts": [honest_verdict(cid, text, evidence) for cid, text in claims], "corrections": fixes}
         return None
 
     return TestModel(function=respond)
@@ -592,6 +594,74 @@ def test_a_revision_that_breaks_the_template_is_not_kept(ledger, tmp_path, templ
     assert not outcome.revised and "$52 million" in outcome.article.lead
     assert outcome.report.totals["contradicted"] == 1
     assert [(r.spans_revised, r.chars_changed) for r in outcome.report.revisions] == [(0, 0)]
+
+
+# --- the judge's own corrections --------------------------------------------------------------------------------------
+
+
+def correcting(old: str, new: str):
+    """The judge's corrections: every statement holding `old`, with `old` replaced by `new`."""
+    return lambda claims: [{"claim_id": cid, "text": text.replace(old, new)} for cid, text in claims if old in text]
+
+
+def test_a_judge_correction_the_rules_verify_fixes_the_draft_without_a_reviser_call(ledger, tmp_path, templates_dir, spec):
+    config = make_config(tmp_path, templates_dir)
+    model = scripted_model(corrections=correcting("$52 million", "$48 million"))
+    reviser = ScriptedReviser(lambda art, _round: art)
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=reviser))
+
+    assert reviser.calls == [] and [r.role for r in model.requests] == ["judge"]
+    assert outcome.revised and outcome.article.lead == article().lead  # the marker [1] stays at the sentence's end
+    assert outcome.report.totals["supported"] == 7 and outcome.report.flagged() == []
+    lead = next(v for v in outcome.report.verdicts if v.claim.section == "lead")
+    assert lead.method == "rules" and "$48 million" in lead.evidence   # the new wording is the rules' to accept
+    (revision,) = outcome.report.revisions
+    assert (revision.by, revision.round, revision.spans_revised, revision.chars_changed) == ("judge", 0, 1, 2)
+    assert outcome.stats.corrected == 1 and outcome.stats.requests == 1
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("Hackers drained $58 million from Lumen Exchange on Thursday, the company said.", "no source has the figure"),
+    ("Lumen's native token, LUM, fell 23% after the announcement.", "another statement, not a correction"),
+    ("Hackers drained $48 million [2] from Lumen Exchange on Thursday, the company said.", "its own citation marker"),
+    ("Hackers drained $48 million. Lumen Exchange said so on Thursday.", "two sentences"),
+])
+def test_a_judge_correction_the_rules_cannot_take_leaves_the_fix_to_the_reviser(
+        ledger, tmp_path, templates_dir, spec, bad, why):
+    config = make_config(tmp_path, templates_dir)
+    model = scripted_model(corrections=lambda claims: [{"claim_id": cid, "text": bad} for cid, text in claims
+                                                       if "$52 million" in text])
+    reviser = ScriptedReviser(lambda art, _round: art.model_copy(update={"lead": article().lead}))
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=reviser))
+    assert len(reviser.calls) == 1, why
+    assert outcome.article.lead == article().lead and outcome.stats.corrected == 0
+    assert [r.by for r in outcome.report.revisions] == ["reviser"]
+
+
+def test_a_judge_correction_that_would_break_the_template_is_not_used(ledger, tmp_path, templates_dir, spec):
+    """The lead may hold 80 words: a correction past that goes to the reviser instead."""
+    config = make_config(tmp_path, templates_dir)
+    long_lead = "Hackers drained $48 million from Lumen Exchange on Thursday, the company said" + ", the company said" * 25 + "."
+    model = scripted_model(corrections=lambda claims: [{"claim_id": cid, "text": long_lead} for cid, text in claims
+                                                       if "$52 million" in text])
+    reviser = ScriptedReviser(lambda art, _round: art)
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=reviser))
+    assert len(reviser.calls) == 1 and "$52 million" in outcome.article.lead
+    assert outcome.report.totals["contradicted"] == 1
+
+
+def test_the_reply_schema_bounds_the_corrections_to_one_per_statement_of_the_request():
+    from agents.fact_checker import JudgeItem, reply_schema
+    from pipeline.services.llm import strict_json_schema
+
+    schema_ = strict_json_schema(reply_schema([JudgeItem("s1", "a", [], {}), JudgeItem("s2", "b", [], {})]))
+    corrections = schema_["properties"]["corrections"]
+    assert corrections["maxItems"] == 2 and "corrections" in schema_["required"]
+    item = schema_["$defs"]["JudgeCorrection"]
+    assert item["properties"]["claim_id"]["enum"] == ["s1", "s2"]
 
 
 def test_measure_revision_counts_changed_sentences_and_characters():

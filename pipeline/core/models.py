@@ -263,10 +263,11 @@ class ClaimVerdict(Record):
 
 
 class Revision(Record):
-    round: int
+    round: int                      # 0: the judge's own corrections, made with the check call; 1, 2, ...: reviser calls
     spans_revised: int
     chars_changed: int
     change_ratio: float
+    by: Literal["judge", "reviser"] = "reviser"
 
 
 class FactCheckReport(Record):

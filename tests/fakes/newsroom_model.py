@@ -244,7 +244,7 @@ class NewsroomModel:
 
     def _judge(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = _user(body)
-        verdicts = []
+        verdicts, corrections = [], []
         for claim_id, claim in re.findall(r'<claim id="([^"]+)">\n(.*?)\n</claim>', prompt, re.DOTALL):
             claim = _unfence(claim).strip()
             best: tuple[float, int, str] | None = None
@@ -261,7 +261,19 @@ class NewsroomModel:
             score, n, sentence = best
             verdict = "supported" if _numbers(claim) <= _numbers(sentence) else "contradicted"
             verdicts.append({"claim_id": claim_id, "verdict": verdict, "source_n": n, "quote": sentence})
-        return {"verdicts": verdicts}
+            if verdict == "contradicted":
+                corrections.append({"claim_id": claim_id, "text": _corrected(claim, sentence)})
+        return {"verdicts": verdicts, "corrections": corrections}
+
+
+def _corrected(claim: str, passage: str) -> str:
+    """The claim with its figures replaced, in order, by the passage's: the minimal edit a judge is asked for. When
+    the figures do not pair up, the passage itself."""
+    wrong, right = re.findall(r"\d+(?:[.,]\d+)*", claim), re.findall(r"\d+(?:[.,]\d+)*", passage)
+    if len(wrong) != len(right):
+        return passage
+    figures = iter(right)
+    return re.sub(r"\d+(?:[.,]\d+)*", lambda _m: next(figures), claim)
 
 
 # --- building an article from sources ------------------------------------------------------------
