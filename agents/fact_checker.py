@@ -72,7 +72,6 @@ import hashlib
 import json
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, Sequence
@@ -123,6 +122,7 @@ from pipeline.core.models import (
     VERDICTS,
     Verdict,
 )
+from pipeline.core.priority_thread import PriorityThread
 from pipeline.core.prompts import PromptLibrary
 from pipeline.text.templates import TemplateSpec, as_article, find_urls, load_templates, normalize_url, validate_article
 from pipeline.text.sentences import split_sentences
@@ -1868,15 +1868,16 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
 
     # Preparing is CPU work (embeddings, rules). Done in a worker thread, it does not hold up the event loop, which
     # keeps sending the prepared drafts' calls; one worker, since the embedding model already uses every core and
-    # drafts prepared one after another reach the model soonest. A draft is prepared before it waits for a slot.
-    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factcheck-prepare")
+    # drafts prepared one after another reach the model soonest. A draft is prepared before it waits for a slot,
+    # and before any warm-up still queued (PREPARE before WARM_UP): a warm-up only gets ahead, a draft is ready now.
+    preparer = PriorityThread("factcheck-prepare")
 
     async def check_one(row, gate: asyncio.Semaphore) -> None:
         try:
             draft, pack = draft_from_row(row)
-            prepared = None if run.stop_requested else await asyncio.get_running_loop().run_in_executor(
-                preparer, partial(prepare_check, draft, pack, config, embed=embed, with_model=with_model)
-            )
+            prepared = None if run.stop_requested else await asyncio.wrap_future(preparer.submit(
+                PREPARE, partial(prepare_check, draft, pack, config, embed=embed, with_model=with_model)
+            ))
         except Exception as exc:
             report.errors.append(f"draft {row.id}: fact-check failed: {type(exc).__name__}: {exc}")
             return
@@ -1915,7 +1916,7 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         while incoming is not None and (message := await incoming.get()) is not None:
             if isinstance(message, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
                 if not run.stop_requested:
-                    warming = asyncio.get_running_loop().run_in_executor(preparer, warm_evidence, message, config, embed)
+                    warming = asyncio.wrap_future(preparer.submit(WARM_UP, warm_evidence, message, config, embed))
                     warming.add_done_callback(_log_warm_failure)
                 continue
             draft_id = message
@@ -1933,7 +1934,7 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
     try:
         await check_all()
     finally:
-        preparer.shutdown(wait=True)
+        preparer.shutdown()
     if left[0]:
         log.warning("stop requested; %d draft(s) left unchecked", left[0])
     report.notes.update(counts)
@@ -1948,6 +1949,10 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         report.notes["model_requests"] = sum(requests)
         report.notes["max_requests_per_draft"] = max(requests)
         report.notes["request_cap_per_draft"] = config.factcheck.max_calls_per_draft
+
+
+# The preparer thread's priorities: a draft's own preparation before a story's warm-up.
+PREPARE, WARM_UP = 0, 1
 
 
 def revision_likely(row) -> bool:

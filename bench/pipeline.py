@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from html import escape as html_escape
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -60,6 +60,7 @@ from pipeline.core.config import load_config, parse_config  # noqa: E402
 from pipeline.core.ledger import as_utc  # noqa: E402
 from pipeline.core.models import Article  # noqa: E402
 from pipeline.flow.runner import Run  # noqa: E402
+from tests.fakes.loopback import LoopbackHTTPServer  # noqa: E402
 from tests.fakes.newsroom_model import NewsroomModel  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
@@ -297,7 +298,7 @@ class NewsSite:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from tests.fakes.loopback import LoopbackHTTPServer
 from tests.fakes.google_docs_model import DISCOVERY, ApiError, Context, FakeDocument, u16  # noqa: F401  (re-exported)
 
 DOC_MIME = "application/vnd.google-apps.document"
@@ -288,7 +289,7 @@ class FakeGoogle:
         self.down = False
         self._last_principal = SERVICE_PRINCIPAL
         self._ids = itertools.count(1)
-        self.httpd: ThreadingHTTPServer | None = None
+        self.httpd: LoopbackHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
     # -- test controls
@@ -332,7 +333,7 @@ class FakeGoogle:
             def do_DELETE(self) -> None:
                 fake._handle(self, "DELETE")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()

@@ -40,8 +40,10 @@ import string
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackHTTPServer
 
 ARRAY_SPREAD = 3  # an array without maxItems gets up to minItems + this many items
 STRING_LENGTH = (1, 12)  # random strings, when the schema does not bound them
@@ -203,7 +205,7 @@ class NaiveServer:
         self.fail_every = fail_every
         self.requests: list[NaiveRequest] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server = LoopbackHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread: threading.Thread | None = None

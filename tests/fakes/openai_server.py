@@ -25,11 +25,12 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 from pipeline.services.testing import sample_json
 from pipeline.core.tokens import count_messages, count_tokens
+from tests.fakes.loopback import LoopbackHTTPServer
 
 
 @dataclass
@@ -97,7 +98,7 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server = LoopbackHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread: threading.Thread | None = None
