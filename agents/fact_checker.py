@@ -1651,6 +1651,18 @@ class PreparedCheck:
     rendered: RenderedDraft
     evidence: EvidenceIndex
     statements: list[JudgeItem] | None   # None on the offline path
+    rule_flags: list[ClaimVerdict] = field(default_factory=list)   # see judge_independent_flags
+
+
+# Rule failures no verdict of the judge can change or clear: an opening reference nothing resolves, a sentence in
+# another language, a citation or link that is not a source's. The reviser can fix them beside the check call.
+JUDGE_INDEPENDENT_FAILURES = frozenset({"reference", "language", "citation", "url"})
+
+
+def judge_independent_flags(rendered: RenderedDraft, evidence: EvidenceIndex) -> list[ClaimVerdict]:
+    """The draft's sentences the rules flag for a JUDGE_INDEPENDENT_FAILURES problem, as the reviser takes them."""
+    verdicts = verdicts_for(rendered, [_whole(s) for s in rendered.sentences], evidence)
+    return [v for v in verdicts if any(f.type in JUDGE_INDEPENDENT_FAILURES for f in v.failures)]
 
 
 def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Embed | None = None,
@@ -1661,7 +1673,8 @@ def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Em
     evidence.translations = list(article.translations)
     rendered = render_draft(article)
     statements = statements_of(rendered, evidence) if with_model else None
-    return PreparedCheck(draft, pack, article, rendered, evidence, statements)
+    flags = judge_independent_flags(rendered, evidence) if with_model else []
+    return PreparedCheck(draft, pack, article, rendered, evidence, statements, flags)
 
 
 def warm_evidence(pack: ResearchPack, config: Config, embed: Embed | None) -> None:
@@ -1710,10 +1723,20 @@ async def check_prepared(
     calls = draft_calls(settings, gateway) if use_model else None
     bounded = BoundedGateway(gateway, calls) if calls is not None else None
     revising = use_model and spec is not None and reviser is not None and settings.revise_rounds > 0
-    checked = await claims_of(rendered, evidence, settings=settings, gateway=bounded,
-                              prompts=PromptLibrary(config.prompts_dir), context=current.headline, stats=stats,
-                              statements=prepared.statements, calls=calls,
-                              keep=calls.per_call if calls is not None and revising else 0)
+    # What the rules flag whatever the judge says goes to the reviser now, beside the check call, not after it: a
+    # draft with a dangling reference then takes one round of calls, not two.
+    early = prepared.rule_flags if revising and calls.allows() else []
+    early_revision = asyncio.ensure_future(
+        reviser(draft.model_copy(update={"article": current}), early, pack, spec, bounded)) if early else None
+    try:
+        checked = await claims_of(rendered, evidence, settings=settings, gateway=bounded,
+                                  prompts=PromptLibrary(config.prompts_dir), context=current.headline, stats=stats,
+                                  statements=prepared.statements, calls=calls,
+                                  keep=calls.per_call if calls is not None and revising else 0)
+    except BaseException:
+        if early_revision is not None:
+            early_revision.cancel()
+        raise
     verdicts = verdicts_for(rendered, checked, evidence)
     revisions: list[Revision] = []
 
@@ -1726,15 +1749,33 @@ async def check_prepared(
         current, rendered = candidate, revised
         verdicts = verdicts_for(rendered, checked, evidence)
 
+    def take(candidate: Article, round_number: int) -> bool:
+        """Adopt a reviser's article unless it changes nothing or breaks the template (then the last good one stays)."""
+        if candidate != current:
+            violations = validate_article(candidate, spec, pack.sources, pack.language)
+            if not violations:
+                adopt(candidate, measure_revision(current, candidate, round_number))
+                return True
+            log.warning("revision %d of draft %s breaks the template, keeping the previous version: %s",
+                        round_number, draft.id, "; ".join(violations))
+        revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
+        return False
+
+    rounds = range(1, settings.revise_rounds + 1)
+    tried: set[tuple[str, str]] = set()
+    if early_revision is not None:
+        take(as_article(await early_revision), 1)
+        rounds = range(2, settings.revise_rounds + 2)
+        tried = {(v.claim.text, v.verdict) for v in early}   # what it left as it was is not asked again
     if use_model and spec is not None:
-        # The judge's own corrections first: no call, so a draft with a misstated figure is done in one round.
+        # The judge's own corrections: no call, so a draft with a misstated figure is done in one round.
         corrected = judge_corrected(current, rendered, checked, verdicts, evidence, spec, pack)
         if corrected is not None:
             stats.corrected = corrected[1]
             adopt(corrected[0], measure_revision(current, corrected[0], 0).model_copy(update={"by": "judge"}))
     if revising:
-        for round_number in range(1, settings.revise_rounds + 1):
-            flagged = [v for v in verdicts if v.verdict != "supported"]
+        for round_number in rounds:
+            flagged = [v for v in verdicts if v.verdict != "supported" and (v.claim.text, v.verdict) not in tried]
             if not flagged:
                 break
             if not calls.allows():
@@ -1743,17 +1784,9 @@ async def check_prepared(
                 log.warning("draft %s: no revision %d, the draft's %d model requests are used (factcheck.max_calls_per_draft)",
                             draft.id, round_number, calls.cap)
                 break
-            candidate = as_article(await reviser(draft.model_copy(update={"article": current}), flagged, pack, spec, bounded))
-            if candidate == current:
-                revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
+            if not take(as_article(await reviser(draft.model_copy(update={"article": current}), flagged, pack, spec, bounded)),
+                        round_number):
                 break
-            violations = validate_article(candidate, spec, pack.sources, pack.language)
-            if violations:
-                log.warning("revision %d of draft %s breaks the template, keeping the previous version: %s",
-                            round_number, draft.id, "; ".join(violations))
-                revisions.append(Revision(round=round_number, spans_revised=0, chars_changed=0, change_ratio=0.0))
-                break
-            adopt(candidate, measure_revision(current, candidate, round_number))
     if calls is not None:
         stats.requests = calls.used
     method, fallback = decided_by(use_model, stats, len(prepared.rendered.sentences))

@@ -653,6 +653,54 @@ def test_a_judge_correction_that_would_break_the_template_is_not_used(ledger, tm
     assert outcome.report.totals["contradicted"] == 1
 
 
+# --- rule flags the judge cannot change are revised beside the check call --------------------------------------------
+
+WRONG_CITE = "Lumen's native token, LUM, fell 23% after the announcement [7]."
+
+
+def with_wrong_citation() -> Article:
+    return article().model_copy(update={"insights": [Insight(text=WRONG_CITE, citations=[2])]})
+
+
+def test_a_citation_no_source_has_is_revised_while_the_judge_checks_the_facts(ledger, tmp_path, templates_dir, spec):
+    config = make_config(tmp_path, templates_dir)
+    answered = []
+    model = scripted_model()
+    respond = model.function
+
+    def recording(request):
+        reply = respond(request)
+        answered.append(request.role)
+        return reply
+
+    model.function = recording
+    seen_when_asked = []
+
+    def fix(art: Article, _round: int) -> Article:
+        seen_when_asked.append(list(answered))
+        return art.model_copy(update={"insights": [Insight(text=WRONG_CITE.replace("[7]", "[2]"), citations=[2])]})
+
+    reviser = ScriptedReviser(fix)
+    outcome = run(check_draft(make_draft(with_wrong_citation()), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=reviser))
+
+    assert reviser.calls == [[WRONG_CITE.replace(" [7]", "")]]
+    assert seen_when_asked == [[]]   # asked before the judge had answered: no second round of waiting
+    assert outcome.article.insights[0].text.endswith("[2].") and outcome.report.flagged() == []
+    assert [(r.round, r.by, r.spans_revised) for r in outcome.report.revisions] == [(1, "reviser", 1)]
+    assert [r.role for r in model.requests] == ["judge"]
+
+
+def test_a_rule_flag_the_early_revision_left_as_it_was_is_not_asked_again(ledger, tmp_path, templates_dir, spec):
+    config = make_config(tmp_path, templates_dir, revise_rounds=2)
+    reviser = ScriptedReviser(lambda art, _round: art)
+    outcome = run(check_draft(make_draft(with_wrong_citation()), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=scripted_model()), reviser=reviser))
+    assert len(reviser.calls) == 1
+    (flag,) = outcome.report.flagged()
+    assert flag.claim.section == "insights" and [f.type for f in flag.failures] == ["citation"]
+
+
 def test_the_reply_schema_bounds_the_corrections_to_one_per_statement_of_the_request():
     from agents.fact_checker import JudgeItem, reply_schema
     from pipeline.services.llm import strict_json_schema
