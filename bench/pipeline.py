@@ -5,7 +5,8 @@ outlets (one RSS feed per outlet, short teasers, so every article page is
 fetched and extracted). By default the model is tests/fakes/openai_server.py
 answering through the real openai SDK with a fixed delay per call; its replies
 come from tests/fakes/newsroom_model.py (template-valid articles, verbatim judge
-quotes, one article in `--mistake-every` misstating a figure so revisions happen).
+quotes and corrections, one article in `--mistake-every` misstating a figure so the
+checker has something to correct).
 
     python bench/pipeline.py [--stories 10] [--sources 3] [--delay 2.0] [--concurrency 8]
 

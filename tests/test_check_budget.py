@@ -327,6 +327,8 @@ def test_the_check_finishes_on_every_draft_the_offline_writer_wrote(naive_check)
     written = [row for row in drafts if row.state != DraftState.needs_attention.value]
     assert written and check.items_in == len(written) and check.items_out == len(written)
     assert all(row.state == DraftState.checked.value and row.factcheck for row in written)
+    # The decoder fills "corrections" with random strings: the rules take none of them into an article.
+    assert check.notes["judge_corrections"] == 0
     for row in drafts:  # what the offline writer could not fit to its template waits for an editor, with the reason
         if row.state == DraftState.needs_attention.value:
             assert row.violations and row.factcheck is None

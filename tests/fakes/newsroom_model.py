@@ -12,7 +12,8 @@ and answers every role with realistic, schema- and template-valid JSON:
 * reviser: the article with each flagged statement replaced by its evidence;
 * judge: "supported" quoting the best matching evidence sentence verbatim when
   the claim's words and figures are in it, "contradicted" when the words are but
-  a figure differs, else "unverifiable".
+  a figure differs (with a correction: the claim with the passage's figures),
+  else "unverifiable".
 
 `mistake_every=k` makes every k-th article (by story title) misstate one figure,
 so the fact-check and revision paths run too. `role_of(body)` tells which role
