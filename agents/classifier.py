@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from collections import Counter
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model
@@ -606,7 +606,9 @@ def save(ledger: Ledger, store, results: list[tuple[Item, Classification]], reas
 # --- the stage ------------------------------------------------------------------------------
 
 
-def classify_pending(run) -> StageReport:
+def classify_pending(run, on_classified: Callable[[list[tuple[Item, Classification]]], None] | None = None) -> StageReport:
+    """Classify every pending item of the run. `on_classified` is told of each batch the moment it is saved (the
+    stage uses it to start work that needs the classifications while other batches are still with the model)."""
     config, ledger, store, gateway = run.config, run.ledger, run.store, run.gateway
     report = StageReport(stage="classify")
     items = [item for item in pending_items(ledger) if run.in_scope("classify", item.id)]
@@ -644,6 +646,11 @@ def classify_pending(run) -> StageReport:
             )
             return
         saved.update(twin.id for twin, _ in pairs)
+        if on_classified is not None:
+            try:
+                on_classified(pairs)
+            except Exception as exc:  # noqa: BLE001 - work done ahead is only a head start
+                log.warning("after classifying %d item(s): %s: %s", len(pairs), type(exc).__name__, exc)
 
     def keep(item: Item, classification: Classification) -> None:
         keep_all([(item, classification)])

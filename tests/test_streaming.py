@@ -220,3 +220,44 @@ def test_without_the_packs_ahead_the_sources_wait_for_their_drafts(tmp_path):
     recorder, sentences = _embedded(tmp_path, ahead=False)
     assert not recorder.before
     assert set(recorder.after) - sentences, "the sources' windows were embedded after the drafts arrived"
+
+
+# --- clustering's vectors are embedded while the classifier waits on the model ---------------------------------------
+
+
+@pytest.fixture
+def model_workspace(tmp_path, monkeypatch):
+    workspace = prepare_workspace(tmp_path / "ws")
+    with FakeOpenAIServer(reply=NewsroomModel()) as server:
+        config = (workspace / "config.toml").read_text().replace(
+            "offline = true", f'offline = false\nbase_url = "{server.base_url}"\napi_key_env = "{KEY_ENV}"\nmax_retries = 0')
+        (workspace / "config.toml").write_text(config)
+        monkeypatch.setenv(KEY_ENV, "sk-streaming-test")
+        with allow_model_requests():
+            yield workspace
+
+
+def test_clustering_finds_its_vectors_embedded_while_the_classifier_waited(model_workspace):
+    from agents.editor import item_text_for_matching
+    from pipeline.core.ledger import row_to_item
+    from pipeline.core.models import Classification, StageReport
+    from pipeline.flow.drafting import assign
+
+    run = Run(load_config(model_workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    try:
+        run.run_stages(["fetch"])
+        recorder = RecordingEmbed(run.store.embed)
+        run.store.embed = recorder
+        run.run_stages(["classify"])
+        run.caught_up()
+        recorder.marked = True   # classification is done: what clustering embeds from here was not done ahead
+        with run.ledger.engine.connect() as connection:
+            rows = connection.execute(select(schema.items).where(schema.items.c.state == "classified")).all()
+        texts = {item_text_for_matching(row_to_item(r), Classification.model_validate(r.classification)) for r in rows}
+        report = StageReport(stage="draft")
+        assign(run, report)
+    finally:
+        run.close()
+    assert texts and texts <= set(recorder.before), "each relevant item's clustering text was embedded during classify"
+    assert not texts & set(recorder.after), "clustering embedded none of them again"
+    assert report.notes["stories_updated"] > 0

@@ -17,9 +17,9 @@ from sqlalchemy import insert, select, update
 from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, utcnow
-from pipeline.core.models import Draft, DraftState, ResearchPack, StageReport, Story, StoryState
+from pipeline.core.models import Classification, Draft, DraftState, Item, ResearchPack, StageReport, Story, StoryState
 from pipeline.core.prompts import Prompt
-from agents.editor import assign_stories, load_story, select_top, waiting_stories
+from agents.editor import assign_stories, item_text_for_matching, load_story, select_top, waiting_stories
 from pipeline.text.templates import TemplateSpec, choose_template, load_templates
 from pipeline.core.tokens import count_messages, count_tokens
 from pipeline.core.progress import progress
@@ -98,9 +98,28 @@ def save_draft(ledger: Ledger, draft: Draft, pack: ResearchPack) -> None:
         )
 
 
+def embed_ahead_for_clustering(run, classified: list[tuple[Item, Classification]]) -> None:
+    """Embed the clustering texts of a batch just classified, on the run's `ahead` thread, while the other batches
+    are still with the model: `assign` then finds them in the run's embed_memo. Only a head start: any text not
+    done by then is embedded by the clustering itself."""
+    if run.unit is not None:  # a worker's classify unit: another process may cluster, nothing here would use them
+        return
+    if run.config.llm.offline or not getattr(run.gateway, "available", False):
+        return  # classified offline, item by item: no wait on a model to fill, so nothing to gain
+    texts = [item_text_for_matching(item, c) for item, c in classified if c.relevant]
+    if texts:
+        run.ahead.submit(run.embed_memo, texts).add_done_callback(_log_ahead_failure)
+
+
+def _log_ahead_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("embedding ahead for clustering failed (clustering embeds the texts itself): %s", future.exception())
+
+
 def assign(run, report: StageReport) -> None:
     """Cluster the newly classified items into stories; the counts go to the report's notes."""
-    touched, late = assign_stories(run.config, run.ledger, run.store.embed, now=run.now())
+    run.caught_up()
+    touched, late = assign_stories(run.config, run.ledger, run.embed_memo, now=run.now())
     report.notes["stories_updated"] = len(touched)
     report.notes["late_sources_recorded"] = late
 

@@ -17,6 +17,7 @@ import time
 import signal
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Callable
@@ -30,6 +31,7 @@ from pipeline.core.ledger import Ledger, utcnow
 from pipeline.core.logs import redact
 from pipeline.core.models import StageReport
 from pipeline.core.lock import PipelineLock
+from pipeline.services.embeddings import EmbeddingMemo
 from pipeline.services.llm import Gateway
 
 if TYPE_CHECKING:
@@ -209,6 +211,22 @@ class Run:
         return Store.from_config(self.config)
 
     @cached_property
+    def embed_memo(self) -> EmbeddingMemo:
+        """The store's embedding function, remembering the run's latest vectors: what was embedded ahead (see
+        `ahead`) is not embedded again."""
+        return EmbeddingMemo(self.store.embed)
+
+    @cached_property
+    def ahead(self) -> ThreadPoolExecutor:
+        """One thread for CPU work started early, while the run waits on the model (see `caught_up`)."""
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
+
+    def caught_up(self) -> None:
+        """Wait until the work started ahead is done (its failures are logged; the stage that needs it redoes it)."""
+        if "ahead" in self.__dict__:
+            self.ahead.submit(lambda: None).result()
+
+    @cached_property
     def gateway(self):
         return Gateway(self.config, self.ledger, run_id=self.id)
 
@@ -319,6 +337,8 @@ class Run:
 
     def close(self) -> None:
         """Close the run's model client and loop (a worker's run, done with, records nothing here)."""
+        if "ahead" in self.__dict__:
+            self.ahead.shutdown(wait=True, cancel_futures=True)
         if "gateway" in self.__dict__:
             if "loop" in self.__dict__:
                 # The provider client was made on the run's loop; close it there, or its

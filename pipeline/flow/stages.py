@@ -18,7 +18,7 @@ from agents.publisher import publish_ready, sync_approvals
 from agents.writer import revise_draft
 from pipeline.core import schema
 from pipeline.core.progress import progress
-from pipeline.flow.drafting import assign, draft_stories, write_stories
+from pipeline.flow.drafting import assign, draft_stories, embed_ahead_for_clustering, write_stories
 from pipeline.text.chunking import chunk_text
 from pipeline.services.store import item_body
 from pipeline.core.ledger import row_to_item
@@ -77,7 +77,7 @@ def index_pending(run, batch: int = 64, sources: list[str] | None = None) -> tup
 
 
 def classify(run) -> StageReport:
-    return classify_pending(run)
+    return classify_pending(run, on_classified=lambda pairs: embed_ahead_for_clustering(run, pairs))
 
 
 def select_stories(run) -> StageReport:
