@@ -1766,7 +1766,9 @@ async def check_prepared(
     if early_revision is not None:
         take(as_article(await early_revision), 1)
         rounds = range(2, settings.revise_rounds + 2)
-        tried = {(v.claim.text, v.verdict) for v in early}   # what it left as it was is not asked again
+        # A flagged sentence it left as it was is not asked about again for the same verdict (by the sentence's
+        # text: the judge may have split it into claims of other words since).
+        tried = {(prepared.rendered.text[v.claim.start:v.claim.end], v.verdict) for v in early}
     if use_model and spec is not None:
         # The judge's own corrections: no call, so a draft with a misstated figure is done in one round.
         corrected = judge_corrected(current, rendered, checked, verdicts, evidence, spec, pack)
@@ -1775,7 +1777,8 @@ async def check_prepared(
             adopt(corrected[0], measure_revision(current, corrected[0], 0).model_copy(update={"by": "judge"}))
     if revising:
         for round_number in rounds:
-            flagged = [v for v in verdicts if v.verdict != "supported" and (v.claim.text, v.verdict) not in tried]
+            flagged = [v for v in verdicts
+                       if v.verdict != "supported" and (rendered.text[v.claim.start:v.claim.end], v.verdict) not in tried]
             if not flagged:
                 break
             if not calls.allows():

@@ -691,14 +691,29 @@ def test_a_citation_no_source_has_is_revised_while_the_judge_checks_the_facts(le
     assert [r.role for r in model.requests] == ["judge"]
 
 
-def test_a_rule_flag_the_early_revision_left_as_it_was_is_not_asked_again(ledger, tmp_path, templates_dir, spec):
+def splitting_judge(claims, evidence):
+    """Honest, but the insight comes back as two atomic claims in words of their own."""
+    findings = []
+    for cid, text in claims:
+        if text.startswith("Lumen's native token"):
+            findings += [{"claim_id": cid, "claim": claim, "verdict": "supported", "source_n": 2, "quote": quote}
+                         for claim, quote in [("LUM is Lumen's native token.", "Lumen's native token, LUM"),
+                                              ("LUM fell 23% after the announcement.", "fell 23% after the announcement")]]
+        else:
+            findings.append(honest_verdict(cid, text, evidence))
+    return findings
+
+
+@pytest.mark.parametrize("judge", [None, splitting_judge], ids=["one claim per sentence", "atomic claims"])
+def test_a_rule_flag_the_early_revision_left_as_it_was_is_not_asked_again(ledger, tmp_path, templates_dir, spec, judge):
     config = make_config(tmp_path, templates_dir, revise_rounds=2)
     reviser = ScriptedReviser(lambda art, _round: art)
     outcome = run(check_draft(make_draft(with_wrong_citation()), pack(), spec, config=config,
-                              gateway=Gateway(config, ledger, backend=scripted_model()), reviser=reviser))
+                              gateway=Gateway(config, ledger, backend=scripted_model(judge)), reviser=reviser))
     assert len(reviser.calls) == 1
-    (flag,) = outcome.report.flagged()
-    assert flag.claim.section == "insights" and [f.type for f in flag.failures] == ["citation"]
+    flags = outcome.report.flagged()
+    assert flags and {v.claim.section for v in flags} == {"insights"}
+    assert [f.type for f in flags[0].failures] == ["citation"]
 
 
 def test_the_reply_schema_bounds_the_corrections_to_one_per_statement_of_the_request():
