@@ -1769,7 +1769,7 @@ async def check_prepared(
         # A flagged sentence it left as it was is not asked about again for the same verdict (by the sentence's
         # text: the judge may have split it into claims of other words since).
         tried = {(prepared.rendered.text[v.claim.start:v.claim.end], v.verdict) for v in early}
-    if use_model and spec is not None:
+    if use_model and spec is not None and settings.revise_rounds > 0:
         # The judge's own corrections: no call, so a draft with a misstated figure is done in one round.
         corrected = judge_corrected(current, rendered, checked, verdicts, evidence, spec, pack)
         if corrected is not None:

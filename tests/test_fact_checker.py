@@ -621,6 +621,16 @@ def test_a_judge_correction_the_rules_verify_fixes_the_draft_without_a_reviser_c
     assert outcome.stats.corrected == 1 and outcome.stats.requests == 1
 
 
+def test_with_revision_off_the_judges_correction_is_not_applied_either(ledger, tmp_path, templates_dir, spec):
+    """factcheck.revise_rounds = 0: the check reports, it never changes the draft."""
+    config = make_config(tmp_path, templates_dir, revise_rounds=0)
+    model = scripted_model(corrections=correcting("$52 million", "$48 million"))
+    outcome = run(check_draft(make_draft(article("$52 million")), pack(), spec, config=config,
+                              gateway=Gateway(config, ledger, backend=model), reviser=ScriptedReviser(lambda art, _r: art)))
+    assert not outcome.revised and "$52 million" in outcome.article.lead and outcome.report.revisions == []
+    assert outcome.report.totals["contradicted"] == 1
+
+
 @pytest.mark.parametrize("bad, why", [
     ("Hackers drained $58 million from Lumen Exchange on Thursday, the company said.", "no source has the figure"),
     ("Lumen's native token, LUM, fell 23% after the announcement.", "another statement, not a correction"),

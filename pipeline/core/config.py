@@ -299,7 +299,7 @@ class Classify(Section):
 
 class FactCheck(Section):
     # One check call per draft: claims and verdicts together, split only when the draft does not fit the judge's window.
-    revise_rounds: int = Field(default=1, ge=0, le=5, description="reviser calls per draft after its check call, at most (0: no revision at all); a draft the rules flag for a dangling reference, another language or a citation or link no source has also gets one revision beside its check call; revised sentences are re-checked by the rules")
+    revise_rounds: int = Field(default=1, ge=0, le=5, description="reviser calls per draft after its check call, at most (0: the check never changes a draft, not even by the judge's own corrections, it only reports); a draft the rules flag for a dangling reference, another language or a citation or link no source has also gets one revision beside its check call; revised sentences are re-checked by the rules")
     # Judge and reviser requests per draft, repair rounds included, whatever the server answers: one check call, its
     # repair, one revision and its repair. Once spent, the draft's remaining statements are decided by the rules.
     max_calls_per_draft: int = Field(default=4, ge=1, le=100, description="judge + reviser model requests per draft, repairs included")
