@@ -100,8 +100,8 @@ from pipeline.text.factrules import (
     verify_offline,
 )
 from pipeline.core.ledger import Ledger, as_utc, stable_hash, utcnow
+from pipeline.core.logs import log_failure
 from pipeline.services.llm import InvalidOutput, LLMError, OutputTruncated, Refused, plain_json_schema
-from pipeline.services.embeddings import EmbeddingMemo
 from pipeline.text.language import foreign_language
 from pipeline.text.safety import instructs_a_model
 from pipeline.core.models import (
@@ -276,6 +276,7 @@ class EvidenceIndex:
         self._text_vectors: dict[str, np.ndarray] = {}
         self._window_facts = [self._facts(w) for w in self.index.windows]
         self._verdicts: dict[tuple[str, bool], OfflineVerdict] = {}
+        self._languages: dict[str, str | None] = {}
         self._story_index: SourceIndex | None = None
         self._story_mask: list[bool] = []
         self._story_verdicts: dict[tuple[str, bool], OfflineVerdict] = {}
@@ -395,6 +396,14 @@ class EvidenceIndex:
             scorer = self.semantic_scorer if self.semantic else None
             self._verdicts[key] = verify_offline(text, self.index, semantic_scorer=scorer)
         return self._verdicts[key]
+
+    def foreign(self, text: str) -> str | None:
+        """The language `text` is clearly written in when it is not the newsroom's (pipeline.text.language), else
+        None; remembered, since every check of a draft (before the judge, after it, after each revision) asks."""
+        if text not in self._languages:
+            others = sorted({s.language for s in self.sources})
+            self._languages[text] = foreign_language(_MARKER_WITH_SPACE.sub("", text), self.language, others)
+        return self._languages[text]
 
     def url_for(self, n: int | None) -> str | None:
         src = self.by_n.get(n) if n is not None else None
@@ -1442,10 +1451,9 @@ def language_failures(rendered: RenderedDraft, evidence: EvidenceIndex) -> dict[
 
     Only the target, the sources' languages and a few common ones are weighed (pipeline.text.language), and
     fragments too short to tell ("Kowalski said.") are never flagged."""
-    others = sorted({s.language for s in evidence.sources})
     out: dict[str, RuleFailure] = {}
     for s in rendered.sentences:
-        found = foreign_language(_MARKER_WITH_SPACE.sub("", s.text), evidence.language, others)
+        found = evidence.foreign(s.text)
         if found is not None:
             out[s.id] = RuleFailure(type="language", value=found,
                                     detail=f"written in {found}, not in the newsroom's language ({evidence.language}); "
@@ -1515,7 +1523,8 @@ def _raw_sentences(rendered: RenderedDraft) -> list[str]:
     return [rendered.text[s.start:s.end] for s in rendered.sentences]
 
 
-def measure_revision(before: Article, after: Article, round_number: int) -> Revision:
+def measure_revision(before: Article, after: Article, round_number: int,
+                     by: Literal["judge", "reviser"] = "reviser") -> Revision:
     """How much a revision changed: sentences that differ, characters changed within them, share of the text.
 
     Sentences are aligned first (difflib on the sentence lists), then only the
@@ -1539,7 +1548,7 @@ def measure_revision(before: Article, after: Article, round_number: int) -> Revi
             if t != "equal"
         )
     ratio = min(1.0, chars / max(1, len(old.text)))
-    return Revision(round=round_number, spans_revised=spans, chars_changed=chars, change_ratio=round(ratio, 4))
+    return Revision(round=round_number, spans_revised=spans, chars_changed=chars, change_ratio=round(ratio, 4), by=by)
 
 
 def carry_over(old: RenderedDraft, checked: Sequence[SentenceClaims], new: RenderedDraft) -> list[SentenceClaims]:
@@ -1673,7 +1682,7 @@ def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Em
     evidence.translations = list(article.translations)
     rendered = render_draft(article)
     statements = statements_of(rendered, evidence) if with_model else None
-    flags = judge_independent_flags(rendered, evidence) if with_model else []
+    flags = judge_independent_flags(rendered, evidence) if with_model and config.factcheck.revise_rounds > 0 else []
     return PreparedCheck(draft, pack, article, rendered, evidence, statements, flags)
 
 
@@ -1722,7 +1731,8 @@ async def check_prepared(
     # Judge and reviser share the draft's cap; judge calls after the first leave room for one revision.
     calls = draft_calls(settings, gateway) if use_model else None
     bounded = BoundedGateway(gateway, calls) if calls is not None else None
-    revising = use_model and spec is not None and reviser is not None and settings.revise_rounds > 0
+    correcting = use_model and spec is not None and settings.revise_rounds > 0   # 0: the check only reports
+    revising = correcting and reviser is not None
     # What the rules flag whatever the judge says goes to the reviser now, beside the check call, not after it: a
     # draft with a dangling reference then takes one round of calls, not two.
     early = prepared.rule_flags if revising and calls.allows() else []
@@ -1769,12 +1779,12 @@ async def check_prepared(
         # A flagged sentence it left as it was is not asked about again for the same verdict (by the sentence's
         # text: the judge may have split it into claims of other words since).
         tried = {(prepared.rendered.text[v.claim.start:v.claim.end], v.verdict) for v in early}
-    if use_model and spec is not None and settings.revise_rounds > 0:
+    if correcting:
         # The judge's own corrections: no call, so a draft with a misstated figure is done in one round.
         corrected = judge_corrected(current, rendered, checked, verdicts, evidence, spec, pack)
         if corrected is not None:
             stats.corrected = corrected[1]
-            adopt(corrected[0], measure_revision(current, corrected[0], 0).model_copy(update={"by": "judge"}))
+            adopt(corrected[0], measure_revision(current, corrected[0], 0, by="judge"))
     if revising:
         for round_number in rounds:
             flagged = [v for v in verdicts
@@ -1893,8 +1903,6 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         except Exception as exc:
             report.errors.append(f"the LLM gateway could not be set up, checking with rules only: {type(exc).__name__}: {exc}")
     embed = _store_embed(run)
-    if embed is not None:
-        embed = EmbeddingMemo(embed)
 
     # Drafts per method that decided them: llm, rules (offline), rules (fallback: ...) by the fallback's first reason.
     methods: dict[str, int] = {}
@@ -1953,7 +1961,8 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
             if isinstance(message, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
                 if not run.stop_requested:
                     warming = asyncio.wrap_future(preparer.submit(WARM_UP, warm_evidence, message, config, embed))
-                    warming.add_done_callback(_log_warm_failure)
+                    # Only a head start: the draft's own preparation embeds what it did not, and reports its failures.
+                    warming.add_done_callback(log_failure(log, "fact-check warm-up"))
                 continue
             draft_id = message
             if draft_id in seen:
@@ -2009,20 +2018,15 @@ def revision_likely(row) -> bool:
     return False
 
 
-def _log_warm_failure(future: asyncio.Future) -> None:
-    # Only a head start: the draft's own preparation embeds what the warm-up did not, and reports its failures.
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("fact-check warm-up failed: %s", future.exception())
-
-
 def _store_embed(run) -> Embed | None:
-    """The store's embedding function, if the store can be opened; retrieval is lexical without it."""
+    """The store's embedding function as the run remembers it (Run.embed_memo: a story's windows embedded in its
+    warm-up are not embedded again for its draft), if the store can be opened; retrieval is lexical without it."""
     try:
         store = run.store
     except Exception as exc:
         log.warning("store unavailable, fact-check retrieval is lexical only: %s", exc)
         return None
-    return getattr(store, "embed", None)
+    return run.embed_memo if getattr(store, "embed", None) is not None else None
 
 
 # --- benchmark entry point ------------------------------------------------------------------------------

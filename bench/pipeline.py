@@ -300,7 +300,6 @@ class NewsSite:
                 pass
 
         self.server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property

@@ -166,6 +166,7 @@ def _check_streamed(run, drafts, *, ahead: bool) -> RecordingEmbed:
 
     recorder = RecordingEmbed(run.store.embed)
     run.store.embed = recorder
+    run.__dict__.pop("embed_memo", None)  # remembered over the old function by the draft stage's clustering
 
     async def feed() -> StageReport:
         report = StageReport(stage="check")

@@ -120,6 +120,17 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
+def log_failure(logger: logging.Logger, what: str):
+    """A done-callback for a future whose work is only a head start (a warm-up, an embedding done ahead): its failure
+    is logged as a warning with `what` failed, never raised; whoever needs the work does it again."""
+
+    def done(future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            logger.warning("%s failed: %s", what, future.exception())
+
+    return done
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = False, stream=None) -> None:
     handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select, update
 from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, utcnow
+from pipeline.core.logs import log_failure
 from pipeline.core.models import Classification, Draft, DraftState, Item, ResearchPack, StageReport, Story, StoryState
 from pipeline.core.prompts import Prompt
 from agents.editor import assign_stories, item_text_for_matching, load_story, select_top, waiting_stories
@@ -108,12 +109,7 @@ def embed_ahead_for_clustering(run, classified: list[tuple[Item, Classification]
         return  # classified offline, item by item: no wait on a model to fill, so nothing to gain
     texts = [item_text_for_matching(item, c) for item, c in classified if c.relevant]
     if texts:
-        run.ahead.submit(run.embed_memo, texts).add_done_callback(_log_ahead_failure)
-
-
-def _log_ahead_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("embedding ahead for clustering failed (clustering embeds the texts itself): %s", future.exception())
+        run.ahead.submit(run.embed_memo, texts).add_done_callback(log_failure(log, "embedding ahead for clustering"))
 
 
 def assign(run, report: StageReport) -> None:

@@ -414,11 +414,11 @@ def embedding_function_from_config(config: Config, http_client: Any = None) -> N
 
 
 class EmbeddingMemo:
-    """An embedding function that remembers its last `limit` texts' vectors.
+    """An embedding function that remembers its last `limit` texts' vectors (one per run: Run.embed_memo).
 
-    The fact-check embeds a story's source windows while the story is still being written (check_stream's
-    warm-up); when the draft arrives, its evidence is built from the same windows and costs no second pass
-    through the model. Thread-safe: the loop and the check's preparer thread may both call it."""
+    Work done ahead is not done twice: clustering's texts embedded while the classifier waits on the model, a
+    story's source windows embedded while its writer call is in flight (check_stream's warm-up). Thread-safe:
+    the loop, the run's `ahead` thread and the check's preparer thread may all call it."""
 
     def __init__(self, embed, limit: int = 4096) -> None:
         self._embed = embed

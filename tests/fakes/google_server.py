@@ -334,7 +334,6 @@ class FakeGoogle:
                 fake._handle(self, "DELETE")
 
         self.httpd = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
         return self

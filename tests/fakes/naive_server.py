@@ -206,7 +206,6 @@ class NaiveServer:
         self.requests: list[NaiveRequest] = []
         self._lock = threading.Lock()
         self._server = LoopbackHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread: threading.Thread | None = None
 

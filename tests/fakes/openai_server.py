@@ -99,7 +99,6 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = LoopbackHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread: threading.Thread | None = None
 
