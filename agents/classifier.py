@@ -46,7 +46,7 @@ from pipeline.services.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LL
 from pipeline.text.safety import instructs_a_model
 from pipeline.core.models import Classification, Item, ItemState, StageReport
 from pipeline.core.prompts import PromptLibrary
-from pipeline.text.sentences import split_sentences
+from pipeline.text.sentences import first_sentence
 from pipeline.core.tokens import count_messages, count_tokens, truncate_to_tokens
 
 log = logging.getLogger("newsdesk.classifier")
@@ -224,12 +224,6 @@ def named_entities(text: str, limit: int = MAX_ENTITIES) -> list[str]:
             continue
         counts[match] = counts.get(match, 0) + 1
     return [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
-
-
-def first_sentence(text: str, words: int = 30) -> str:
-    sentences = split_sentences(text)
-    sentence = sentences[0].text if sentences else text
-    return " ".join(sentence.split()[:words])
 
 
 def offline_classification(item: Item, signals: Signals, config: Config, method: str = "offline") -> Classification:
@@ -606,9 +600,9 @@ def save(ledger: Ledger, store, results: list[tuple[Item, Classification]], reas
 # --- the stage ------------------------------------------------------------------------------
 
 
-def classify_pending(run, on_classified: Callable[[list[tuple[Item, Classification]]], None] | None = None) -> StageReport:
-    """Classify every pending item of the run. `on_classified` is told of each batch the moment it is saved (the
-    stage uses it to start work that needs the classifications while other batches are still with the model)."""
+def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = None) -> StageReport:
+    """Classify every pending item of the run. `while_waiting` is told of the items going to the model just before
+    they go (the stage uses it to start work on them while the model answers)."""
     config, ledger, store, gateway = run.config, run.ledger, run.store, run.gateway
     report = StageReport(stage="classify")
     items = [item for item in pending_items(ledger) if run.in_scope("classify", item.id)]
@@ -646,11 +640,6 @@ def classify_pending(run, on_classified: Callable[[list[tuple[Item, Classificati
             )
             return
         saved.update(twin.id for twin, _ in pairs)
-        if on_classified is not None:
-            try:
-                on_classified(pairs)
-            except Exception as exc:  # noqa: BLE001 - work done ahead is only a head start
-                log.warning("after classifying %d item(s): %s: %s", len(pairs), type(exc).__name__, exc)
 
     def keep(item: Item, classification: Classification) -> None:
         keep_all([(item, classification)])
@@ -697,6 +686,11 @@ def classify_pending(run, on_classified: Callable[[list[tuple[Item, Classificati
         fall_back(exhausted, "no attempts left from earlier runs")
 
     outcome = ModelOutcome()
+    if to_model and while_waiting is not None:
+        try:
+            while_waiting([twin for item in to_model for twin in twins[item.content_hash]])
+        except Exception as exc:  # noqa: BLE001 - work done while waiting is only a head start
+            log.warning("before classifying %d item(s): %s: %s", len(to_model), type(exc).__name__, exc)
     if to_model:
         classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep_all,
                                      stop_requested=lambda: run.stop_requested, on_failure=failed)

@@ -30,6 +30,7 @@ from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, as_utc, row_to_item, stable_hash, utcnow
 from pipeline.core.models import Classification, Item, ItemState, Story, StoryState
 from pipeline.text.entities import names
+from pipeline.text.sentences import first_sentence
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -80,9 +81,11 @@ def entity_set(classification: Classification, title: str) -> set[str]:
     return out
 
 
-def item_text_for_matching(item: Item, classification: Classification) -> str:
-    lead = item.text[:400]
-    return f"{item.title}. {classification.summary}. {lead}"
+def item_text_for_matching(item: Item) -> str:
+    """What an item's clustering vector embeds: its own words only (headline, the feed's summary or the page's
+    opening sentence, the lead), never the classifier's. Known before the model answers, so it is embedded while
+    the classifier waits, and the same whichever model, or none, classified the item."""
+    return f"{item.title}. {first_sentence(item.summary or item.text or item.title)}. {item.text[:400]}"
 
 
 def similarity(a: Candidate, b: Candidate) -> float:
@@ -328,7 +331,7 @@ def embed_candidates(candidates: Iterable[Candidate], embed: Embed) -> None:
     pending = [c for c in candidates if c.vector is None]
     if not pending:
         return
-    vectors = np.asarray(embed([item_text_for_matching(c.item, c.classification) for c in pending]), dtype=np.float32)
+    vectors = np.asarray(embed([item_text_for_matching(c.item) for c in pending]), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors / np.where(norms == 0, 1, norms)
     for candidate, vector in zip(pending, vectors):

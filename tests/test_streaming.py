@@ -10,6 +10,7 @@ checked and reported under its own stage.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -235,16 +236,32 @@ def model_workspace(tmp_path, monkeypatch):
         (workspace / "config.toml").write_text(config)
         monkeypatch.setenv(KEY_ENV, "sk-streaming-test")
         with allow_model_requests():
-            yield workspace
+            yield workspace, server
+
+
+class ClassifierTakesItsTime:
+    """The newsroom fake, whose classifier answers only once the run's work ahead is done: the fake answers at
+    once, where a real model takes seconds, and the head start would otherwise race it."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.model = NewsroomModel()
+
+    def __call__(self, body: dict):
+        if role_of(body) == "classifier":
+            self.run.ahead.submit(lambda: None).result()
+        return self.model(body)
 
 
 def test_clustering_finds_its_vectors_embedded_while_the_classifier_waited(model_workspace):
     from agents.editor import item_text_for_matching
     from pipeline.core.ledger import row_to_item
-    from pipeline.core.models import Classification, StageReport
+    from pipeline.core.models import StageReport
     from pipeline.flow.drafting import assign
 
-    run = Run(load_config(model_workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    workspace, server = model_workspace
+    run = Run(load_config(workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    server.reply = ClassifierTakesItsTime(run)
     try:
         run.run_stages(["fetch"])
         recorder = RecordingEmbed(run.store.embed)
@@ -254,11 +271,45 @@ def test_clustering_finds_its_vectors_embedded_while_the_classifier_waited(model
         recorder.marked = True   # classification is done: what clustering embeds from here was not done ahead
         with run.ledger.engine.connect() as connection:
             rows = connection.execute(select(schema.items).where(schema.items.c.state == "classified")).all()
-        texts = {item_text_for_matching(row_to_item(r), Classification.model_validate(r.classification)) for r in rows}
+        texts = {item_text_for_matching(row_to_item(r)) for r in rows if r.classification["relevant"]}
         report = StageReport(stage="draft")
         assign(run, report)
     finally:
         run.close()
-    assert texts and texts <= set(recorder.before), "each relevant item's clustering text was embedded during classify"
+    assert texts and texts <= set(recorder.before), "each relevant item's clustering text was embedded while the model worked"
     assert not texts & set(recorder.after), "clustering embedded none of them again"
     assert report.notes["stories_updated"] > 0
+
+
+def test_work_ahead_not_begun_is_dropped_once_the_run_has_caught_up(tmp_path):
+    """A head start must not hold the stage that needs it: when the classifier is done early, the pieces still
+    queued are dropped (clustering embeds what it needs itself); the piece running is waited for."""
+    workspace = prepare_workspace(tmp_path / "ws")
+    run = Run(load_config(workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    started, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def piece(name: str) -> None:
+        started.set()
+        release.wait(CEILING_S)
+        done.append(name)
+
+    try:
+        run.get_ahead(piece, "running")
+        started.wait(CEILING_S)
+        queued = run.get_ahead(piece, "queued")
+
+        def release_once_dropped() -> None:
+            for _ in range(CEILING_S * 1000):
+                if queued.cancelled():
+                    break
+                time.sleep(0.001)
+            release.set()
+
+        threading.Thread(target=release_once_dropped, daemon=True).start()
+        run.caught_up()
+        assert done == ["running"], "caught_up waited for the running piece and dropped the queued one"
+        run.ahead.submit(lambda: None).result()
+        assert done == ["running"]
+    finally:
+        run.close()

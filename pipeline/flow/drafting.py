@@ -17,8 +17,7 @@ from sqlalchemy import insert, select, update
 from pipeline.core import schema
 from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, utcnow
-from pipeline.core.logs import log_failure
-from pipeline.core.models import Classification, Draft, DraftState, Item, ResearchPack, StageReport, Story, StoryState
+from pipeline.core.models import Draft, DraftState, Item, ResearchPack, StageReport, Story, StoryState
 from pipeline.core.prompts import Prompt
 from agents.editor import assign_stories, item_text_for_matching, load_story, select_top, waiting_stories
 from pipeline.text.templates import TemplateSpec, choose_template, load_templates
@@ -30,6 +29,11 @@ from agents.researcher import context_budget, context_window, research
 from pipeline.text.metadata import with_meta
 
 log = logging.getLogger("newsdesk.drafting")
+
+
+# Texts per piece of clustering work done ahead: at about 20 ms a text on two cores, what `caught_up` may still
+# wait for when the classifier is done early.
+AHEAD_PIECE = 8
 
 
 class PreviewError(Exception):
@@ -99,17 +103,17 @@ def save_draft(ledger: Ledger, draft: Draft, pack: ResearchPack) -> None:
         )
 
 
-def embed_ahead_for_clustering(run, classified: list[tuple[Item, Classification]]) -> None:
-    """Embed the clustering texts of a batch just classified, on the run's `ahead` thread, while the other batches
-    are still with the model: `assign` then finds them in the run's embed_memo. Only a head start: any text not
-    done by then is embedded by the clustering itself."""
+def embed_ahead_for_clustering(run, items: list[Item]) -> None:
+    """Embed the clustering texts of items going to the classifier on the run's `ahead` thread, while the model
+    works: `assign` then finds them in the run's embed_memo. In pieces, so that `caught_up` drops what is not begun
+    when the classifier is done (whatever clustering still needs, it embeds itself)."""
     if run.unit is not None:  # a worker's classify unit: another process may cluster, nothing here would use them
         return
     if run.config.llm.offline or not getattr(run.gateway, "available", False):
         return  # classified offline, item by item: no wait on a model to fill, so nothing to gain
-    texts = [item_text_for_matching(item, c) for item, c in classified if c.relevant]
-    if texts:
-        run.ahead.submit(run.embed_memo, texts).add_done_callback(log_failure(log, "embedding ahead for clustering"))
+    texts = list(dict.fromkeys(item_text_for_matching(item) for item in items))
+    for start in range(0, len(texts), AHEAD_PIECE):
+        run.get_ahead(run.embed_memo, texts[start:start + AHEAD_PIECE])
 
 
 def assign(run, report: StageReport) -> None:
@@ -170,12 +174,12 @@ async def write_stories(run, report: StageReport, handoff: asyncio.Queue | None 
                 handoff.put_nowait(draft.id)
 
         # Each story goes to the writer as soon as it is researched: its call is in flight while the next
-        # story is researched (on this thread, between the loop's turns), instead of every call waiting
-        # for the research of all of them.
+        # story is researched, instead of every call waiting for the research of all of them. Research runs
+        # on a thread, so the loop keeps sending requests and taking answers meanwhile.
         writing = []
         for story in selected:
             try:
-                item = prepare(story, config, ledger, store, gateway, templates, now=run.now())
+                item = await asyncio.to_thread(prepare, story, config, ledger, store, gateway, templates, now=run.now())
             except Exception as exc:
                 report.errors.append(f"story {story.key} ({story.title[:60]}): research failed: {type(exc).__name__}: {exc}")
                 advance()
@@ -183,7 +187,6 @@ async def write_stories(run, report: StageReport, handoff: asyncio.Queue | None 
             writing.append(asyncio.ensure_future(write_one(item)))
             if handoff is not None:
                 handoff.put_nowait(item.pack)
-            await asyncio.sleep(0.005)  # let the request just queued go out before the next research blocks the loop
         await asyncio.gather(*writing)
     report.notes.update({f"drafts_{state}": n for state, n in states.items()})
 

@@ -17,7 +17,7 @@ import time
 import signal
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Callable
@@ -28,7 +28,7 @@ from pipeline.core import schema
 from pipeline.core.clock import Clock, system_clock
 from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, utcnow
-from pipeline.core.logs import redact
+from pipeline.core.logs import log_failure, redact
 from pipeline.core.models import StageReport
 from pipeline.core.lock import PipelineLock
 from pipeline.services.embeddings import EmbeddingMemo
@@ -173,6 +173,7 @@ class Run:
     # the stages only take the unit in hand (see in_scope).
     queued: bool = False
     unit: "Claim | None" = None
+    _ahead_work: list[Future] = field(default_factory=list, repr=False)
 
     def now(self):
         return self.clock()
@@ -218,13 +219,24 @@ class Run:
 
     @cached_property
     def ahead(self) -> ThreadPoolExecutor:
-        """One thread for CPU work started early, while the run waits on the model (see `caught_up`)."""
+        """One thread for CPU work started early, while the run waits on the model (see `get_ahead`)."""
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
 
+    def get_ahead(self, work, *args) -> Future:
+        """Start `work(*args)` on the `ahead` thread. It is only a head start: its failure is logged, and what
+        `caught_up` finds not yet begun is dropped, so whoever needs the result does that part itself."""
+        future = self.ahead.submit(work, *args)
+        future.add_done_callback(log_failure(log, f"{getattr(work, '__name__', 'work')} done ahead"))
+        self._ahead_work.append(future)
+        return future
+
     def caught_up(self) -> None:
-        """Wait until the work started ahead is done (its failures are logged; the stage that needs it redoes it)."""
-        if "ahead" in self.__dict__:
-            self.ahead.submit(lambda: None).result()
+        """Drop the head-start work not begun, and wait for the piece running: the stage that needs the results now
+        would otherwise wait for work it may not need (items the classifier found off-beat)."""
+        work, self._ahead_work = self._ahead_work, []
+        for future in work:
+            future.cancel()
+        wait(work)
 
     @cached_property
     def gateway(self):

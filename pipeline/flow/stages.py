@@ -77,7 +77,7 @@ def index_pending(run, batch: int = 64, sources: list[str] | None = None) -> tup
 
 
 def classify(run) -> StageReport:
-    return classify_pending(run, on_classified=lambda pairs: embed_ahead_for_clustering(run, pairs))
+    return classify_pending(run, while_waiting=lambda items: embed_ahead_for_clustering(run, items))
 
 
 def select_stories(run) -> StageReport:

@@ -201,3 +201,10 @@ def windows(
         body = text[a:b] if text is not None else " ".join(s.text for s in sentences[i : j + 1])
         out.append(Window(a, b, body, i, j))
     return out
+
+
+def first_sentence(text: str, words: int = 30) -> str:
+    """The opening sentence, at most `words` words: an item's one-line summary when no model wrote one."""
+    sentences = split_sentences(text)
+    sentence = sentences[0].text if sentences else text
+    return " ".join(sentence.split()[:words])
