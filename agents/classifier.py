@@ -46,7 +46,7 @@ from pipeline.services.llm import BudgetExceeded, CircuitOpen, InvalidOutput, LL
 from pipeline.text.safety import instructs_a_model
 from pipeline.core.models import Classification, Item, ItemState, StageReport
 from pipeline.core.prompts import PromptLibrary
-from pipeline.text.sentences import first_sentence
+from pipeline.text.sentences import own_summary
 from pipeline.core.tokens import count_messages, count_tokens, truncate_to_tokens
 
 log = logging.getLogger("newsdesk.classifier")
@@ -254,7 +254,7 @@ def offline_classification(item: Item, signals: Signals, config: Config, method:
         relevant=relevant,
         topics=topics,
         newsworthiness=round(newsworthiness, 3),
-        summary=first_sentence(item.summary or item.text or item.title),
+        summary=own_summary(item),
         entities=named_entities(f"{item.title}. {item.text[:3000]}"),
         reason=reason,
         method=method,
@@ -686,12 +686,12 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
         fall_back(exhausted, "no attempts left from earlier runs")
 
     outcome = ModelOutcome()
-    if to_model and while_waiting is not None:
-        try:
-            while_waiting([twin for item in to_model for twin in twins[item.content_hash]])
-        except Exception as exc:  # noqa: BLE001 - work done while waiting is only a head start
-            log.warning("before classifying %d item(s): %s: %s", len(to_model), type(exc).__name__, exc)
     if to_model:
+        if while_waiting is not None:
+            try:
+                while_waiting([twin for item in to_model for twin in twins[item.content_hash]])
+            except Exception as exc:  # noqa: BLE001 - work done while waiting is only a head start
+                log.warning("before classifying %d item(s): %s: %s", len(to_model), type(exc).__name__, exc)
         classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep_all,
                                      stop_requested=lambda: run.stop_requested, on_failure=failed)
         outcome = run.run_async(classifier.classify(to_model))  # the runner books the calls, tokens and cost

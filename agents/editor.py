@@ -30,7 +30,7 @@ from pipeline.core.config import Config
 from pipeline.core.ledger import Ledger, as_utc, row_to_item, stable_hash, utcnow
 from pipeline.core.models import Classification, Item, ItemState, Story, StoryState
 from pipeline.text.entities import names
-from pipeline.text.sentences import first_sentence
+from pipeline.text.sentences import own_summary
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -82,10 +82,10 @@ def entity_set(classification: Classification, title: str) -> set[str]:
 
 
 def item_text_for_matching(item: Item) -> str:
-    """What an item's clustering vector embeds: its own words only (headline, the feed's summary or the page's
-    opening sentence, the lead), never the classifier's. Known before the model answers, so it is embedded while
-    the classifier waits, and the same whichever model, or none, classified the item."""
-    return f"{item.title}. {first_sentence(item.summary or item.text or item.title)}. {item.text[:400]}"
+    """What an item's clustering vector embeds: its own words only (headline, own summary, lead), never the
+    classifier's. Known before the model answers, so it is embedded while the classifier waits, and the same
+    whichever model, or none, classified the item."""
+    return f"{item.title}. {own_summary(item)}. {item.text[:400]}"
 
 
 def similarity(a: Candidate, b: Candidate) -> float:

@@ -295,9 +295,9 @@ def test_work_ahead_not_begun_is_dropped_once_the_run_has_caught_up(tmp_path):
         done.append(name)
 
     try:
-        run.get_ahead(piece, "running")
+        run.start_ahead(piece, "running")
         started.wait(CEILING_S)
-        queued = run.get_ahead(piece, "queued")
+        queued = run.start_ahead(piece, "queued")
 
         def release_once_dropped() -> None:
             for _ in range(CEILING_S * 1000):

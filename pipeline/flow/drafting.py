@@ -113,7 +113,7 @@ def embed_ahead_for_clustering(run, items: list[Item]) -> None:
         return  # classified offline, item by item: no wait on a model to fill, so nothing to gain
     texts = list(dict.fromkeys(item_text_for_matching(item) for item in items))
     for start in range(0, len(texts), AHEAD_PIECE):
-        run.get_ahead(run.embed_memo, texts[start:start + AHEAD_PIECE])
+        run.start_ahead(run.embed_memo, texts[start:start + AHEAD_PIECE])
 
 
 def assign(run, report: StageReport) -> None:

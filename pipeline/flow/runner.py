@@ -219,10 +219,10 @@ class Run:
 
     @cached_property
     def ahead(self) -> ThreadPoolExecutor:
-        """One thread for CPU work started early, while the run waits on the model (see `get_ahead`)."""
+        """One thread for CPU work started early, while the run waits on the model (see `start_ahead`)."""
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
 
-    def get_ahead(self, work, *args) -> Future:
+    def start_ahead(self, work, *args) -> Future:
         """Start `work(*args)` on the `ahead` thread. It is only a head start: its failure is logged, and what
         `caught_up` finds not yet begun is dropped, so whoever needs the result does that part itself."""
         future = self.ahead.submit(work, *args)

@@ -204,7 +204,13 @@ def windows(
 
 
 def first_sentence(text: str, words: int = 30) -> str:
-    """The opening sentence, at most `words` words: an item's one-line summary when no model wrote one."""
+    """The opening sentence, at most `words` words."""
     sentences = split_sentences(text)
     sentence = sentences[0].text if sentences else text
     return " ".join(sentence.split()[:words])
+
+
+def own_summary(item) -> str:
+    """An item's one line in its own words: the feed's summary, else the page's, else the headline, cut to its
+    opening sentence. The offline classifier's summary, and what clustering embeds whichever model classified."""
+    return first_sentence(item.summary or item.text or item.title)
