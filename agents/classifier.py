@@ -581,8 +581,7 @@ def save(ledger: Ledger, store, results: list[tuple[Item, Classification]], reas
     `reasons` (by item id) are appended to the items' state_reason.
     """
     reasons = reasons or {}
-    for item, classification in results:
-        store.set_classification(item.id, classification)
+    store.set_classifications((item.id, classification) for item, classification in results)
     with ledger.begin() as connection:
         for item, classification in results:
             state = ItemState.classified if classification.relevant else ItemState.irrelevant

@@ -92,8 +92,8 @@ class StubStore:
     def item_embeddings(self, ids):
         return {}
 
-    def set_classification(self, item_id, classification) -> None:
-        self.classified[item_id] = classification
+    def set_classifications(self, results) -> None:
+        self.classified.update(results)
 
     def index_items(self, items) -> int:
         items = list(items)

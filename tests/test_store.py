@@ -214,6 +214,21 @@ def test_classification_updates_all_chunks_and_drives_filters(store):
     assert items_of(store.query("news", k=50, where=where_topic("markets"))) == set()
 
 
+def test_a_classifier_batch_is_written_onto_every_chunk_of_each_of_its_items_at_once(store):
+    store.index_items([make_item("m1", long_text("markets", 2)), make_item("r1", long_text("regulation", 2)),
+                       make_item("x1", long_text("sports", 1))])
+    chunks = len(store.chunks("m1")) + len(store.chunks("r1")) + len(store.chunks("x1"))
+    updated = store.set_classifications([
+        ("m1", classified(["markets"], newsworthiness=0.9)), ("r1", classified(["regulation"])),
+        ("x1", classified([], relevant=False, newsworthiness=0.1)), ("never-indexed", classified(["markets"])),
+    ])
+    assert updated == chunks
+    assert {h.item_id for h in store.query("news", k=50, where=where_topic("markets"))} == {"m1"}
+    assert {h.item_id for h in store.query("news", k=50, where={"relevant": True})} == {"m1", "r1"}
+    assert all(c.metadata["topics_joined"] == "|regulation|" for c in store.chunks("r1"))
+    assert store.set_classifications([]) == 0
+
+
 def test_reindexing_keeps_a_known_classification(store):
     store.index_items([make_item("m1", long_text("markets", 2))], classifications={"m1": classified(["markets"])})
     assert {h.item_id for h in store.query("x", k=10, where=where_topic("markets"))} == {"m1"}

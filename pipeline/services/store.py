@@ -305,11 +305,21 @@ class Store:
     def set_classification(self, item_id: str, classification: Classification) -> int:
         """Write topics, relevance and newsworthiness onto every chunk of the item.
         Returns the number of chunks updated (0 if the item is not indexed yet)."""
-        ids = self._chunk_ids(item_id)
+        return self.set_classifications([(item_id, classification)])
+
+    def set_classifications(self, results: Iterable[tuple[str, Classification]]) -> int:
+        """`set_classification` for many items in one read and one write: a classifier batch costs two store
+        round trips, not two per item (measured: ~10 ms per item on the event loop, 0.12 s per batch of 12).
+        Returns the number of chunks updated; an item not indexed yet has none."""
+        metadata = {item_id: classification_metadata(c) for item_id, c in results}  # one item twice: the last wins
+        if not metadata:
+            return 0
+        with self._guard("find chunks"):
+            found = self.collection.get(where={"item_id": {"$in": list(metadata)}}, include=["metadatas"])
+        ids = list(found["ids"])
         if ids:
-            meta = classification_metadata(classification)
             with self._guard("update chunk metadata"):
-                self.collection.update(ids=ids, metadatas=[dict(meta) for _ in ids])
+                self.collection.update(ids=ids, metadatas=[dict(metadata[m["item_id"]]) for m in found["metadatas"]])
         return len(ids)
 
     def delete_item(self, item_id: str) -> int:
