@@ -197,12 +197,15 @@ def topic_signals(items: list[Item], config: Config, store) -> list[Signals]:
         stored.update(zip((i.id for i in missing), np.asarray(store.embed([matching_text(i) for i in missing]))))
     item_vectors = np.vstack([stored[i.id] for i in items]).astype(np.float32)
     similarity = item_vectors @ topic_vectors.T
-    signals = []
-    for row, item in zip(similarity, items):
-        text = f" {item.title} {item.text[:4000]} ".lower()
-        hits = {t.name: [k for k in t.keywords if re.search(rf"\b{re.escape(k.lower())}\b", text)] for t in topics}
-        signals.append(Signals({t.name: float(s) for t, s in zip(topics, row)}, {k: v for k, v in hits.items() if v}))
-    return signals
+    return [Signals({t.name: float(s) for t, s in zip(topics, row)}, keyword_hits(item, config))
+            for row, item in zip(similarity, items)]
+
+
+def keyword_hits(item: Item, config: Config) -> dict[str, list[str]]:
+    """Each topic's keywords found in the item (no vectors needed: known the moment the item is stored)."""
+    text = f" {item.title} {item.text[:4000]} ".lower()
+    hits = {t.name: [k for k in t.keywords if re.search(rf"\b{re.escape(k.lower())}\b", text)] for t in config.topics}
+    return {name: found for name, found in hits.items() if found}
 
 
 def clearly_off_beat(signals: Signals, config: Config) -> bool:
@@ -423,7 +426,7 @@ class ModelClassifier:
         ordinary = [i for i in items if not addresses_a_model(i)]
         batches = [ordinary[i : i + self.plan.size] for i in range(0, len(ordinary), self.plan.size)]
         batches += [[item] for item in suspicious]
-        self.outcome.quarantined = len(suspicious)
+        self.outcome.quarantined += len(suspicious)  # classify may be called again for more items
         gate = asyncio.Semaphore(self.config.llm.concurrency)
         left_over = await self._run_all(batches, gate)
         # Whatever a batch skipped, mangled or lost to an error is asked again, one item per call.
@@ -472,8 +475,8 @@ class ModelClassifier:
             answered = usable_results(results or [], ids)
             problem = str(exc)
         except (CircuitOpen, BudgetExceeded) as exc:
-            self._halted = str(exc)
-            self._fail(str(exc), batch)
+            self._halted = self._halted or str(exc)  # one reason for every item the stop left: the first
+            self._fail(self._halted, batch)
             return []
         except LLMError as exc:
             log.warning("classifier batch of %d failed: %s", len(batch), exc)
@@ -522,16 +525,26 @@ class ModelClassifier:
 # --- the ledger -----------------------------------------------------------------------------
 
 
-def pending_items(ledger: Ledger) -> list[Item]:
-    """Fetched items that are indexed and not classified yet, oldest first."""
-
+def pending_items(ledger: Ledger, indexed_only: bool = True) -> list[Item]:
+    """Fetched items not classified yet, oldest first: those indexed, or with `indexed_only=False` also those
+    waiting to be (a classification is written onto the item's chunks, so it is saved only once they exist)."""
+    unclassified = [schema.items.c.state == ItemState.fetched.value]
+    if indexed_only:
+        unclassified.append(schema.items.c.chunk_count.is_not(None))
     with ledger.engine.connect() as connection:
         rows = connection.execute(
-            select(schema.items)
-            .where(schema.items.c.state == ItemState.fetched.value, schema.items.c.chunk_count.is_not(None))
-            .order_by(schema.items.c.published, schema.items.c.id)
+            select(schema.items).where(*unclassified).order_by(schema.items.c.published, schema.items.c.id)
         ).all()
     return [row_to_item(r) for r in rows]
+
+
+def indexed_ids(ledger: Ledger, item_ids: list[str]) -> set[str]:
+    if not item_ids:
+        return set()
+    with ledger.engine.connect() as connection:
+        return set(connection.execute(
+            select(schema.items.c.id).where(schema.items.c.id.in_(item_ids), schema.items.c.chunk_count.is_not(None))
+        ).scalars())
 
 
 def known_classifications(ledger: Ledger, hashes: list[str], topic_names: list[str]) -> dict[str, Classification]:
@@ -599,12 +612,20 @@ def save(ledger: Ledger, store, results: list[tuple[Item, Classification]], reas
 # --- the stage ------------------------------------------------------------------------------
 
 
-def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = None) -> StageReport:
+def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = None,
+                     index: Callable[[list[str] | None], tuple[int, list[str]]] | None = None) -> StageReport:
     """Classify every pending item of the run. `while_waiting` is told of the items going to the model just before
-    they go (the stage uses it to start work on them while the model answers)."""
+    they go (the stage uses it to start work on them while the model answers).
+
+    `index(item_ids)` indexes stored items not in the store yet (those ids; every one when None) and returns the
+    chunks written and its errors. Given it, the stage also takes the items fetch left unindexed and indexes them
+    while the model works, instead of before: an item whose keywords already tie it to a beat is never
+    prefiltered, so it goes to the model at once; the others go once their own vectors are in, since the
+    prefilter compares those with the beats. Nothing is saved before the index is done (a classification is
+    written onto the item's chunks), and an item that could not be indexed is left for the next run."""
     config, ledger, store, gateway = run.config, run.ledger, run.store, run.gateway
     report = StageReport(stage="classify")
-    items = [item for item in pending_items(ledger) if run.in_scope("classify", item.id)]
+    items = [item for item in pending_items(ledger, indexed_only=index is None) if run.in_scope("classify", item.id)]
     report.items_in = len(items)
     if not items:
         return report
@@ -615,18 +636,37 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
         twins.setdefault(item.content_hash, []).append(item)
     reused = known_classifications(ledger, list(twins), config.topic_names)
     fresh = [group[0] for digest, group in twins.items() if digest not in reused]
-    signals = dict(zip((i.id for i in fresh), topic_signals(fresh, config, store)))
     limit = config.llm.max_classify_attempts
     # A group's attempts are its most tried copy's: every copy is counted when the group fails.
     counts = failed_attempts(ledger, [i.id for i in items])
     attempts = {item.id: max(counts.get(twin.id, 0) for twin in twins[item.content_hash]) for item in fresh}
 
+    signals: dict[str, Signals] = {}
     decided: dict[str, Classification] = {}
     saved: set[str] = set()
+    # Saving waits for the index (work queued here until it is done). Only the loop's thread saves, so a model
+    # answer that comes back early is queued, never waited for: the loop must go on to start the index.
+    index_done = index is None
+    waiting_for_index: list[Callable[[], None]] = []
+
+    def once_indexed(work: Callable[[], None]) -> None:
+        if index_done:
+            work()
+        else:
+            waiting_for_index.append(work)
+
+    def signals_of(group: list[Item]) -> list[Signals]:
+        missing = [item for item in group if item.id not in signals]
+        if missing:
+            signals.update(zip((i.id for i in missing), topic_signals(missing, config, store)))
+        return [signals[item.id] for item in group]
 
     def keep_all(results: list[tuple[Item, Classification]], reasons: dict[str, str] | None = None) -> None:
         """Save items and their twins the moment their classifications are known, a batch at a time."""
         pairs = [(twin, classification) for item, classification in results for twin in twins[item.content_hash]]
+        if index is not None:
+            in_store = indexed_ids(ledger, [twin.id for twin, _ in pairs])
+            pairs = [(twin, classification) for twin, classification in pairs if twin.id in in_store]
         twin_reasons = {twin.id: reasons[item.id] for item, _ in results if reasons and item.id in reasons
                         for twin in twins[item.content_hash]}
         for twin, classification in pairs:
@@ -646,8 +686,8 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
     def fall_back(group: list[Item], cause: str) -> None:
         """The model had its last attempt on these items: the offline classifier decides, for good."""
         results, reasons = [], {}
-        for item in group:
-            results.append((item, offline_classification(item, signals[item.id], config, method="offline-fallback")))
+        for item, item_signals in zip(group, signals_of(group)):
+            results.append((item, offline_classification(item, item_signals, config, method="offline-fallback")))
             reasons[item.id] = (
                 f"classified offline after {attempts[item.id]} failed model attempt(s) "
                 f"(llm.max_classify_attempts = {limit}); last: {cause}"
@@ -661,44 +701,96 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
         for item in group:
             attempts[item.id] += 1
         spent = [item for item in group if attempts[item.id] >= limit]
-        if spent:
-            fall_back(spent, cause)
+        if spent:  # the offline classifier goes by the item's stored vectors
+            once_indexed(lambda: fall_back(spent, cause))
         return spent
 
-    for digest in reused:
-        keep(twins[digest][0], reused[digest])
-    to_model: list[Item] = []
-    exhausted: list[Item] = []
-    model_available = gateway.available
-    for item in fresh:
-        if run.stop_requested:
-            break
-        if not model_available:
-            keep(item, offline_classification(item, signals[item.id], config))
-        elif clearly_off_beat(signals[item.id], config):
-            keep(item, offline_classification(item, signals[item.id], config, method="prefilter"))
-        elif attempts[item.id] >= limit:
-            exhausted.append(item)  # its attempts ran out in an earlier run (or the limit was lowered)
-        else:
-            to_model.append(item)
-    if exhausted:
-        fall_back(exhausted, "no attempts left from earlier runs")
+    def run_index(item_ids: list[str] | None) -> None:
+        if index is None:
+            return
+        chunks, errors = index(item_ids)
+        report.notes["chunks_indexed"] = report.notes.get("chunks_indexed", 0) + chunks
+        report.errors.extend(errors)
 
-    outcome = ModelOutcome()
-    if to_model:
-        if while_waiting is not None:
-            try:
-                while_waiting([twin for item in to_model for twin in twins[item.content_hash]])
-            except Exception as exc:  # noqa: BLE001 - work done while waiting is only a head start
-                log.warning("before classifying %d item(s): %s: %s", len(to_model), type(exc).__name__, exc)
-        classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir), on_result=keep_all,
+    model_available = gateway.available
+    classifier = None
+    if model_available:
+        classifier = ModelClassifier(config, gateway, PromptLibrary(config.prompts_dir),
+                                     on_result=lambda results: once_indexed(lambda: keep_all(results)),
                                      stop_requested=lambda: run.stop_requested, on_failure=failed)
-        outcome = run.run_async(classifier.classify(to_model))  # the runner books the calls, tokens and cost
+    early: list[tuple[Item, Classification]] = []  # decided without the model: saved once the index is done
+    exhausted: list[Item] = []
+
+    def to_the_model(group: list[Item]) -> list[Item]:
+        """The items of `group` worth a model call; the others are decided here."""
+        chosen = []
+        for item, item_signals in zip(group, signals_of(group)):
+            if run.stop_requested:
+                break
+            if not model_available:
+                early.append((item, offline_classification(item, item_signals, config)))
+            elif clearly_off_beat(item_signals, config):
+                early.append((item, offline_classification(item, item_signals, config, method="prefilter")))
+            elif attempts[item.id] >= limit:
+                exhausted.append(item)  # its attempts ran out in an earlier run (or the limit was lowered)
+            else:
+                chosen.append(item)
+        return chosen
+
+    sending: list[asyncio.Future] = []
+
+    async def classify_all() -> None:
+        nonlocal index_done
+
+        def send(group: list[Item]) -> None:
+            if not group:
+                return
+            if while_waiting is not None:
+                try:
+                    while_waiting([twin for item in group for twin in twins[item.content_hash]])
+                except Exception as exc:  # noqa: BLE001 - work done while waiting is only a head start
+                    log.warning("before classifying %d item(s): %s: %s", len(group), type(exc).__name__, exc)
+            sending.append(asyncio.ensure_future(classifier.classify(group)))
+
+        try:
+            # Items the keywords tie to a beat are never prefiltered: they go at once, in full batches; a part
+            # batch is held back to be filled with the other items, so this costs no extra call. The split is by
+            # keywords only, so a run after a kill batches what is left the same way and finds the answers that
+            # came in before the kill in the gateway's cache.
+            tied: list[Item] = []
+            held: list[Item] = []
+            if model_available:
+                tied = [item for item in fresh if attempts[item.id] < limit
+                        and Signals({}, keyword_hits(item, config)).keyword_topics()]
+                ordinary = [item for item in tied if not addresses_a_model(item)]
+                held = ordinary[len(ordinary) // classifier.plan.size * classifier.plan.size:]
+                send([item for item in tied if item not in held])
+            tied_ids = {item.id for item in tied}
+            untied = [item for item in fresh if item.id not in tied_ids]
+            await asyncio.to_thread(run_index, [item.id for item in untied])  # their vectors decide the prefilter
+            send(held + await asyncio.to_thread(to_the_model, untied))
+            await asyncio.to_thread(run_index, None)  # the rest, while the model works
+        finally:
+            index_done = True
+        for digest in reused:
+            early.append((twins[digest][0], reused[digest]))
+        for item, classification in early:
+            keep(item, classification)
+        if exhausted:
+            fall_back(exhausted, "no attempts left from earlier runs")
+        for work in waiting_for_index:
+            work()
+        await asyncio.gather(*sending)
+
+    run.run_async(classify_all())  # the runner books the calls, tokens and cost
+    outcome = classifier.outcome if classifier is not None else ModelOutcome()
+    if classifier is not None:
+        to_model = {item.id: item for item in fresh}
         for cause, ids in outcome.errors.items():
-            failed_ids = set(ids)
-            count = sum(len(twins[i.content_hash]) for i in to_model if i.id in failed_ids)
+            count = sum(len(twins[to_model[i].content_hash]) for i in set(ids) if i in to_model)
             report.errors.append(f"{count} item(s) not classified, left for the next run: {cause}")
-        report.notes.update(batch_size=classifier.plan.size)
+        if sending:
+            report.notes.update(batch_size=classifier.plan.size)
 
     report.items_out = len(saved)
     methods = [c.method for c in decided.values()]

@@ -313,3 +313,87 @@ def test_work_ahead_not_begun_is_dropped_once_the_run_has_caught_up(tmp_path):
         assert done == ["running"]
     finally:
         run.close()
+
+
+# --- classify indexes the fetched items while its model works -------------------------------------------------------
+
+
+class ClassifierRequestsArrive:
+    """The newsroom fake, noting when the first classifier request has arrived."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.model = NewsroomModel()
+
+    def __call__(self, body: dict):
+        if role_of(body) == "classifier":
+            self.arrived.set()
+        return self.model(body)
+
+
+def _classified_chunks(run: Run) -> dict[str, tuple[dict, list[dict]]]:
+    """Each classified item's classification and its chunks' metadata, as the ledger and the store hold them."""
+    with run.ledger.engine.connect() as connection:
+        rows = connection.execute(select(schema.items.c.id, schema.items.c.classification)
+                                  .where(schema.items.c.state.in_(["classified", "irrelevant"]))).all()
+    return {r.id: (r.classification, [c.metadata for c in run.store.chunks(r.id)]) for r in rows}
+
+
+def test_items_the_keywords_tie_to_a_beat_go_to_the_classifier_before_the_fetched_items_are_indexed(model_workspace):
+    """fetch then classify in one run: fetch leaves the indexing to classify, which does it while its model works.
+    Each indexing pass here waits (up to the ceiling) for a classifier request: indexed first, as before, no request
+    could have come, and the first pass would have hit the ceiling."""
+    workspace, server = model_workspace
+    server.reply = requests = ClassifierRequestsArrive()
+    run = Run(load_config(workspace / "config.toml"), command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    index_items, passes = run.store.index_items, []
+
+    def held(items, *args, **kwargs):
+        passes.append(requests.arrived.wait(CEILING_S))
+        return index_items(items, *args, **kwargs)
+
+    run.store.index_items = held
+    try:
+        fetch, classify = run.run_stages(["fetch", "classify"])
+        classified = _classified_chunks(run)
+    finally:
+        run.close()
+    assert passes and all(passes), "a classifier request was out before the first item was embedded"
+    assert fetch.notes["indexing"] == "during classify" and classify.notes["chunks_indexed"] > 0
+    assert not classify.errors and classify.items_out == classify.items_in == len(classified) > 0
+    for item_id, (classification, chunks) in classified.items():
+        # Saved only once the index was done: every classification is on its item's chunks.
+        assert chunks, f"{item_id} is classified but has no chunks"
+        assert all(c["classified"] and c["relevant"] == classification["relevant"] for c in chunks), item_id
+
+
+def test_items_the_store_could_not_index_are_left_for_the_next_run(model_workspace):
+    """The store is down while classify indexes: no classification is saved without its chunks, the items wait,
+    and the next run (store back) indexes and classifies every one of them."""
+    from pipeline.services.store import StoreError
+
+    workspace, server = model_workspace
+    config = load_config(workspace / "config.toml")
+    run = Run(config, command="test", clock=fixed_clock(SAMPLE_AS_OF))
+
+    def down(items, *args, **kwargs):
+        raise StoreError("chroma at test: could not write chunks: connection refused")
+
+    run.store.index_items = down
+    try:
+        fetch, classify = run.run_stages(["fetch", "classify"])
+        classified = _classified_chunks(run)
+    finally:
+        run.close()
+    assert any("connection refused" in e for e in classify.errors), classify.errors
+    assert classify.items_out == 0 and not classified
+    assert classify.notes["left_for_next_run"] == classify.items_in > 0
+
+    again = Run(config, command="test", clock=fixed_clock(SAMPLE_AS_OF))
+    try:
+        (report,) = again.run_stages(["classify"])
+        classified = _classified_chunks(again)
+    finally:
+        again.close()
+    assert report.items_in == classify.items_in and report.items_out == report.items_in
+    assert all(chunks for _, chunks in classified.values())

@@ -88,9 +88,11 @@ def demo_summary(run, by_stage: dict, config) -> str:
             .join(schema.publications, schema.publications.c.draft_id == schema.drafts.c.id, isouter=True)
         ).all()
     fetch, classify = by_stage.get("fetch"), by_stage.get("classify")
+    # Fetch indexes what it stored, unless classify follows in the same run and does it while its model works.
+    indexed = sum(report.notes.get("chunks_indexed", 0) for report in (fetch, classify) if report)
     lines = [
         f"sources: {sources}; items: {items}; duplicates dropped: {fetch.notes.get('duplicates_dropped', 0) if fetch else 0}; "
-        f"chunks indexed: {fetch.notes.get('chunks_indexed', 0) if fetch else 0}",
+        f"chunks indexed: {indexed}",
     ]
     if classify:
         lines.append(f"classified: {classify.notes.get('relevant', 0)} relevant, {classify.notes.get('irrelevant', 0)} irrelevant (no model: embedding + keyword signals)")

@@ -20,7 +20,8 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from sqlalchemy import insert, update
 
@@ -132,6 +133,18 @@ def _test_kill_hook(run: "Run", stage: str, moment: str) -> None:
         event.listen(run.ledger.engine, "commit", kill_before_commit)
 
 
+@contextmanager
+def kill_points_for_tests(run: "Run", step: str) -> Iterator[None]:
+    """For the resume tests: a step a stage may hand to a thread of its own (indexing, which classify does while
+    its model works) has kill points of its own, `step:commit:N`, counted on the thread that runs it."""
+    token = _current_stage.set(step)
+    try:
+        _test_kill_hook(run, step, "start")
+        yield
+    finally:
+        _current_stage.reset(token)
+
+
 class StageUnavailable(Exception):
     pass
 
@@ -173,6 +186,9 @@ class Run:
     # the stages only take the unit in hand (see in_scope).
     queued: bool = False
     unit: "Claim | None" = None
+    # The stages run_stages was asked for: a stage may leave work to a later one of the same run (fetch leaves
+    # indexing to classify, which does it while its model works).
+    planned: list[str] = field(default_factory=list)
     _ahead_work: list[Future] = field(default_factory=list, repr=False)
 
     def now(self):
@@ -322,6 +338,7 @@ class Run:
         _test_kill_hook(self, report.stage, "after")
 
     def run_stages(self, names: list[str]) -> list[StageReport]:
+        self.planned = list(names)
         streamed: set[str] = set()
         for name in sorted(names, key=STAGE_ORDER.index):
             if self.stop_requested:

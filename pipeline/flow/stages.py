@@ -18,6 +18,7 @@ from agents.publisher import publish_ready, sync_approvals
 from agents.writer import revise_draft
 from pipeline.core import schema
 from pipeline.core.progress import progress
+from pipeline.flow.runner import kill_points_for_tests
 from pipeline.flow.drafting import assign, draft_stories, embed_ahead_for_clustering, write_stories
 from pipeline.text.chunking import chunk_text
 from pipeline.services.store import item_body
@@ -32,14 +33,20 @@ def fetch(run) -> StageReport:
     if run.unit is not None:  # a worker's unit: one feed, and only its items are indexed
         config = config.model_copy(update={"feeds": [f for f in config.feeds if run.in_scope("fetch", f.name)]})
     report = run_fetch(config, run.ledger)
+    if run.unit is None and "classify" in run.planned:
+        # Classify indexes these items itself, while its model works (classify_pending): the first items go to
+        # the model without waiting for all of them to be embedded.
+        report.notes["indexing"] = "during classify"
+        return report
     indexed, index_errors = index_pending(run, sources=[f.name for f in config.feeds] if run.unit is not None else None)
     report.notes["chunks_indexed"] = indexed
     report.errors.extend(index_errors)
     return report
 
 
-def index_pending(run, batch: int = 64, sources: list[str] | None = None) -> tuple[int, list[str]]:
-    """Chunk and embed every stored item that is not in Chroma yet.
+def index_pending(run, batch: int = 64, sources: list[str] | None = None,
+                  item_ids: list[str] | None = None, stage: str = "fetch") -> tuple[int, list[str]]:
+    """Chunk and embed every stored item that is not in Chroma yet (of these `sources`, or these `item_ids`).
 
     `chunk_count` is set in the same step as the upsert, so an item killed
     mid-way is simply indexed again (upserts by deterministic chunk ids never
@@ -48,10 +55,12 @@ def index_pending(run, batch: int = 64, sources: list[str] | None = None) -> tup
     unindexed = (schema.items.c.chunk_count.is_(None), schema.items.c.state != ItemState.failed.value)
     if sources is not None:
         unindexed = (*unindexed, schema.items.c.source.in_(sources))
+    if item_ids is not None:
+        unindexed = (*unindexed, schema.items.c.id.in_(item_ids))
     with run.ledger.engine.connect() as connection:
         waiting = connection.execute(select(func.count()).select_from(schema.items).where(*unindexed)).scalar_one()
     total, errors = 0, []
-    with progress(run, "fetch: indexing items", total=waiting) as advance:
+    with progress(run, f"{stage}: indexing items", total=waiting) as advance, kill_points_for_tests(run, "index"):
         while not run.stop_requested:
             with run.ledger.engine.connect() as connection:
                 rows = connection.execute(
@@ -77,7 +86,8 @@ def index_pending(run, batch: int = 64, sources: list[str] | None = None) -> tup
 
 
 def classify(run) -> StageReport:
-    return classify_pending(run, while_waiting=lambda items: embed_ahead_for_clustering(run, items))
+    return classify_pending(run, while_waiting=lambda items: embed_ahead_for_clustering(run, items),
+                            index=(lambda item_ids: index_pending(run, item_ids=item_ids, stage="classify")) if run.unit is None else None)
 
 
 def select_stories(run) -> StageReport:

@@ -748,6 +748,9 @@ class Gateway:
             started = time.perf_counter()
             try:
                 async with self._limiter():
+                    if self._circuit_reason is not None:  # it opened while this call waited for a slot
+                        self._record(context, request_hash, sent, None, "circuit_open", error=self._circuit_reason)
+                        raise CircuitOpen(self._circuit_reason)
                     if self._shared:
                         async with self._ledger_slots().hold():
                             reply = await self._with_retries(request)
