@@ -743,14 +743,15 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
         nonlocal index_done
 
         def send(group: list[Item]) -> None:
-            if not group:
-                return
-            if while_waiting is not None:
+            if group:
+                sending.append(asyncio.ensure_future(classifier.classify(group)))
+
+        def start_waiting_work(group: list[Item]) -> None:
+            if group and while_waiting is not None:
                 try:
                     while_waiting([twin for item in group for twin in twins[item.content_hash]])
                 except Exception as exc:  # noqa: BLE001 - work done while waiting is only a head start
                     log.warning("before classifying %d item(s): %s: %s", len(group), type(exc).__name__, exc)
-            sending.append(asyncio.ensure_future(classifier.classify(group)))
 
         try:
             # Items the keywords tie to a beat are never prefiltered: they go at once, in full batches; a part
@@ -768,7 +769,10 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
             tied_ids = {item.id for item in tied}
             untied = [item for item in fresh if item.id not in tied_ids]
             await asyncio.to_thread(run_index, [item.id for item in untied])  # their vectors decide the prefilter
-            send(held + await asyncio.to_thread(to_the_model, untied))
+            rest = held + await asyncio.to_thread(to_the_model, untied)
+            send(rest)
+            # Only now: work begun earlier would have taken the CPU from the index the others waited for.
+            start_waiting_work([item for item in tied if item not in held] + rest)
             await asyncio.to_thread(run_index, None)  # the rest, while the model works
         finally:
             index_done = True

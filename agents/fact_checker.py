@@ -1686,11 +1686,17 @@ def prepare_check(draft: Draft, pack: ResearchPack, config: Config, *, embed: Em
     return PreparedCheck(draft, pack, article, rendered, evidence, statements, flags)
 
 
-def warm_evidence(pack: ResearchPack, config: Config, embed: Embed | None) -> None:
+def warm_evidence(pack: ResearchPack, config: Config, embed: Embed | None, source_n: int | None = None) -> None:
     """Embed a story's source windows before its draft exists (through `embed`, an EmbeddingMemo), so that
-    `prepare_check` finds them done when the draft arrives: the story's check starts sooner."""
-    if embed is not None and pack.sources:
-        EvidenceIndex(sources_from_pack(pack.sources), config.factcheck.window_sentences, embed,
+    `prepare_check` finds them done when the draft arrives: the story's check starts sooner.
+
+    `source_n`: only that source's windows. The check stage warms a story up one source at a time, so a draft
+    that arrives waits for one source's windows at most (measured: 0.07 s), never for a whole story's (0.2 s,
+    the first draft's usual wait in a 10-story run). An EvidenceIndex cuts its windows from each source alone,
+    so one source's are the same texts as in the whole story's index."""
+    sources = [s for s in pack.sources if source_n is None or s.n == source_n]
+    if embed is not None and sources:
+        EvidenceIndex(sources_from_pack(sources), config.factcheck.window_sentences, embed,
                       language=pack.language).prepare([])
 
 
@@ -1959,8 +1965,8 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         checking = [asyncio.ensure_future(check_one(row, gate)) for row in ordered]
         while incoming is not None and (message := await incoming.get()) is not None:
             if isinstance(message, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
-                if not run.stop_requested:
-                    warming = asyncio.wrap_future(preparer.submit(WARM_UP, warm_evidence, message, config, embed))
+                for source in message.sources if not run.stop_requested else []:
+                    warming = asyncio.wrap_future(preparer.submit(WARM_UP, warm_evidence, message, config, embed, source.n))
                     # Only a head start: the draft's own preparation embeds what it did not, and reports its failures.
                     warming.add_done_callback(log_failure(log, "fact-check warm-up"))
                 continue

@@ -85,7 +85,8 @@ def test_a_draft_is_checked_while_the_other_stories_are_still_being_written(onli
     workspace, model = online_workspace
     warmed = []
     warm = fact_checker.warm_evidence
-    monkeypatch.setattr(fact_checker, "warm_evidence", lambda pack, *args: (warmed.append(pack.story_key), warm(pack, *args)))
+    monkeypatch.setattr(fact_checker, "warm_evidence",
+                        lambda pack, *args: (warmed.append((pack.story_key, args[-1])), warm(pack, *args)))
     run = run_all(workspace)
 
     reports = {r.stage: r for r in run.reports}
@@ -97,7 +98,9 @@ def test_a_draft_is_checked_while_the_other_stories_are_still_being_written(onli
         states = Counter(connection.execute(select(schema.drafts.c.state)).scalars())
     assert states.get("drafted", 0) == 0, f"every draft was checked in the same run: {dict(states)}"
     assert reports["check"].items_out == reports["draft"].items_out
-    assert len(warmed) == len(set(warmed)) >= reports["draft"].items_out, "each story's sources went ahead of its draft"
+    # One source at a time, each once.
+    assert len(warmed) == len(set(warmed)) and len({story for story, _ in warmed}) >= reports["draft"].items_out, \
+        "each story's sources went ahead of its draft"
 
     # Each stage reports its own model spend, though their calls were in flight together.
     roles = Counter(model.roles)
@@ -177,11 +180,12 @@ def _check_streamed(run, drafts, *, ahead: bool) -> RecordingEmbed:
         if ahead:
             for _, pack in drafts:
                 incoming.put_nowait(pack)
-        # The writer's calls are in flight: the check may use the time (one embedding call per story ahead;
+        # The writer's calls are in flight: the check may use the time (one embedding call per source ahead;
         # the ceiling, 10 s, only ends a run that would hang).
         await asyncio.sleep(0.05)  # the stage starts, with no draft waiting
+        warm_ups = sum(len(pack.sources) for _, pack in drafts) if ahead else 0
         for _ in range(1000):
-            if recorder.calls_before >= (len(drafts) if ahead else 0):
+            if recorder.calls_before >= warm_ups:
                 break
             await asyncio.sleep(0.01)
         recorder.marked = True  # the writer's answers arrive, and each draft is saved
