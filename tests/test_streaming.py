@@ -343,6 +343,17 @@ def _classified_chunks(run: Run) -> dict[str, tuple[dict, list[dict]]]:
     return {r.id: (r.classification, [c.metadata for c in run.store.chunks(r.id)]) for r in rows}
 
 
+def _fetch_and_classify(run: Run, index_items):
+    """fetch then classify in one run, the store indexing through `index_items`; the two stage reports and
+    what was classified (see _classified_chunks)."""
+    run.store.index_items = index_items
+    try:
+        fetch, classify = run.run_stages(["fetch", "classify"])
+        return fetch, classify, _classified_chunks(run)
+    finally:
+        run.close()
+
+
 def test_items_the_keywords_tie_to_a_beat_go_to_the_classifier_before_the_fetched_items_are_indexed(model_workspace):
     """fetch then classify in one run: fetch leaves the indexing to classify, which does it while its model works.
     Each indexing pass here waits (up to the ceiling) for a classifier request: indexed first, as before, no request
@@ -356,12 +367,7 @@ def test_items_the_keywords_tie_to_a_beat_go_to_the_classifier_before_the_fetche
         passes.append(requests.arrived.wait(CEILING_S))
         return index_items(items, *args, **kwargs)
 
-    run.store.index_items = held
-    try:
-        fetch, classify = run.run_stages(["fetch", "classify"])
-        classified = _classified_chunks(run)
-    finally:
-        run.close()
+    fetch, classify, classified = _fetch_and_classify(run, held)
     assert passes and all(passes), "a classifier request was out before the first item was embedded"
     assert fetch.notes["indexing"] == "during classify" and classify.notes["chunks_indexed"] > 0
     assert not classify.errors and classify.items_out == classify.items_in == len(classified) > 0
@@ -383,12 +389,7 @@ def test_items_the_store_could_not_index_are_left_for_the_next_run(model_workspa
     def down(items, *args, **kwargs):
         raise StoreError("chroma at test: could not write chunks: connection refused")
 
-    run.store.index_items = down
-    try:
-        fetch, classify = run.run_stages(["fetch", "classify"])
-        classified = _classified_chunks(run)
-    finally:
-        run.close()
+    _, classify, classified = _fetch_and_classify(run, down)
     assert any("connection refused" in e for e in classify.errors), classify.errors
     assert classify.items_out == 0 and not classified
     assert classify.notes["left_for_next_run"] == classify.items_in > 0
