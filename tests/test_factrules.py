@@ -102,6 +102,19 @@ def test_approximation_needs_a_marker_or_a_rounded_figure():
     assert verdict("The unions said more than 15,000 people registered for the rally.", MARKET).verdict == "supported"
 
 
+HACK = "The exchange said attackers took $48.2 million from its hot wallet. It holds $12 million in reserve."
+
+
+def test_a_rounded_figure_rounds_at_its_last_written_digit_zeros_included():
+    # "$48 million" is $48.2 million as reporters write it; "$50 million" is not, unless hedged.
+    assert verdict("Attackers took $48 million from the exchange's hot wallet.", HACK).verdict == "supported"
+    assert "number" in failure_types("Attackers took $50 million from the exchange's hot wallet.", HACK)
+    assert verdict("Attackers took nearly $50 million from the exchange's hot wallet.", HACK).verdict == "supported"
+    assert "number" in failure_types("The exchange holds $10 million in reserve.", HACK)
+    [twelve], [source] = extract_numbers("$12.0 million"), extract_numbers("$12 million")
+    assert numbers_match(twelve, source)
+
+
 def test_years_are_dates_not_counts():
     nums = extract_numbers("In 2018 the firm hired 2,018 people.", [(d.start, d.end) for d in extract_dates("In 2018 the firm hired 2,018 people.")])
     assert [q.raw for q in nums] == ["2,018"]

@@ -38,8 +38,10 @@ agents/fact_checker.py) judges that.
 
 Approximation: a claim number must equal a source value exactly, except
 (a) a number written with a scale word ("1.2 million", "$5bn") is accepted when
-the source value rounds to it at the claim's precision (1,187,000 -> "1.2
-million"), because that is how such figures are conventionally written; and
+the source value rounds to it at the precision of its last written digit
+(1,187,000 -> "1.2 million"; $48.2 million -> "$48 million", but not "$50
+million", whose last digit is the zero), because that is how such figures are
+conventionally written; and
 (b) when the claim signals approximation ("about", "nearly", "more than", "some",
 "~", ...), a source value less than one rounding unit of the claim away and
 within 10% is accepted ("about 1,200" for 1,187; "more than 15,000" for 15,432).
@@ -341,6 +343,14 @@ class Quantity:
     unit: float = 1.0      # rounding unit as written: "1.2 million" -> 100,000; "15,000" -> 1,000
     scaled: bool = False   # written with a scale word or suffix
     measure: str | None = None  # unit after the figure, lower case ("minutes", "km"): see _MEASURES
+    last_digit: float | None = None  # the place of the last digit written, zeros too: "$50 million" -> 1,000,000
+
+    @property
+    def rounding(self) -> float:
+        """What a figure stated plainly may round off: up to half its last written digit. A trailing zero counts:
+        "$50 million" is not how a reporter writes $48 million, nor "$10 million" $12 million (they hedge:
+        "nearly $50 million", which `approx` allows)."""
+        return self.last_digit if self.last_digit is not None else self.unit
 
 
 def _word_value(w: str) -> float | None:
@@ -399,7 +409,11 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         kind = "percent" if g["pct"] else "points" if g["pts"] else "number"
         if g["pts"] and g["pts"].lower().startswith(("basis", "bps")):
             value, unit = value / 100, unit / 100   # 50 basis points = 0.5 percentage points
-        out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), unit, bool(scale_word)))
+        last_digit = scale * 10.0 ** -decimals
+        if g["pts"] and g["pts"].lower().startswith(("basis", "bps")):
+            last_digit /= 100
+        out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), unit, bool(scale_word),
+                            last_digit=last_digit))
 
     for m in _WORDNUM_RE.finditer(text):
         a, b = m.span()
@@ -439,7 +453,7 @@ def _with_measure(q: Quantity, text: str) -> Quantity:
     unit = m.group("u").lower()
     if unit in ("mb", "gb", "tb", "kb", "mw", "gw", "kw") and not m.group("u")[-1].isupper():
         return q   # "5 mb" in running text is too often something else; units of data and power are capitalised
-    return Quantity(q.raw, q.start, q.end, q.value, q.kind, q.currency, q.approx, q.unit, q.scaled, unit)
+    return Quantity(q.raw, q.start, q.end, q.value, q.kind, q.currency, q.approx, q.unit, q.scaled, unit, q.last_digit)
 
 
 def numbers_match(claim: Quantity, source: Quantity) -> bool:
@@ -461,7 +475,7 @@ def numbers_match(claim: Quantity, source: Quantity) -> bool:
     if math.isclose(claim.value, source.value, rel_tol=1e-9, abs_tol=1e-9):
         return True
     diff = abs(claim.value - source.value)
-    if claim.scaled and diff <= claim.unit / 2 * (1 + 1e-9):
+    if claim.scaled and diff <= claim.rounding / 2 * (1 + 1e-9):
         return True
     if claim.approx and diff < claim.unit and diff <= APPROX_TOLERANCE * abs(source.value):
         return True
