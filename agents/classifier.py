@@ -648,6 +648,7 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
     # answer that comes back early is queued, never waited for: the loop must go on to start the index.
     index_done = index is None
     waiting_for_index: list[Callable[[], None]] = []
+    not_indexed: set[str] = set()  # known once the index is done: their classifications wait for the next run
 
     def once_indexed(work: Callable[[], None]) -> None:
         if index_done:
@@ -663,10 +664,8 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
 
     def keep_all(results: list[tuple[Item, Classification]], reasons: dict[str, str] | None = None) -> None:
         """Save items and their twins the moment their classifications are known, a batch at a time."""
-        pairs = [(twin, classification) for item, classification in results for twin in twins[item.content_hash]]
-        if index is not None:
-            in_store = indexed_ids(ledger, [twin.id for twin, _ in pairs])
-            pairs = [(twin, classification) for twin, classification in pairs if twin.id in in_store]
+        pairs = [(twin, classification) for item, classification in results for twin in twins[item.content_hash]
+                 if twin.id not in not_indexed]
         twin_reasons = {twin.id: reasons[item.id] for item, _ in results if reasons and item.id in reasons
                         for twin in twins[item.content_hash]}
         for twin, classification in pairs:
@@ -765,15 +764,19 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
                         and Signals({}, keyword_hits(item, config)).keyword_topics()]
                 ordinary = [item for item in tied if not addresses_a_model(item)]
                 held = ordinary[len(ordinary) // classifier.plan.size * classifier.plan.size:]
-                send([item for item in tied if item not in held])
-            tied_ids = {item.id for item in tied}
+            held_ids, tied_ids = {item.id for item in held}, {item.id for item in tied}
+            first = [item for item in tied if item.id not in held_ids]
+            send(first)
             untied = [item for item in fresh if item.id not in tied_ids]
             await asyncio.to_thread(run_index, [item.id for item in untied])  # their vectors decide the prefilter
             rest = held + await asyncio.to_thread(to_the_model, untied)
             send(rest)
             # Only now: work begun earlier would have taken the CPU from the index the others waited for.
-            start_waiting_work([item for item in tied if item not in held] + rest)
+            start_waiting_work(first + rest)
             await asyncio.to_thread(run_index, None)  # the rest, while the model works
+            if index is not None:
+                ids = [item.id for item in items]
+                not_indexed.update(set(ids) - await asyncio.to_thread(indexed_ids, ledger, ids))
         finally:
             index_done = True
         for digest in reused:
@@ -789,9 +792,9 @@ def classify_pending(run, while_waiting: Callable[[list[Item]], None] | None = N
     run.run_async(classify_all())  # the runner books the calls, tokens and cost
     outcome = classifier.outcome if classifier is not None else ModelOutcome()
     if classifier is not None:
-        to_model = {item.id: item for item in fresh}
+        fresh_by_id = {item.id: item for item in fresh}
         for cause, ids in outcome.errors.items():
-            count = sum(len(twins[to_model[i].content_hash]) for i in set(ids) if i in to_model)
+            count = sum(len(twins[fresh_by_id[i].content_hash]) for i in set(ids) if i in fresh_by_id)
             report.errors.append(f"{count} item(s) not classified, left for the next run: {cause}")
         if sending:
             report.notes.update(batch_size=classifier.plan.size)

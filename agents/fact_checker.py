@@ -1965,10 +1965,11 @@ async def check_stream(run, report: StageReport, reviser: Reviser | None = None,
         checking = [asyncio.ensure_future(check_one(row, gate)) for row in ordered]
         while incoming is not None and (message := await incoming.get()) is not None:
             if isinstance(message, ResearchPack):  # a story going to the writer: its windows, ahead of its draft
-                for source in message.sources if not run.stop_requested else []:
-                    warming = asyncio.wrap_future(preparer.submit(WARM_UP, warm_evidence, message, config, embed, source.n))
-                    # Only a head start: the draft's own preparation embeds what it did not, and reports its failures.
-                    warming.add_done_callback(log_failure(log, "fact-check warm-up"))
+                if not run.stop_requested:
+                    for source in message.sources:
+                        warming = asyncio.wrap_future(preparer.submit(WARM_UP, warm_evidence, message, config, embed, source.n))
+                        # Only a head start: the draft's own preparation embeds what it did not, and reports its failures.
+                        warming.add_done_callback(log_failure(log, "fact-check warm-up"))
                 continue
             draft_id = message
             if draft_id in seen:

@@ -86,8 +86,12 @@ def index_pending(run, batch: int = 64, sources: list[str] | None = None,
 
 
 def classify(run) -> StageReport:
+    def index(item_ids: list[str] | None) -> tuple[int, list[str]]:
+        return index_pending(run, item_ids=item_ids, stage="classify")
+
+    # A worker's classify unit takes indexed items only: its fetch units indexed them, and other workers classify.
     return classify_pending(run, while_waiting=lambda items: embed_ahead_for_clustering(run, items),
-                            index=(lambda item_ids: index_pending(run, item_ids=item_ids, stage="classify")) if run.unit is None else None)
+                            index=index if run.unit is None else None)
 
 
 def select_stories(run) -> StageReport:

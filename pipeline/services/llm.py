@@ -733,9 +733,7 @@ class Gateway:
             json_schema = strict_json_schema(schema) if mode == "json_schema" else plain_json_schema(schema)
             request = ModelRequest(context.role, model, sent, schema, json_schema, mode, max_tokens)
             request_hash = stable_hash(model, sent, plain_json_schema(schema))
-            if self._circuit_reason is not None:
-                self._record(context, request_hash, sent, None, "circuit_open", error=self._circuit_reason)
-                raise CircuitOpen(self._circuit_reason)
+            self._refuse_if_circuit_open(context, request_hash, sent)
             if self._shared and self.run_id is not None:  # every worker's spend on this run so far
                 self._spent_before = self._spent_in_ledger() - self.totals.cost_usd
             if self.price_for(model) is not None and self.spent_usd >= self.llm.run_budget_usd:
@@ -748,9 +746,7 @@ class Gateway:
             started = time.perf_counter()
             try:
                 async with self._limiter():
-                    if self._circuit_reason is not None:  # it opened while this call waited for a slot
-                        self._record(context, request_hash, sent, None, "circuit_open", error=self._circuit_reason)
-                        raise CircuitOpen(self._circuit_reason)
+                    self._refuse_if_circuit_open(context, request_hash, sent)  # it may have opened meanwhile
                     if self._shared:
                         async with self._ledger_slots().hold():
                             reply = await self._with_retries(request)
@@ -769,6 +765,11 @@ class Gateway:
             self._consecutive_failures = 0
             context.latency_ms = (time.perf_counter() - started) * 1000
             return reply, mode, sent
+
+    def _refuse_if_circuit_open(self, context: _CallContext, request_hash: str, sent: list[dict[str, str]]) -> None:
+        if self._circuit_reason is not None:
+            self._record(context, request_hash, sent, None, "circuit_open", error=self._circuit_reason)
+            raise CircuitOpen(self._circuit_reason)
 
     async def _with_retries(self, request: ModelRequest) -> ModelReply:
         retrying = AsyncRetrying(

@@ -406,12 +406,11 @@ def extract_numbers(text: str, skip: Sequence[tuple[int, int]] = ()) -> list[Qua
         digits = num.replace(",", "").split(".")[0]
         zeros = 0 if decimals else len(digits) - len(digits.rstrip("0")) if digits.strip("0") else 0
         unit = scale * 10.0 ** (zeros - decimals)
+        last_digit = scale * 10.0 ** -decimals
         kind = "percent" if g["pct"] else "points" if g["pts"] else "number"
         if g["pts"] and g["pts"].lower().startswith(("basis", "bps")):
-            value, unit = value / 100, unit / 100   # 50 basis points = 0.5 percentage points
-        last_digit = scale * 10.0 ** -decimals
-        if g["pts"] and g["pts"].lower().startswith(("basis", "bps")):
-            last_digit /= 100
+            # 50 basis points = 0.5 percentage points
+            value, unit, last_digit = value / 100, unit / 100, last_digit / 100
         out.append(Quantity(text[a:b], a, b, value, kind, currency, approx_before(a), unit, bool(scale_word),
                             last_digit=last_digit))
 
